@@ -1,0 +1,215 @@
+"""Typed run configuration: YAML file + command-line overrides, validated once.
+
+Key names follow what people know from Axolotl and TRL (``lora_r``,
+``learning_rate``, ``num_epochs`` ...). This module must not import torch:
+``strop --help`` and config errors have to be instant.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import StropError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    base_model: str = DEFAULT_MODEL
+    data: str = ""
+    eval_data: str = ""
+    method: str = "lora"
+    output_dir: str = "runs/latest"
+    # data handling
+    max_length: int = 512
+    val_size: float = 0.1  # fraction (<1) or count (>=1) held out when eval_data is empty
+    train_on_inputs: bool = False  # True: loss on every token, not just assistant turns
+    # optimisation
+    num_epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    seed: int = 42
+    # LoRA family
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    use_rslora: bool = False
+    # evaluation, checkpoints, early stopping
+    eval_steps: int = 0  # 0: once per epoch
+    save_steps: int = 0  # 0: together with evaluation
+    save_total_limit: int = 2
+    early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
+    logging_steps: int = 1
+    report_to: str = "tensorboard"
+    resume: bool = False
+    # misc
+    dtype: str = "float32"  # training precision of the trainable weights
+    system_prompt: str = ""  # prepended to conversations that have no system turn
+
+    def validate(self) -> "TrainConfig":
+        from .methods import METHODS  # torch-free table
+
+        if self.method not in METHODS:
+            raise StropError(_unknown("method", self.method, list(METHODS)))
+        if self.report_to not in REPORT_TO:
+            raise StropError(_unknown("report_to", self.report_to, list(REPORT_TO)))
+        if self.dtype not in ("float32", "bfloat16"):
+            raise StropError(f"option dtype: {self.dtype!r} is not one of float32, bfloat16")
+        positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise StropError(f"option {name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate < 1:
+            raise StropError(f"option learning_rate: {self.learning_rate} is outside (0, 1)")
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            raise StropError("option num_epochs: must be positive unless max_steps is set")
+        if self.val_size < 0:
+            raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
+        if not 0 <= self.lora_dropout < 1:
+            raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
+        return self
+
+
+def field_names(cls=TrainConfig) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _unknown(kind: str, value: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {kind} {value!r}{hint} (valid: {', '.join(valid)})"
+
+
+def _coerce(cls, name: str, value: Any) -> Any:
+    """Turn a YAML or command-line value into the field's declared type."""
+    hint = get_type_hints(cls)[name]
+    try:
+        if get_origin(hint) is list:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise ValueError("expected a list")
+            (inner,) = get_args(hint)
+            return [inner(v) for v in value]
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("expected a whole number")
+        if hint is int:
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError("expected text")
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise StropError(f"option {name}: cannot use {value!r} ({exc})") from None
+    return value
+
+
+def build(cls=TrainConfig, values: dict[str, Any] | None = None, *, origin: str = "option"):
+    """Build a config from a mapping, rejecting unknown keys with suggestions."""
+    values = dict(values or {})
+    valid = field_names(cls)
+    kwargs = {}
+    for key, value in values.items():
+        norm = key.replace("-", "_")
+        if norm not in valid:
+            close = difflib.get_close_matches(norm, valid, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise StropError(f"{origin}: unknown key {key!r}{hint}")
+        kwargs[norm] = _coerce(cls, norm, value)
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise StropError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise StropError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise StropError(f"{p}: a config file must be a mapping of key: value")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``--key value`` / ``--flag`` / ``--key=value`` pairs -> dict (values still text)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise StropError(f"unexpected argument {arg!r}; options look like --key value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 1
+        else:
+            value = "true"  # a bare flag
+        out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def load_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if path:
+        values.update(load_yaml(path))
+        origin = str(path)
+    else:
+        origin = "option"
+    # Keys from the file are checked against the file's name; CLI keys as options.
+    cfg = build(TrainConfig, values, origin=origin)
+    if overrides:
+        merged = dataclasses.asdict(cfg)
+        merged.update({k: v for k, v in build_partial(overrides).items()})
+        cfg = TrainConfig(**merged)
+    return cfg.validate()
+
+
+def build_partial(overrides: dict[str, Any]) -> dict[str, Any]:
+    valid = field_names()
+    out = {}
+    for key, value in overrides.items():
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            hint = f"; did you mean --{', --'.join(c.replace('_', '-') for c in close)}?" if close else ""
+            raise StropError(f"unknown option --{key.replace('_', '-')}{hint}")
+        out[key] = _coerce(TrainConfig, key, value)
+    return out
+
+
+def to_yaml(cfg) -> str:
+    import yaml
+
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)

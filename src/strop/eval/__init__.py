@@ -1,0 +1,5 @@
+"""Evaluation stage: generation metrics, perplexity, base-vs-tuned comparison.
+
+Import the submodules directly (``strop.eval.metrics``, ``strop.eval.run``);
+this package imports nothing heavy so ``strop --help`` stays instant.
+"""

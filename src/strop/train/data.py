@@ -1,0 +1,54 @@
+"""Turn loaded conversations into the tokenized rows the trainer consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import TrainConfig
+from ..data import Dataset, load, split
+from ..data.render import render
+from ..errors import StropError
+
+
+@dataclass
+class Prepared:
+    train: list[dict]
+    eval: list[dict]
+    report: dict = field(default_factory=dict)
+
+
+def _tokenize(tok, convs, cfg: TrainConfig, report: dict, part: str) -> list[dict]:
+    rows, dropped, truncated = [], [], 0
+    for conv in convs:
+        r = render(tok, conv, cfg.max_length, system_prompt=cfg.system_prompt, train_on_inputs=cfg.train_on_inputs)
+        truncated += r.truncated
+        if r.n_trainable == 0:
+            dropped.append(conv.where)  # e.g. the prompt alone fills max_length
+            continue
+        rows.append({"input_ids": r.input_ids, "labels": r.labels})
+    report[part] = {
+        "rows": len(rows),
+        "dropped_no_trainable_tokens": len(dropped),
+        "dropped_examples": dropped[:20],
+        "truncated": truncated,
+        "tokens": sum(len(x["input_ids"]) for x in rows),
+        "trainable_tokens": sum(sum(1 for t in x["labels"] if t != -100) for x in rows),
+    }
+    return rows
+
+
+def prepare(cfg: TrainConfig, tok) -> Prepared:
+    if not cfg.data:
+        raise StropError("option data: no training file given (use --data FILE)")
+    train_ds: Dataset = load(cfg.data)
+    report = {"data": cfg.data, "format": train_ds.format, "rows_read": len(train_ds)}
+    if cfg.eval_data:
+        eval_ds = load(cfg.eval_data)
+        train_convs, eval_convs = train_ds.conversations, eval_ds.conversations
+        report.update(eval_data=cfg.eval_data, eval_format=eval_ds.format)
+    else:
+        train_convs, eval_convs = split(train_ds.conversations, cfg.val_size, cfg.seed)
+    train = _tokenize(tok, train_convs, cfg, report, "train")
+    evalr = _tokenize(tok, eval_convs, cfg, report, "eval")
+    if not train:
+        raise StropError(f"{cfg.data}: no row has a trainable token after masking and truncation to max_length {cfg.max_length}")
+    return Prepared(train, evalr, report)

@@ -1,0 +1,58 @@
+"""The run directory: the contract between stages (see ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def data_report(self) -> Path:
+        return self.root / "data_report.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    def latest_checkpoint(self) -> Path | None:
+        """Newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+        found = []
+        for d in self.checkpoints.glob("checkpoint-*"):
+            m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+            if m and (d / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), d))
+        return max(found)[1] if found else None
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT.parent / "shared" / "peer-data" / "llama-factory"
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO_DATA = ROOT / "src" / "strop" / "demo_data"
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from strop import models
+
+    return models.load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A randomly initialised 2-layer Llama saved as a normal HF directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smol_tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, initializer_range=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    """A small OpenAI-format training file."""
+    import json
+
+    rows = []
+    for i in range(12):
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def strop_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "strop", *args]

@@ -1,0 +1,193 @@
+"""The OpenAI-compatible server, exercised with the official `openai` client
+against a real uvicorn server (in a background thread) serving the tiny Llama."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+
+from conftest import free_port
+
+MESSAGES = [{"role": "user", "content": "Say something about the sea."}]
+KEY = "sk-test-123"
+# The random tiny model answers greedy prompts with newlines only; seeded sampling gives varied
+# text (the same on both paths), which makes stream and stop comparisons mean something.
+SAMPLED = {"temperature": 1.0, "seed": 3}
+
+
+@contextmanager
+def serving(app):
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from strop.serve.engine import Engine
+
+    return Engine(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def base_url(engine):
+    from strop.serve.server import create_app
+
+    with serving(create_app(engine, model_id="tiny")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_list(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+def test_model_id_defaults_to_directory_name(engine, tiny_model_dir):
+    from strop.serve.server import create_app
+
+    assert create_app(engine).state.model_id == tiny_model_dir.name
+
+
+def test_chat_usage(client, engine):
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "tiny"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.prompt_tokens == len(engine.encode(MESSAGES))
+    assert 0 < u.completion_tokens <= 12
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+
+def test_greedy_matches_engine(client, engine):
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_completion_tokens=16)
+    assert r.choices[0].message.content == engine.chat(MESSAGES, max_new_tokens=16).text
+
+
+def test_seed_makes_sampling_repeatable(client):
+    texts = {client.chat.completions.create(messages=MESSAGES, model="tiny", max_tokens=10, temperature=1.0,
+                                            top_p=0.9, seed=7).choices[0].message.content for _ in range(2)}
+    assert len(texts) == 1
+
+
+def test_stream_matches_non_streaming(client):
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, **SAMPLED)
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=16, stream=True,
+                                                 stream_options={"include_usage": True}, **SAMPLED))
+    assert len(set(plain.choices[0].message.content)) > 3  # not the trivial all-newline answer
+    assert chunks[0].object == "chat.completion.chunk" and chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == plain.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage == plain.usage
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_stream_raw_sse(base_url):
+    body = {"messages": MESSAGES, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and all(e.startswith("data: ") for e in events[:-1])
+    assert events[-2] == "data: [DONE]"
+    last = json.loads(events[-3][6:])
+    assert last["choices"][0]["finish_reason"] in ("stop", "length") and "usage" not in last
+
+
+def test_stop_string_cuts_both_ways(client):
+    full = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24,
+                                          **SAMPLED).choices[0].message.content
+    assert len(full) >= 12, full
+    stop = full[6:9]
+    expected = full[: full.find(stop)]
+    assert expected.strip()
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, stop=[stop, "a stop string never produced"],
+                                       **SAMPLED)
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (expected, "stop")
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, stop=stop,
+                                                 stream=True, stream_options={"include_usage": True}, **SAMPLED))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].usage == r.usage
+
+
+def test_stop_filter_holds_back_partial_matches():
+    from strop.serve.server import StopFilter
+
+    f = StopFilter(["END"])
+    assert f.feed("abc E") == ("abc ", False)
+    assert f.feed("N") == ("", False)
+    assert f.feed("x") == ("ENx", False)
+    assert f.feed("yEND z") == ("y", True)
+
+
+def test_auth(engine):
+    from strop.serve.server import create_app
+
+    with serving(create_app(engine, model_id="tiny", api_key=KEY)) as url:
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+        r = httpx.get(f"{url}/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+        right = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        assert right.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).usage.completion_tokens
+
+
+def test_prompt_too_long(client, engine):
+    messages = [{"role": "user", "content": "hello " * 1100}]
+    n = len(engine.encode(messages))
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+    assert err.value.status_code == 400
+    assert str(n) in err.value.message and str(engine.context_length) in err.value.message
+
+
+def test_unknown_model(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
+    assert err.value.code == "model_not_found"
+
+
+def test_n_other_than_one(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, n=2)
+    assert err.value.param == "n"
+
+
+def test_validation_errors_use_openai_shape(base_url):
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": [{"role": "user"}], "temperature": 9})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert httpx.get(f"{base_url}/nope").json()["error"]["message"]
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": MESSAGES, "stop": ["a"] * 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
