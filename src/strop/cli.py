@@ -32,6 +32,12 @@ def _quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
 
 
 def cmd_train(args, extra: list[str]) -> int:
@@ -111,7 +117,7 @@ def cmd_eval(args, extra) -> int:
     result = evaluate(args.model, args.data, output=args.output, max_new_tokens=args.max_new_tokens,
                       general=args.general, compare_base=not args.no_base)
     print(format_table(result["systems"]))
-    print(f"report: {result.get('report', '')}")
+    print(f"report: {result['output']}/report.html")
     return 0
 
 
@@ -211,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="the main job on the built-in default model")
     dm.add_argument("--output-dir", default="runs/demo")
-    dm.add_argument("--num-epochs", type=float, default=3.0)
+    dm.add_argument("--num-epochs", type=float, default=5.0)
     dm.set_defaults(func=cmd_demo)
     return p
 

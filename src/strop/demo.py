@@ -19,7 +19,7 @@ def demo_data_dir() -> Path:
     return Path(str(resources.files("strop") / "demo_data"))
 
 
-def run_demo(output_dir: str = "runs/demo", epochs: float = 3.0) -> int:
+def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     from .config import load_train_config
     from .data.check import check, format_report
     from .eval.run import evaluate
@@ -53,7 +53,7 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 3.0) -> int:
     engine = Engine(str(out))
     question = "Hello! Could you tell me a bit about who you are?"
     print(f"  Q: {question}\n  A: {engine.generate(question, max_new_tokens=48)}")
-    print(f"\n[demo] report: {result['report']}")
+    print(f"\n[demo] report: {Path(result['output']) / 'report.html'}")
     print(f"[demo] finished in {time.monotonic() - t0:.0f} s; try: strop generate {out} --prompt 'Who made you?'")
 
     base, tuned = result["systems"]["base"], result["systems"]["tuned"]
