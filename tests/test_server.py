@@ -175,10 +175,14 @@ def test_unknown_model(client):
     assert err.value.code == "model_not_found"
 
 
-def test_n_other_than_one(client):
-    with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, n=2)
-    assert err.value.param == "n"
+def test_n_choices(client):
+    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, n=3, temperature=1.0, seed=5)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert len({c.message.content for c in r.choices}) > 1  # seeds seed, seed+1, ...: different samples
+    for bad in ({"n": 9}, {"n": 2, "stream": True}):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, **bad)
+        assert err.value.param == "n"
 
 
 def test_validation_errors_use_openai_shape(base_url):

@@ -22,9 +22,12 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    # the non-finite guard wraps optimizer.step on purpose (train/reliability.py)
+    warnings.filterwarnings("ignore", message=".*optimizer.step\\(\\)` has been overridden.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns on every import
     try:
         from transformers.utils import logging as hf_logging
 
@@ -50,6 +53,12 @@ def cmd_train(args, extra: list[str]) -> int:
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
     cfg = load_train_config(config, parse_overrides(rest))
+    if cfg.objective != "sft":
+        from .train.preference import describe, train as train_preference
+
+        run = train_preference(cfg)
+        print(describe(cfg, run))
+        return 0
     run = train(cfg)
     summary = json.loads(run.summary.read_text())
     print(f"trained {summary['method']} on {cfg.base_model}: {summary['steps']} steps, "
@@ -114,22 +123,28 @@ def cmd_eval(args, extra) -> int:
     from .eval.run import evaluate
     from .report.html import format_table
 
+    labels = [x for x in args.labels.split(",")] if args.labels else None
     result = evaluate(args.model, args.data, output=args.output, max_new_tokens=args.max_new_tokens,
-                      general=args.general, compare_base=not args.no_base)
+                      general=args.general, compare_base=not args.no_base, baselines=args.baselines,
+                      bias=args.bias, labels=labels, k_shot=args.k_shot, baseline_prompt=args.baseline_prompt,
+                      judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
+                      judge_api_key=args.judge_api_key, group_column=args.group_column,
+                      resamples=args.resamples, seed=args.seed)
     print(format_table(result["systems"]))
-    print(f"report: {result['output']}/report.html")
+    for line in result.get("verdicts", []):
+        print(line)
+    for flag in result.get("bias", {}).get("flags", []):
+        print(f"bias flag: {flag}")
+    if "skipped" in result.get("judge", {}):
+        print(f"judge SKIPPED: {result['judge']['skipped']}")
+    print(f"report: {result['output']}/report.html  ({result['eval_wall_s']} s)")
     return 0
 
 
-def cmd_data_check(args, extra) -> int:
-    from .data.check import check, format_report
+def cmd_data(args, extra) -> int:
+    from .data.commands import ACTIONS
 
-    report = check(args.file, base_model=args.base_model, max_length=args.max_length)
-    print(format_report(report))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-    return 1 if args.strict and report["errors"] else 0
+    return ACTIONS[args.data_command](args)
 
 
 def cmd_serve(args, extra) -> int:
@@ -138,6 +153,27 @@ def cmd_serve(args, extra) -> int:
     from .serve.server import run
 
     run(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STROP_API_KEY"))
+    return 0
+
+
+def cmd_service(args, extra) -> int:
+    import os
+
+    from .service.app import serve
+
+    serve(args.workdir, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STROP_API_KEY"),
+          concurrency=args.concurrency, max_upload_mb=args.max_upload_mb, studio=args.command == "studio")
+    return 0
+
+
+def cmd_export(args, extra) -> int:
+    from .export import export
+
+    report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts)
+    v = report["verification"]
+    print(f"exported {args.run} as {args.format} to {report['output']}")
+    print(f"verification on {v['prompts']} held-out prompts: KL max {v['kl_max']:.2e}, mean {v['kl_mean']:.2e}; "
+          f"greedy identical {v['greedy_identical']}/{v['prompts']} ({v['greedy_tokens']} tokens each)")
     return 0
 
 
@@ -159,6 +195,59 @@ def cmd_demo(args, extra) -> int:
     from .demo import run_demo
 
     return run_demo(args.output_dir, epochs=args.num_epochs)
+
+
+def cmd_compare(args, extra) -> int:
+    from .compare import compare, markdown_table, parse_methods
+
+    names = parse_methods(args.methods)
+    result = compare(args.data, names, args.output, base_model=args.base_model, max_steps=args.max_steps,
+                     val_size=args.val_size, seed=args.seed)
+    print(markdown_table(result["rows"]))
+    print(f"table and plot: {args.output}/compare.md, compare.json, compare.png")
+    return 0
+
+
+def cmd_plan(args, extra) -> int:
+    from .config import load_train_config, parse_overrides
+    from .plan.estimate import format_plan, make_plan, split_options
+
+    rest = list(args.rest)
+    if any(a in ("-h", "--help") for a in rest):
+        print("usage: strop plan [CONFIG.yaml] [--KEY VALUE ...] [--device cpu|cuda|cuda:NAME] [--json OUT]\n"
+              "       [--price-per-hour P] [--utilisation U] [--optim adamw|adamw_8bit|paged_adamw_8bit]\n"
+              "       [--measure [--measure-steps N]] [--goal knowledge]   (config keys: strop train --help)")
+        return 0
+    config = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    opts, overrides = split_options(parse_overrides(rest))
+    plan = make_plan(load_train_config(config, overrides), opts)
+    print(format_plan(plan))
+    if opts.get("json"):
+        with open(opts["json"], "w") as fh:
+            json.dump(plan, fh, indent=2)
+    return 0
+
+
+def cmd_license(args, extra) -> int:
+    from .plan.license import check, format_check
+
+    result = check(args.model, data=args.data or [], use=args.use)
+    print(format_check(result))
+    return 1 if result["verdict"] == "not allowed" else 0
+
+
+def cmd_env(args, extra) -> int:
+    from .plan.env import collect, format_env
+
+    facts = collect()
+    print(json.dumps(facts, indent=2) if args.json else format_env(facts))
+    return 0
+
+
+def cmd_al(args, extra) -> int:
+    from .active.commands import ACTIONS
+
+    return ACTIONS[args.al_action](args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,22 +275,85 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity and generation metrics on held-out conversations")
     e.add_argument("model", help="run directory (base vs tuned) or a model")
-    e.add_argument("--data", required=True, help="held-out conversations")
+    e.add_argument("--data", help="held-out conversations (default for a run: its eval_data or validation split)")
     e.add_argument("--general", help="general questions with a 'keyword' field, to check kept ability")
     e.add_argument("--output", help="directory for metrics.json, predictions.jsonl, report.html")
     e.add_argument("--max-new-tokens", type=int, default=64)
     e.add_argument("--no-base", action="store_true", help="with a run directory, skip the base model")
+    e.add_argument("--baselines", action="store_true", help="add the base model with a few-shot prompt")
+    e.add_argument("--k-shot", type=int, default=4, help="few-shot examples from the training data (default 4)")
+    e.add_argument("--baseline-prompt", help="system prompt of the few-shot baseline (default: a generic one)")
+    e.add_argument("--bias", action="store_true", help="counterfactual and stereotype-pair bias probes")
+    e.add_argument("--labels", help="classification mode: comma-separated label set (or a 'label' column)")
+    e.add_argument("--group-column", help="column naming each row's group, for per-group metrics")
+    e.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for LLM-as-judge grading")
+    e.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
+    e.add_argument("--judge-api-key", help="bearer key for the judge endpoint")
+    e.add_argument("--resamples", type=int, default=1000, help="bootstrap / permutation resamples")
+    e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("data", help="data stage: strop data check FILE")
+    d = sub.add_parser("data", help="data stage: strop data check|clean|split|preview|augment FILE")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dc = dsub.add_parser("check", help="detect the format, validate and report")
-    dc.add_argument("file")
+    dc.add_argument("file", help="data file, folder, saved HF dataset or dataset_info.json#NAME")
     dc.add_argument("--base-model", default="smollm2-135m-instruct", help="tokenizer used for length statistics")
     dc.add_argument("--max-length", type=int, default=512)
+    dc.add_argument("--format", help="force a format instead of detecting it")
+    dc.add_argument("--eval", help="eval file: report training rows that leak into it")
+    dc.add_argument("--near-threshold", type=float, default=0.8, help="MinHash Jaccard for near-duplicates")
+    dc.add_argument("--min-words", type=int, default=2, help="answers shorter than this are flagged")
+    dc.add_argument("--embeddings", action="store_true", help="also run embedding checks (relevance, coverage, map)")
+    dc.add_argument("--domain", help="text describing the target domain, for relevance (with --embeddings)")
+    dc.add_argument("--seeds", help="file of on-topic example rows, for relevance (with --embeddings)")
+    dc.add_argument("--min-relevance", type=float, default=0.2)
     dc.add_argument("--json", help="also write the report as JSON here")
+    dc.add_argument("--html", help="also write an HTML report (length histogram, embedding map) here")
     dc.add_argument("--strict", action="store_true", help="exit 1 when the report has errors")
-    dc.set_defaults(func=cmd_data_check)
+    dc.set_defaults(func=cmd_data)
+    dl = dsub.add_parser("clean", help="dedup, redact/drop PII, filter; writes the output plus a manifest")
+    dl.add_argument("file")
+    dl.add_argument("--output", required=True, help="cleaned file (.jsonl or .json); the input is never changed")
+    dl.add_argument("--manifest", help="manifest JSONL (default OUTPUT.manifest.jsonl)")
+    dl.add_argument("--near-threshold", type=float, default=0.8)
+    dl.add_argument("--exact-only", action="store_true", help="remove exact duplicates only")
+    dl.add_argument("--pii", choices=["redact", "drop", "keep"], default="redact")
+    dl.add_argument("--min-words", type=int, default=0, help="drop rows whose answer is shorter than this")
+    dl.add_argument("--max-length", type=int, help="drop rows longer than this many tokens")
+    dl.add_argument("--language", help="keep only answers in this language (ISO code, e.g. en)")
+    dl.add_argument("--base-model", default="smollm2-135m-instruct")
+    dl.set_defaults(func=cmd_data)
+    dp = dsub.add_parser("split", help="seeded train/eval split; near-duplicates never straddle")
+    dp.add_argument("file")
+    dp.add_argument("--train-out", required=True)
+    dp.add_argument("--eval-out", required=True)
+    dp.add_argument("--val-size", type=float, default=0.1, help="fraction (<1) or count")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--stratify", help="column whose values keep their share in both parts")
+    dp.add_argument("--near-threshold", type=float, default=0.8)
+    dp.set_defaults(func=cmd_data)
+    dv = dsub.add_parser("preview", help="show rows as the model sees them, trained tokens highlighted")
+    dv.add_argument("file")
+    dv.add_argument("-n", type=int, default=3)
+    dv.add_argument("--start", type=int, default=0)
+    dv.add_argument("--base-model", default="smollm2-135m-instruct")
+    dv.add_argument("--max-length", type=int, default=512)
+    dv.add_argument("--system-prompt", default="")
+    dv.add_argument("--html", help="write an HTML page instead of printing")
+    dv.add_argument("--no-color", action="store_true", help="mark trained text with [[ ]] instead of colour")
+    dv.set_defaults(func=cmd_data)
+    da = dsub.add_parser("augment", help="add augmented prompts (word ops, synonyms, LLM paraphrase)")
+    da.add_argument("file")
+    da.add_argument("--output", required=True)
+    da.add_argument("--ops", default="synonym,swap,delete", help="comma list: delete,swap,insert,synonym,paraphrase,backtranslate")
+    da.add_argument("--per-row", type=int, default=1)
+    da.add_argument("--seed", type=int, default=0)
+    da.add_argument("--target", choices=["prompt", "answer", "both"], default="prompt")
+    da.add_argument("--model", default="smollm2-135m-instruct", help="model for paraphrase/backtranslate")
+    da.add_argument("--endpoint", help="OpenAI-compatible base URL to use instead of a local model")
+    da.add_argument("--pivot", default="French", help="pivot language for back-translation")
+    da.add_argument("--only-new", action="store_true", help="write only the augmented rows")
+    da.set_defaults(func=cmd_data)
 
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     s.add_argument("model")
@@ -209,6 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this bearer key (or set STROP_API_KEY)")
     s.set_defaults(func=cmd_serve)
+
+    for name, text in (("service", "fine-tuning as a service: OpenAI files + fine_tuning.jobs API, serving and studio"),
+                       ("studio", "the web studio (runs, compare, data, playground, new job) on the same service")):
+        sv = sub.add_parser(name, help=text)
+        sv.add_argument("--host", default="127.0.0.1")
+        sv.add_argument("--port", type=int, default=8000)
+        sv.add_argument("--workdir", default="strop-service", help="where the job store, uploads and runs live")
+        sv.add_argument("--api-key", help="require this bearer key for the API and the studio (or set STROP_API_KEY)")
+        sv.add_argument("--concurrency", type=int, default=1, help="jobs trained at the same time")
+        sv.add_argument("--max-upload-mb", type=float, default=512, help="largest accepted upload")
+        sv.set_defaults(func=cmd_service)
+
+    x = sub.add_parser("export", help="merge adapters / write GGUF, verified against the run")
+    x.add_argument("run", help="run directory")
+    x.add_argument("--format", choices=["merged", "gguf"], default="merged")
+    x.add_argument("--output", help="output directory (default RUN/export/FORMAT)")
+    x.add_argument("--quant", choices=["f16", "q8_0", "q4_1"], default="q8_0", help="GGUF tensor type")
+    x.add_argument("--dtype", help="merged weights dtype (default: the base model's own)")
+    x.add_argument("--prompts", type=int, default=8, help="held-out prompts to verify on")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="built-in model aliases; `strop models path ALIAS` prints the local directory")
     m.add_argument("action", nargs="?", choices=["list", "path"], default="list")
@@ -219,6 +391,61 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--output-dir", default="runs/demo")
     dm.add_argument("--num-epochs", type=float, default=5.0)
     dm.set_defaults(func=cmd_demo)
+
+    cp = sub.add_parser("compare", help="train several methods on one split and step budget; table + plot")
+    cp.add_argument("--data", required=True, help="conversations; a seeded held-out part is split off")
+    cp.add_argument("--methods", default="lora,dora,ia3,prompt_tuning,adapter,full", help="comma-separated")
+    cp.add_argument("--max-steps", type=int, default=30, help="the same step budget for every method")
+    cp.add_argument("--output", default="runs/compare", help="a new or empty directory")
+    cp.add_argument("--base-model", default="smollm2-135m-instruct")
+    cp.add_argument("--val-size", type=float, default=0.1)
+    cp.add_argument("--seed", type=int, default=42)
+    cp.set_defaults(func=cmd_compare)
+
+    pl = sub.add_parser("plan", help="memory, fit, time, cost and method advice before training (no weights loaded)")
+    pl.add_argument("rest", nargs=argparse.REMAINDER, help="[CONFIG.yaml] [--KEY VALUE ...] [--device D] [--json OUT]")
+    pl.set_defaults(func=cmd_plan)
+
+    li = sub.add_parser("license", help="licenses a model, run or dataset carries, and what they allow")
+    li.add_argument("model", help="alias, model directory, .gguf file or run directory")
+    li.add_argument("--data", action="append", help="a dataset file or directory (repeatable)")
+    li.add_argument("--use", choices=["commercial", "research"], default="commercial")
+    li.set_defaults(func=cmd_license)
+
+    en = sub.add_parser("env", help="what strop will use here: CPU features, GPU, library versions")
+    en.add_argument("--json", action="store_true", help="print the facts as JSON")
+    en.set_defaults(func=cmd_env)
+
+    al = sub.add_parser("al", help="active learning: score a pool, select what to label, merge labels, oracle loop")
+    alsub = al.add_subparsers(dest="al_action", required=True, metavar="ACTION")
+    a = alsub.add_parser("score", help="uncertainty signals + embeddings for every pool input")
+    a.add_argument("--model", required=True, help="run directory, model directory, .gguf file or alias")
+    a.add_argument("--pool", required=True, help="unlabelled inputs (JSONL/CSV rows with id + prompt)")
+    a.add_argument("--output", required=True, help="new directory for the scores")
+    a.add_argument("--labels", help="comma-separated candidate answers (classification): adds the top-two margin")
+    a.add_argument("--train", help="training file: pool inputs already in it are dropped, its inputs count as labelled")
+    a.add_argument("--samples", type=int, default=3, help="sampled answers per input for disagreement (0 = off)")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a = alsub.add_parser("select", help="pick the next items to label; writes FILE.jsonl + FILE.csv")
+    a.add_argument("--scores", required=True, help="directory written by `strop al score`")
+    a.add_argument("--budget", type=int, required=True, help="how many items to pick")
+    a.add_argument("--strategy", default="hybrid", choices=["uncertainty", "diversity", "hybrid", "random"])
+    a.add_argument("--signal", help="uncertainty column (default: margin with --labels, else entropy_mean)")
+    a.add_argument("--dedup", type=float, default=0.95, help="skip inputs at this cosine similarity to labelled ones")
+    a.add_argument("--output", required=True, help="labelling file (FILE.csv and FILE.jsonl are written)")
+    a.add_argument("--seed", type=int, default=0)
+    a = alsub.add_parser("merge", help="validate labelled rows and append them to a training file")
+    a.add_argument("labelled", help="the labelled CSV (or JSONL) from `strop al select`")
+    a.add_argument("--into", required=True, help="training JSONL to append to (created if missing)")
+    a.add_argument("--selection", help="the selection JSONL (default: LABELLED with .jsonl)")
+    a.add_argument("--skip-unlabelled", action="store_true", help="merge the labelled rows, skip the rest")
+    a = alsub.add_parser("loop", help="oracle experiment: select -> reveal -> retrain -> eval per strategy")
+    a.add_argument("--config", required=True, help="loop YAML (pool, eval, learner, strategies, seeds ...)")
+    a.add_argument("--rounds", type=int)
+    a.add_argument("--budget", type=int)
+    a.add_argument("--output-dir")
+    al.set_defaults(func=cmd_al)
     return p
 
 
@@ -229,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         # argparse cannot hand free-form --key value pairs to a subcommand, so
         # `train` takes its arguments raw; every config key is an option.
         args, extra = argparse.Namespace(func=cmd_train, rest=argv[1:]), []
+    elif argv[:1] == ["plan"]:
+        args, extra = argparse.Namespace(func=cmd_plan, rest=argv[1:]), []  # same free-form keys as train
     else:
         args, extra = parser.parse_known_args(argv)
     if extra:

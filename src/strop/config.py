@@ -47,28 +47,65 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     use_rslora: bool = False
+    # prompt and prefix tuning
+    num_virtual_tokens: int = 20
+    prompt_tuning_init_text: str = ""  # empty: random soft prompt
+    # IA3
+    ia3_target_modules: list[str] = field(default_factory=list)  # empty: peft's default for the architecture
+    # bottleneck adapters
+    adapter_reduction_factor: int = 16  # bottleneck width = hidden size / this
+    adapter_placement: str = "houlsby"  # houlsby: after attention and MLP; pfeiffer: after MLP only
+    adapter_non_linearity: str = "relu"
     # evaluation, checkpoints, early stopping
     eval_steps: int = 0  # 0: once per epoch
     save_steps: int = 0  # 0: together with evaluation
-    save_total_limit: int = 2
+    save_total_limit: int = 2  # at least 2, so the last good checkpoint survives a save cut short
+    nan_policy: str = "abort"  # abort: stop without saving; skip: drop that update and go on
+    nan_max_consecutive_skips: int = 3
     early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
     logging_steps: int = 1
     report_to: str = "tensorboard"
     resume: bool = False
     # misc
-    dtype: str = "float32"  # training precision of the trainable weights
+    dtype: str = "float32"  # precision the weights are loaded and kept in
+    # Speed levers (see docs/performance.md); all switchable off for debugging.
+    mixed_precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU does bf16 natively; bf16; no
+    padding_free: bool = True  # flatten each micro-batch into one row, no pad tokens
     system_prompt: str = ""  # prepended to conversations that have no system turn
+    # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
+    intended_use: str = ""  # "", commercial, research
+    accept_license_risk: bool = False
+    # preference and reinforcement objectives (train/preference.py, docs/preference.md)
+    objective: str = "sft"  # sft, dpo, orpo, kto, simpo, cpo, reward, grpo
+    beta: float = 0.1  # strength of the pull towards the reference (dpo, kto, grpo KL) or ORPO/CPO weight
+    dpo_loss_type: str = "sigmoid"  # sigmoid, ipo, robust (dpo only)
+    label_smoothing: float = 0.0  # assumed label-flip rate for dpo_loss_type robust, in [0, 0.5)
+    simpo_gamma: float = 0.5  # target reward margin (simpo only)
+    reward_funcs: list[str] = field(default_factory=list)  # grpo: module:function, see strop.train.rewards
+    reward_model: str = ""  # grpo: a run directory trained with objective reward
+    num_generations: int = 4  # grpo: completions sampled per prompt
+    max_completion_length: int = 64  # grpo: tokens per sampled completion
+    temperature: float = 1.0  # grpo: sampling temperature
 
     def validate(self) -> "TrainConfig":
         from .methods import METHODS  # torch-free table
 
         if self.method not in METHODS:
             raise StropError(_unknown("method", self.method, list(METHODS)))
+        if self.intended_use not in ("", "commercial", "research"):
+            raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
         if self.report_to not in REPORT_TO:
             raise StropError(_unknown("report_to", self.report_to, list(REPORT_TO)))
+        if self.nan_policy not in ("abort", "skip"):
+            raise StropError(f"option nan_policy: {self.nan_policy!r} is not one of abort, skip")
+        if self.save_total_limit < 2:
+            raise StropError(f"option save_total_limit: must be at least 2 (got {self.save_total_limit}) so a good checkpoint always survives")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise StropError(f"option mixed_precision: {self.mixed_precision!r} is not one of auto, bf16, no")
         if self.dtype not in ("float32", "bfloat16"):
             raise StropError(f"option dtype: {self.dtype!r} is not one of float32, bfloat16")
-        positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps")
+        positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",
+                    "num_virtual_tokens", "adapter_reduction_factor")
         for name in positive:
             if getattr(self, name) < 1:
                 raise StropError(f"option {name}: must be at least 1, got {getattr(self, name)}")
@@ -80,6 +117,12 @@ class TrainConfig:
             raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
         if not 0 <= self.lora_dropout < 1:
             raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
+        from .methods import check_options
+
+        check_options(self)  # "option X does not apply to --method M", before any model loads
+        from .train.objectives import check_objective  # torch-free table
+
+        check_objective(self)
         return self
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import StropError
 
 EXPECTED_EOS = "<|im_end|>"
+BOTTLENECK_CONFIG = "bottleneck_config.json"  # strop's own adapters (bottleneck.py), kept torch-free here
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def resolve(name: str) -> Path | str:
     if path.is_dir():
         if is_run_dir(path):
             return path / "final"
-        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        if any((path / f).is_file() for f in ("config.json", "adapter_config.json", BOTTLENECK_CONFIG)):
             return path
         raise StropError(f"{path}: not a model directory (no config.json or adapter_config.json) and not a strop run")
     if path.suffix == ".gguf":
@@ -165,29 +166,69 @@ def _has_tokenizer(path) -> bool:
 
 
 def _adapter_base(path) -> str | None:
-    """For a PEFT adapter directory, the base model name it was trained on."""
-    if isinstance(path, Path) and (path / "adapter_config.json").is_file():
-        meta = path / "strop_base.json"
-        if meta.is_file():
-            return json.loads(meta.read_text())["base_model"]
-        return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    """For an adapter directory (PEFT or strop's bottleneck), the base model name it was trained on."""
+    if not isinstance(path, Path):
+        return None
+    if (path / "adapter_config.json").is_file() or (path / BOTTLENECK_CONFIG).is_file():
+        meta = _base_meta(path)
+        if meta:
+            return meta["base_model"]
+        if (path / "adapter_config.json").is_file():
+            return json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        raise StropError(f"{path}: bottleneck adapter without strop_base.json; cannot tell its base model")
     return None
 
 
-def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = False):
-    """Load model weights (base + adapter when ``name`` is an adapter or run)."""
-    import torch
+def _base_meta(path: Path) -> dict:
+    meta = path / "strop_base.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def _from_pretrained(path, torch_dtype, load_in_4bit: bool):
     from transformers import AutoModelForCausalLM
+
+    if not load_in_4bit:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise StropError("method qlora: 4-bit NF4 needs the bitsandbytes package (pip install bitsandbytes; "
+                         "strop was tested with 0.50.2, whose CPU backend needs no GPU)")
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype)
+    # A quantized model cannot be moved after loading, so it is placed now.
+    device_map = {"": 0} if torch.cuda.is_available() else "cpu"
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, quantization_config=quant,
+                                                    device_map=device_map)
+    except (ImportError, RuntimeError, NotImplementedError) as exc:
+        raise StropError(f"method qlora: bitsandbytes cannot run 4-bit NF4 on this machine ({exc}); "
+                         "use --method lora, or a machine with a CUDA GPU") from None
+
+
+def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = False, load_in_4bit: bool = False):
+    """Load model weights (base + adapter when ``name`` is an adapter or run).
+
+    ``load_in_4bit`` quantizes the weights to NF4 (qlora); an adapter trained
+    on a 4-bit base records that in strop_base.json and is reloaded the same way.
+    """
+    import torch
 
     torch_dtype = getattr(torch, dtype)
     path = resolve(name)
     base = _adapter_base(path)
     try:
         if base is None:
-            return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            return _from_pretrained(path, torch_dtype, load_in_4bit)
+        quantized = load_in_4bit or bool(_base_meta(path).get("load_in_4bit"))
+        model = _from_pretrained(resolve(base), torch_dtype, quantized)
+        if (path / BOTTLENECK_CONFIG).is_file():
+            from .bottleneck import load_into
+
+            return load_into(model, path, trainable=trainable_adapter)
         from peft import PeftModel
 
-        model = AutoModelForCausalLM.from_pretrained(resolve(base), dtype=torch_dtype)
         return PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
     except OSError as exc:
         if isinstance(path, str):

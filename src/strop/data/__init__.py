@@ -1,5 +1,6 @@
-"""Data stage: read, detect, validate, render with the chat template."""
-from .load import Dataset, load, split
-from .records import Conversation, Message
+"""Data stage: read, detect, validate, check, clean, split, augment, render."""
+from .load import ANY_KIND, SFT_ONLY, DataError, Dataset, load, split
+from .records import Conversation, Message, PreferencePair, Problem
 
-__all__ = ["Conversation", "Dataset", "Message", "load", "split"]
+__all__ = ["ANY_KIND", "SFT_ONLY", "Conversation", "DataError", "Dataset", "Message", "PreferencePair", "Problem",
+           "load", "split"]

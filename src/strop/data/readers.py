@@ -1,21 +1,36 @@
 """Read rows from files, remembering where each row came from.
 
-Each reader yields ``(line, row)``: the 1-based line where the row starts, and
-the parsed object. Parse errors become one-line ``StropError``s naming file
-and line. JSON arrays are walked element by element so that even a 5 MB
-``.json`` file reports real line numbers.
+Each reader yields ``(line, row)``: the 1-based line where the row starts and
+the parsed object, or a ``Bad`` saying why that row could not be read. A bad
+row never stops the file: the loader decides (strict or lenient) what to do
+with it, so one run can report every problem with its file:line. JSON arrays
+are walked element by element so even a 5 MB ``.json`` file reports real line
+numbers, and a broken element is skipped by resynchronising on the next
+element that starts a line.
 """
 from __future__ import annotations
 
 import bisect
 import csv
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import StropError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# One row larger than this is almost certainly a broken export (a whole file
+# on one line, a base64 blob); refusing it keeps memory use predictable.
+MAX_ROW_BYTES = 16 * 1024 * 1024
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Bad:
+    code: str
+    reason: str
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, object]]:
@@ -24,76 +39,123 @@ def read_rows(path: Path) -> Iterator[tuple[int, object]]:
     if path.is_dir():
         raise StropError(f"{path}: is a directory; pass a data file ({', '.join(SUFFIXES)})")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _jsonl(path)
-    if suffix == ".json":
-        return _json(path)
-    if suffix == ".csv":
-        return _csv(path)
-    if suffix == ".parquet":
-        return _parquet(path)
-    raise StropError(f"{path}: unknown file type {suffix or '(none)'}; expected one of {', '.join(SUFFIXES)}")
+    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
+    if suffix not in readers:
+        raise StropError(f"{path}: unknown file type {suffix or '(none)'}; expected one of {', '.join(SUFFIXES)}")
+    return readers[suffix](path)
 
 
-def _text(path: Path) -> str:
-    raw = path.read_bytes()
+def _decode_line(raw: bytes) -> str | Bad:
+    if len(raw) > MAX_ROW_BYTES:
+        return Bad("row_too_large", f"row is {len(raw) / 2**20:.1f} MiB, over the {MAX_ROW_BYTES // 2**20} MiB limit")
+    if b"\x00" in raw:
+        column = raw.index(b"\x00") + 1
+        return Bad("nul_byte", f"NUL byte at column {column}")
     try:
-        return raw.decode("utf-8-sig")  # tolerate a BOM written by Windows editors
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise StropError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
+        return Bad("invalid_utf8", f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+
+
+def _parse_line(text: str) -> object:
+    decoder = json.JSONDecoder()
+    start = len(text) - len(text.lstrip())
+    try:
+        obj, end = decoder.raw_decode(text, start)
+    except json.JSONDecodeError as exc:
+        return Bad("invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+    rest = text[end:].strip()
+    if rest:
+        try:
+            decoder.raw_decode(rest)
+            return Bad("several_objects", "several JSON values on one line; put one object per line")
+        except json.JSONDecodeError:
+            return Bad("invalid_json", f"invalid JSON (extra data at column {end + 1})")
+    return obj
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    for number, line in enumerate(_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StropError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    raw = path.read_bytes()
+    if raw.startswith(BOM):  # tolerate a BOM written by Windows editors
+        raw = raw[len(BOM):]
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        text = _decode_line(line.rstrip(b"\r"))
+        if isinstance(text, Bad):
+            yield number, text
+        elif text.strip():
+            yield number, _parse_line(text)
+
+
+def _text(path: Path) -> str | Bad:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return Bad("invalid_utf8", f"line {line}: not valid UTF-8 (byte {exc.start}); the file cannot be read")
 
 
 def _json(path: Path) -> Iterator[tuple[int, object]]:
     text = _text(path)
+    if isinstance(text, Bad):
+        yield 1, text
+        return
     newlines = [i for i, ch in enumerate(text) if ch == "\n"]
 
     def line_of(offset: int) -> int:
         return bisect.bisect_right(newlines, offset - 1) + 1
 
-    decoder = json.JSONDecoder()
     pos = _skip_ws(text, 0)
     if pos >= len(text):
-        raise StropError(f"{path}:1: empty JSON file")
+        yield 1, Bad("empty_file", "empty JSON file")
+        return
     if text[pos] != "[":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StropError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        if isinstance(obj, dict) and any(isinstance(v, list) for v in obj.values()) and len(obj) == 1:
-            # {"data": [...]} style wrappers
-            (rows,) = obj.values()
-            for i, row in enumerate(rows):
-                yield 1, row
-            return
-        yield 1, obj
+        yield from _json_object(text)
         return
-    pos = _skip_ws(text, pos + 1)
-    if pos < len(text) and text[pos] == "]":
+    yield from _json_array(text, _skip_ws(text, pos + 1), line_of)
+
+
+def _json_object(text: str) -> Iterator[tuple[int, object]]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield exc.lineno, Bad("invalid_json", f"invalid JSON ({exc.msg})")
         return
-    while True:
+    if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
+        for row in next(iter(obj.values())):  # {"data": [...]} style wrappers
+            yield 1, row
+        return
+    yield 1, obj
+
+
+# An element that starts a line: where to pick up again after a broken one.
+_NEXT_ELEMENT = re.compile(r"\n[ \t]*[{\[]")
+
+
+def _json_array(text: str, pos: int, line_of) -> Iterator[tuple[int, object]]:
+    decoder = json.JSONDecoder()
+    while pos < len(text) and text[pos] != "]":
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise StropError(f"{path}:{line_of(exc.pos)}: invalid JSON ({exc.msg})") from None
+            yield line_of(pos), Bad("invalid_json", f"invalid JSON ({exc.msg} on line {line_of(exc.pos)})")
+            found = _NEXT_ELEMENT.search(text, pos + 1)
+            if not found:
+                return
+            pos = found.end() - 1
+            continue
         yield line_of(pos), obj
         pos = _skip_ws(text, end)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
-            continue
-        if pos < len(text) and text[pos] == "]":
-            return
-        raise StropError(f"{path}:{line_of(pos)}: invalid JSON (expected ',' or ']' between array items)")
+        elif pos >= len(text):
+            yield line_of(pos), Bad("truncated", "the JSON array is not closed with ']'")
+        elif text[pos] != "]":
+            yield line_of(pos), Bad("invalid_json", "invalid JSON (expected ',' or ']' between array items)")
+            found = _NEXT_ELEMENT.search(text, pos)
+            if not found:
+                return
+            pos = found.end() - 1
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -103,13 +165,28 @@ def _skip_ws(text: str, pos: int) -> int:
 
 
 def _csv(path: Path) -> Iterator[tuple[int, object]]:
-    reader = csv.DictReader(_text(path).splitlines(keepends=True))
+    # surrogateescape keeps undecodable bytes visible so one bad row is
+    # reported alone instead of the whole file failing.
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.DictReader(text.splitlines(keepends=True))
     start = 2
     for row in reader:
-        if None in row:
-            raise StropError(f"{path}:{start}: more values than the header has columns")
-        yield start, {k: v for k, v in row.items() if v not in (None, "")}
+        yield start, _csv_row(row)
         start = reader.line_num + 1
+
+
+def _csv_row(row: dict) -> object:
+    if None in row:
+        return Bad("extra_columns", "more values than the header has columns")
+    missing = [k for k, v in row.items() if v is None]
+    if missing:
+        return Bad("missing_columns", f"row ends before column(s) {', '.join(missing)}")
+    joined = "".join(row.values())
+    if "\x00" in joined:
+        return Bad("nul_byte", "NUL byte in a value")
+    if re.search("[\udc80-\udcff]", joined):
+        return Bad("invalid_utf8", "not valid UTF-8")
+    return {k: v for k, v in row.items() if v != ""}
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, object]]:
@@ -118,6 +195,23 @@ def _parquet(path: Path) -> Iterator[tuple[int, object]]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
-        raise StropError(f"{path}: cannot read parquet ({exc})") from None
+        yield 1, Bad("unreadable_file", f"cannot read parquet ({str(exc).splitlines()[0]})")
+        return
     for i, row in enumerate(table.to_pylist(), start=1):
+        yield i, {k: v for k, v in row.items() if v is not None}
+
+
+def hf_rows(path: Path) -> Iterator[tuple[int, object]]:
+    """Rows of a dataset saved with ``datasets.save_to_disk`` (the 'train' split of a DatasetDict)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ... for bad dirs
+        raise StropError(f"{path}: cannot read the saved Hugging Face dataset ({str(exc).splitlines()[0]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise StropError(f"{path}: saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
+        ds = ds["train"]
+    for i, row in enumerate(ds, start=1):
         yield i, {k: v for k, v in row.items() if v is not None}

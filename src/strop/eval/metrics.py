@@ -114,37 +114,57 @@ def perplexity(model, tok, conversations: list, max_length: int, system_prompt: 
     is context but never scored. Rows are right-padded; padding is masked out
     of attention and labels, so batching does not change the result.
     """
+    if not conversations:
+        raise StropError("perplexity: no conversations to score (the eval set is empty)")
+    nll, tokens = example_nll(model, tok, conversations, max_length, system_prompt, batch_size)
+    total_tokens = sum(tokens)
+    if not total_tokens:
+        raise StropError(f"perplexity: no assistant tokens left within max_length={max_length}")
+    loss = sum(nll) / total_tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+
+
+def example_nll(model, tok, conversations: list, max_length: int, system_prompt: str = "",
+                batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Per conversation: summed NLL of its assistant tokens and how many there were.
+
+    A conversation truncated past every answer gets (0.0, 0), so the lists stay
+    aligned with the input (bootstrap and paired tests need that).
+    """
+    from ..data.render import render
+
+    rendered = [render(tok, c, max_length, system_prompt=system_prompt) for c in conversations]
+    return token_nll(model, tok, [(r.input_ids, r.labels) for r in rendered], batch_size)
+
+
+def token_nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Summed NLL of the labelled tokens (label != -100) of each (input_ids, labels) row."""
     import torch
     import torch.nn.functional as F
 
-    from ..data.render import IGNORE, render
+    from ..data.render import IGNORE
 
-    if not conversations:
-        raise StropError("perplexity: no conversations to score (the eval set is empty)")
-    rendered = [render(tok, c, max_length, system_prompt=system_prompt) for c in conversations]
-    rendered = [r for r in rendered if r.n_trainable > 0]  # truncated past every answer
-    if not rendered:
-        raise StropError(f"perplexity: no assistant tokens left within max_length={max_length}")
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    total_nll, total_tokens = 0.0, 0
+    nll: list[float] = []
+    count: list[int] = []
     with torch.inference_mode():
-        for i in range(0, len(rendered), batch_size):
-            batch = rendered[i:i + batch_size]
-            width = max(len(r.input_ids) for r in batch)
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i:i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, r in enumerate(batch):
-                n = len(r.input_ids)
-                ids[j, :n] = torch.tensor(r.input_ids)
-                labels[j, :n] = torch.tensor(r.labels)
+            for j, (row_ids, row_labels) in enumerate(batch):
+                n = len(row_ids)
+                ids[j, :n] = torch.tensor(row_ids)
+                labels[j, :n] = torch.tensor(row_labels)
                 mask[j, :n] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
             # position t predicts token t+1
-            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))  # (B*(T-1), V)
-            shift_labels = labels[:, 1:].reshape(-1).to(device)  # (B*(T-1),)
-            total_nll += F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum").item()
-            total_tokens += int((shift_labels != IGNORE).sum())
-    loss = total_nll / total_tokens
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+            shift_labels = labels[:, 1:].to(device)  # (B, T-1)
+            losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, ignore_index=IGNORE,
+                                     reduction="none")  # (B, T-1)
+            nll += losses.sum(dim=1).tolist()
+            count += (shift_labels != IGNORE).sum(dim=1).tolist()
+    return nll, count

@@ -1,53 +1,65 @@
-"""`strop eval`: score a run against its base model (or one model alone) on an eval file.
+"""`strop eval`: did fine-tuning help, compared with what, and is it fair?
 
-Each system gets assistant-only perplexity, greedy answers scored by every
-metric in ``METRICS``, and keyword hit rates when rows carry a keyword.
-Results land in ``metrics.json``, ``predictions.jsonl`` and ``report.html``.
+With a run directory the systems are the base model, optionally the base
+model with a few-shot prompt (``baselines``), and the tuned model, all on the
+same examples. Every headline number gets a bootstrap interval and every pair
+of systems a paired test. Results land in ``metrics.json``,
+``predictions.jsonl`` and ``report.html``.
 """
 from __future__ import annotations
 
 import gc
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
 from ..config import TrainConfig, load_yaml
-from ..data import Dataset, load
+from ..data import Dataset, load, split
 from ..errors import StropError
-from ..report.html import plot_loss_curve, write_report
 from ..train.rundir import RunDir
-from .metrics import compute_all, keyword_hit_rate, keyword_hits, perplexity
-
-GEN_BATCH_SIZE = 8
+from .systems import Spec, Task, score_system
 
 
-def evaluate(target: str, data: str, output: str | None = None, max_new_tokens: int = 64,
-             general: str | None = None, compare_base: bool = True) -> dict:
-    """Evaluate ``target`` (run dir or model) on ``data``; write and return the metrics."""
-    dataset = load(data)
-    general_set = load(general) if general else None
+@dataclass
+class Options:
+    baselines: bool = False
+    bias: bool = False
+    labels: list[str] | None = None
+    k_shot: int = 4
+    baseline_prompt: str | None = None
+    judge_endpoint: str | None = None
+    judge_model: str = "judge"
+    judge_api_key: str | None = None
+    group_column: str | None = None
+    resamples: int = 1000
+    seed: int = 0
+
+
+def evaluate(target: str, data: str | None = None, output: str | None = None, max_new_tokens: int = 64,
+             general: str | None = None, compare_base: bool = True, **options) -> dict:
+    """Evaluate ``target`` (run dir or model) on ``data``; write and return the metrics.
+
+    ``options`` are the fields of ``Options`` (baselines, bias, labels, k_shot, ...).
+    """
+    from .collect import collect, write_outputs
+
+    opts = Options(**options)
+    t0 = time.monotonic()
     run = _run_dir(target)
-    systems = _systems(target, run, compare_base)
-    max_length = int(_run_config(run).get("max_length", TrainConfig.max_length)) if run else TrainConfig.max_length
+    cfg = load_yaml(run.config) if run else {}
+    dataset, data_name = _eval_data(data, run, cfg)
+    _check_references(dataset)
+    task = Task(dataset, load(general) if general else None,
+                int(cfg.get("max_length", TrainConfig.max_length)), max_new_tokens)
+    _set_labels(task, opts)
+    specs = _specs(target, run, cfg, compare_base, opts, dataset)
     out = Path(output) if output else (run.eval if run else Path.cwd() / "eval")
-
-    results: dict[str, dict] = {}
-    predictions: list[dict] = []
-    for name, model_name in systems:
-        scores, rows = _score_system(name, model_name, dataset, general_set, max_length, max_new_tokens)
-        results[name] = scores
-        predictions += rows
-
-    metrics = {"target": str(target), "systems": results, "data": str(data), "n": len(dataset)}
-    if general:
-        metrics["general"] = str(general)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
-    curve = plot_loss_curve(run.read_metrics(), out / "loss_curve.png") if run else None
-    write_report(out / "report.html", f"strop eval: {target}", metrics, predictions,
-                 Path(curve).name if curve else None)
+    raw = _score_all(specs, task, opts, with_general_text=True)
+    metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
+    metrics["eval_wall_s"] = round(time.monotonic() - t0, 1)
+    write_outputs(out, metrics, predictions, run, str(target))
     return {**metrics, "output": str(out)}
 
 
@@ -56,74 +68,98 @@ def _run_dir(target: str) -> RunDir | None:
     return RunDir(path) if path.is_dir() and models.is_run_dir(path) else None
 
 
-def _run_config(run: RunDir) -> dict:
-    return load_yaml(run.config)
-
-
-def _systems(target: str, run: RunDir | None, compare_base: bool) -> list[tuple[str, str]]:
-    """(display name, model name) pairs, base first so the table reads before -> after."""
+def _eval_data(data: str | None, run: RunDir | None, cfg: dict) -> tuple[Dataset, str]:
+    """The given file, else the run's eval_data, else the validation split training held out."""
+    if data:
+        return load(data), str(data)
     if run is None:
-        return [("model", target)]
-    if not compare_base:
-        return [("tuned", str(run.root))]
-    base = _run_config(run).get("base_model")
+        raise StropError("--data: required when evaluating a model rather than a run directory")
+    if cfg.get("eval_data"):
+        return load(cfg["eval_data"]), str(cfg["eval_data"])
+    _, held = _split(cfg)
+    if not held:
+        raise StropError(f"{run.config}: the run held out no validation rows (val_size 0); pass --data")
+    return Dataset(cfg["data"], "split", held), f"{cfg['data']} (validation split held out by training)"
+
+
+def _split(cfg: dict):
+    if not cfg.get("data"):
+        raise StropError("config.yaml: no training data recorded; pass --data")
+    train = load(cfg["data"])
+    if cfg.get("eval_data"):
+        return train.conversations, []
+    return split(train.conversations, float(cfg.get("val_size", TrainConfig.val_size)),
+                 int(cfg.get("seed", TrainConfig.seed)))
+
+
+def _check_references(dataset: Dataset) -> None:
+    for conv in dataset.conversations:
+        if not conv.reference.strip():
+            raise StropError(f"{conv.where}: empty reference answer; reference metrics (BLEU, ROUGE, ...) need one")
+
+
+def _set_labels(task: Task, opts: Options) -> None:
+    from .classification import resolve_labels
+
+    has_column = any("label" in c.meta for c in task.dataset.conversations)
+    if opts.labels or has_column:
+        task.labels, task.gold = resolve_labels(task.dataset.conversations, opts.labels, task.dataset.path)
+
+
+def _specs(target: str, run: RunDir | None, cfg: dict, compare_base: bool, opts: Options,
+           dataset: Dataset) -> list[Spec]:
+    """Systems in reading order: base, few-shot, tuned."""
+    from .baselines import build_few_shot
+
+    if run is None:
+        if opts.baselines:
+            raise StropError("--baselines: needs a run directory (few-shot examples come from its training data)")
+        return [Spec("model", target)]
+    if not compare_base and not opts.baselines:
+        return [Spec("tuned", str(run.root))]
+    base = cfg.get("base_model")
     if not base:
         raise StropError(f"{run.config}: no base_model to compare against (pass compare_base=False)")
-    return [("base", str(base)), ("tuned", str(run.root))]
+    specs = [Spec("base", str(base))]
+    if opts.baselines:
+        train, _ = _split(cfg)
+        specs.append(Spec("few-shot", str(base), build_few_shot(train, dataset.conversations, opts.k_shot,
+                                                                opts.seed, opts.baseline_prompt)))
+    return specs + [Spec("tuned", str(run.root))]
 
 
-def _score_system(name: str, model_name: str, dataset: Dataset, general_set: Dataset | None,
-                  max_length: int, max_new_tokens: int) -> tuple[dict, list[dict]]:
+def _score_all(specs: list[Spec], task: Task, opts: Options, with_general_text: bool) -> dict:
+    """Load each distinct model once and run everything that needs it."""
     from ..serve.engine import Engine
+    from .forgetting import general_paragraphs, general_text_nll
 
-    engine = Engine(model_name)
-    try:
-        scores = perplexity(engine.model, engine.tok, dataset.conversations, max_length,
-                            system_prompt=engine.system_prompt)
-        answers, rows = _generate(engine, name, "eval", dataset, max_new_tokens)
-        scores.update(compute_all(answers, [c.reference for c in dataset.conversations]))
-        rate = _hit_rate(rows)
-        if rate is not None:
-            scores["keyword_hit_rate"] = rate
-        if general_set is not None:
-            _, general_rows = _generate(engine, name, "general", general_set, max_new_tokens)
-            rate = _hit_rate(general_rows)
-            if rate is None:
-                raise StropError(f"{general_set.path}: general questions need a 'keyword' on each row")
-            scores["general_hit_rate"] = rate
-            rows += general_rows
-    finally:
-        # Two models side by side would double peak memory; free one before the next loads.
-        del engine
-        _free_memory()
-    return scores, rows
+    raw: dict = {"systems": {}, "general_text": {}, "bias": {}}
+    for model_name in dict.fromkeys(s.model for s in specs):
+        engine = Engine(model_name)
+        try:
+            for spec in (s for s in specs if s.model == model_name):
+                raw["systems"][spec.name] = score_system(engine, spec, task)
+            weights = next(s.name for s in specs if s.model == model_name and s.few_shot is None)
+            if with_general_text:
+                raw["general_text"][weights] = general_text_nll(engine.model, engine.tok, general_paragraphs(),
+                                                                task.max_length)
+            if opts.bias:
+                raw["bias"][weights] = _bias_scores(engine, task.max_length)
+        finally:
+            # Two models side by side would double peak memory; free one before the next loads.
+            del engine
+            _free_memory()
+    return raw
 
 
-def _generate(engine, system: str, set_name: str, dataset: Dataset, max_new_tokens: int) -> tuple[list[str], list[dict]]:
-    convs = dataset.conversations
-    prompts = [[{"role": m.role, "content": m.content} for m in c.prompt_messages] for c in convs]
-    answers = engine.generate_batch(prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE)
-    keywords = [c.meta.get("keyword") for c in convs]
-    rows = []
-    for conv, prompt, answer, kw in zip(convs, prompts, answers, keywords):
-        hit = keyword_hits([answer], [str(kw)])[0] if kw else None
-        rows.append({"system": system, "set": set_name, "where": conv.where, "prompt": _prompt_text(prompt),
-                     "reference": conv.reference, "prediction": answer, "keyword": kw, "hit": hit})
-    return answers, rows
+def _bias_scores(engine, max_length: int) -> dict:
+    from . import bias
 
-
-def _hit_rate(rows: list[dict]) -> float | None:
-    """Keyword hit rate over the rows that carry a keyword; None when none do."""
-    keyed = [r for r in rows if r["keyword"]]
-    if not keyed:
-        return None
-    return keyword_hit_rate([r["prediction"] for r in keyed], [str(r["keyword"]) for r in keyed])["keyword_hit_rate"]
-
-
-def _prompt_text(messages: list[dict]) -> str:
-    if len(messages) == 1:
-        return messages[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    items = bias.counterfactual_items(bias.load_templates())
+    pairs = bias.load_pairs()
+    return {"items": items, "logps": bias.score_counterfactuals(engine.model, engine.tok, items,
+                                                                 engine.system_prompt, max_length),
+            "pairs": pairs, "margins": bias.score_pairs(engine.model, engine.tok, pairs)}
 
 
 def _free_memory() -> None:

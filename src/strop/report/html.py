@@ -22,6 +22,8 @@ th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.best{background:#d8f5d0;font-weight:600}
 .hit{color:#1a7f37}.miss{color:#b42318}.meta{color:#666;font-size:.85rem}
 pre{white-space:pre-wrap;margin:0;font-family:inherit}
+.ci{color:#666;font-size:.8rem;font-weight:400}.flag{color:#b42318;font-weight:600}.skip{color:#8a6d00}
+.view{display:none}.view:target{display:block}.view:target~#view-worst{display:none}#view-worst{display:block}
 """
 
 
@@ -63,9 +65,11 @@ def _metrics_table(metrics: dict) -> str:
         values = [systems[s].get(name) for s in systems]
         best = _best(name, values)
         cells = []
-        for v in values:
+        for system, v in zip(systems, values):
             cls = "num best" if best is not None and v == best else "num"
-            cells.append(f'<td class="{cls}">{html.escape(_fmt(v)) if v is not None else "-"}</td>')
+            ci = metrics.get("intervals", {}).get(system, {}).get(name)
+            span = f' <span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci and v is not None else ""
+            cells.append(f'<td class="{cls}">{html.escape(_fmt(v)) if v is not None else "-"}{span}</td>')
         rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -103,8 +107,13 @@ def _examples_table(predictions: list[dict]) -> str:
 
 
 def write_report(path: str | Path, title: str, metrics: dict, predictions: list[dict],
-                 loss_curve_png: str | None) -> Path:
-    """Write one self-contained HTML page: metrics table, loss curve, examples side by side."""
+                 loss_curve_png: str | None, sections: list[str] | None = None,
+                 examples_html: str | None = None) -> Path:
+    """Write one self-contained HTML page: metrics table, loss curve, examples side by side.
+
+    ``sections`` (HTML fragments) go between the loss curve and the examples;
+    ``examples_html`` replaces the plain examples table.
+    """
     path = Path(path)
     info = [f"{k}: {metrics[k]}" for k in ("target", "data", "n", "general") if metrics.get(k) is not None]
     parts = [
@@ -118,7 +127,8 @@ def write_report(path: str | Path, title: str, metrics: dict, predictions: list[
     ]
     if loss_curve_png:
         parts += ["<h2>Loss curve</h2>", f'<img src="{html.escape(loss_curve_png)}" alt="training and eval loss" width="720">']
-    parts += ["<h2>Examples</h2>", _examples_table(predictions), "</body></html>"]
+    parts += list(sections or [])
+    parts += ["<h2>Examples</h2>", examples_html or _examples_table(predictions), "</body></html>"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(p for p in parts if p), encoding="utf-8")
     return path

@@ -1,19 +1,21 @@
 """OpenAI-compatible HTTP server over one `Engine`: `strop serve MODEL`.
 
-Routes: ``GET /health`` (never needs a key), ``GET /v1/models``,
-``GET /v1/models/{id}`` and ``POST /v1/chat/completions`` (plain or SSE).
+Routes: ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus
+text), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``
+and ``POST /v1/completions`` (plain or SSE).
 
 Where we differ from OpenAI, on purpose:
   * ``temperature`` defaults to 0 (greedy), not 1: a local model under test
     should give the same answer to the same request unless asked otherwise.
-  * ``n`` must be 1; ``max_tokens`` is clamped to ``max_tokens_cap`` and to
-    what is left of the context; fields we do not use (tools, logprobs...)
-    are ignored, because clients send many of them by default.
-  * ``usage.completion_tokens`` counts every generated token, including any
-    cut off by a ``stop`` string, since they were computed.
+  * ``n`` > 1 works without streaming only; ``max_tokens`` is clamped to
+    ``max_tokens_cap`` and to what is left of the context; fields we do not
+    use (tools, logprobs...) are ignored, because clients send many of them.
+  * generation stops at a ``stop`` string, and ``usage.completion_tokens``
+    counts the tokens up to the one that completed it.
+  * ``/v1/completions`` takes one prompt per request.
 
-Generation is blocking PyTorch work, so it runs in worker threads; the
-engine's own lock serialises requests on the one model.
+All generation goes through one `Batcher` (continuous batching, batching.py);
+routes only submit requests and turn the token ids they get back into text.
 """
 from __future__ import annotations
 
@@ -23,17 +25,21 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import StropError
+from . import adapters as adapter_table
+from .batching import Batcher, QueueFull
 from .engine import Engine
+from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
+from .metrics import Metrics
 
 
 # -- request schema -------------------------------------------------------
@@ -57,10 +63,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="0 or omitted: greedy decoding")
@@ -82,12 +87,31 @@ class ChatRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError(f"exactly one prompt per request, got {len(prompt)}")
+        return prompt
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
 # -- errors in the OpenAI shape ---------------------------------------------
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None, headers: dict | None = None) -> None:
         super().__init__(message)
         self.status, self.body = status, {"message": message, "type": type, "param": param, "code": code}
+        self.headers = headers
 
 
 def _is_union_tag(part: object) -> bool:
@@ -105,7 +129,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse({"error": exc.body}, status_code=exc.status)
+        return JSONResponse({"error": exc.body}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,64 +169,132 @@ def _auth(api_key: str | None):
     return check
 
 
+def _body_limit(app: FastAPI, limit: int) -> None:
+    @app.middleware("http")
+    async def check(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        too_big = int(declared) > limit if declared and declared.isdigit() else len(await request.body()) > limit
+        if too_big:
+            err = APIError(413, f"request body over the {limit}-byte limit", code="request_too_large")
+            return JSONResponse({"error": err.body}, status_code=413)
+        response = await call_next(request)
+        app.state.metrics.request(request.url.path, response.status_code)
+        return response
+
+
 def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | None = None,
-               max_tokens_cap: int = 2048) -> FastAPI:
-    """The FastAPI app serving ``engine``; ``api_key`` (if set) guards every /v1 route."""
+               max_tokens_cap: int = 2048, adapters: dict[str, Path] | None = None, max_batch: int = 8,
+               max_waiting: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
+    """The FastAPI app serving ``engine`` (plus any named ``adapters`` over the same base);
+    ``api_key`` (if set) guards every route but /health."""
     model_id = model_id or model_id_for(engine.name)
+    served = _served(engine, model_id, adapters or {})
+    batcher = Batcher(engine.model, engine.tok.eos_token_id, max_batch=max_batch, max_waiting=max_waiting,
+                      lock=engine.lock)
     created = int(time.time())
-    card = {"id": model_id, "object": "model", "created": created, "owned_by": "strop"}
+    cards = [{"id": m, "object": "model", "created": created, "owned_by": "strop"} for m in served]
     app = FastAPI(title="strop", docs_url=None, redoc_url=None)
-    app.state.model_id = model_id
+    app.state.model_id, app.state.batcher, app.state.metrics = model_id, batcher, Metrics()
     _install_error_handlers(app)
+    _body_limit(app, max_body_bytes)
     guarded = [Depends(_auth(api_key))]
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
+    @app.get("/metrics", dependencies=guarded)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(app.state.metrics.render(batcher), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models", dependencies=guarded)
     async def list_models() -> dict:
-        return {"object": "list", "data": [card]}
+        return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{name:path}", dependencies=guarded)
     async def get_model(name: str) -> dict:
-        _check_model(name, model_id)
-        return card
+        _adapter_for(name, served)
+        return next(c for c in cards if c["id"] == name)
+
+    async def run(req: Sampling, ids: list[int], meta: dict, kind: str):
+        adapter = _adapter_for(req.model or model_id, served)
+        _check_length(len(ids), engine.context_length)
+        n = req.n or 1
+        if n < 1 or n > 8 or (req.stream and n != 1):
+            raise APIError(400, f"n={n}: use 1 to 8, and 1 when streaming", param="n")
+        gen = _gen_args(req, max_tokens_cap, engine.context_length - len(ids))
+        try:
+            reqs = submit_all(batcher, ids, gen, adapter, n)
+        except QueueFull:
+            raise APIError(429, "the server is busy: too many requests waiting; retry shortly", type="server_busy",
+                           code="queue_full", headers={"Retry-After": "1"}) from None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(reqs[0], engine.tok, req.stops(), include_usage, meta, len(ids), kind,
+                                          app.state.metrics),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        done = [await collect(r, engine.tok, req.stops()) for r in reqs]
+        choices = [_choice(kind, i, text, out.finish_reason) for i, (text, out) in enumerate(done)]
+        app.state.metrics.add("completion_tokens_total", sum(out.tokens for _, out in done))
+        return {**meta, "object": OBJECT[kind], "choices": choices,
+                "usage": _usage(len(ids), sum(out.tokens for _, out in done))}
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(req: ChatRequest):
-        _check_model(req.model, model_id)
-        if req.n not in (None, 1):
-            raise APIError(400, f"n={req.n} is not supported; this server returns one choice (n=1)", param="n")
-        messages = [m.as_dict() for m in req.messages]
-        n_prompt = len(await run_in_threadpool(engine.encode, messages))
-        if n_prompt >= engine.context_length:
-            raise APIError(400, f"the prompt has {n_prompt} tokens but the model's context length is "
-                                f"{engine.context_length} tokens", param="messages", code="context_length_exceeded")
-        gen = _gen_args(req, max_tokens_cap)
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(engine, messages, gen, req.stops(), include_usage, meta),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        done = await run_in_threadpool(lambda: engine.chat(messages, stop=req.stops(), **gen))
-        return {**meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                             "logprobs": None, "finish_reason": done.finish_reason}],
-                "usage": _usage(done.prompt_tokens, done.completion_tokens)}
+        ids = await run_in_threadpool(engine.encode, [m.as_dict() for m in req.messages])
+        return await run(req, ids, _meta("chatcmpl", req.model or model_id), "chat")
+
+    @app.post("/v1/completions", dependencies=guarded)
+    async def completions(req: CompletionRequest):
+        ids = engine.tok(req.text(), add_special_tokens=False)["input_ids"]
+        return await run(req, ids, _meta("cmpl", req.model or model_id), "text")
 
     return app
 
 
-def _check_model(name: str | None, model_id: str) -> None:
-    if name and name != model_id:
-        raise APIError(404, f"The model '{name}' does not exist; this server serves '{model_id}'",
+OBJECT = {"chat": "chat.completion", "text": "text_completion"}
+
+
+def _served(engine: Engine, model_id: str, adapters: dict[str, Path]) -> dict[str, str | None]:
+    """model id -> peft adapter name for the batcher (None: no adapters loaded at all)."""
+    if not adapters:
+        return {model_id: None}
+    from peft import PeftModel
+
+    own = "default" if isinstance(engine.model, PeftModel) else adapter_table.BASE
+    if model_id in adapters:
+        raise StropError(f"option --adapter: {model_id!r} is already the served model's name")
+    engine.model = adapter_table.attach(engine.model, adapters)
+    return {model_id: own, **{name: name for name in adapters}}
+
+
+def _adapter_for(name: str, served: dict[str, str | None]) -> str | None:
+    if name not in served:  # looked up, never opened: a name is not a path
+        raise APIError(404, f"The model '{name}' does not exist; this server serves {', '.join(map(repr, served))}",
                        param="model", code="model_not_found")
+    return served[name]
 
 
-def _gen_args(req: ChatRequest, cap: int) -> dict:
+def _check_length(n_prompt: int, context: int) -> None:
+    if n_prompt >= context:
+        raise APIError(400, f"the prompt has {n_prompt} tokens but the model's context length is {context} tokens",
+                       param="messages", code="context_length_exceeded")
+
+
+def _meta(prefix: str, model: str) -> dict:
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+
+
+def _choice(kind: str, index: int, text: str, finish: str) -> dict:
+    if kind == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _gen_args(req: Sampling, cap: int, room: int) -> dict:
     wanted = req.max_completion_tokens or req.max_tokens or cap
-    return {"max_new_tokens": min(wanted, cap), "temperature": req.temperature or 0.0,
+    return {"max_new_tokens": max(1, min(wanted, cap, room)), "temperature": req.temperature or 0.0,
             "top_p": req.top_p or 1.0, "seed": req.seed}
 
 
@@ -211,68 +303,33 @@ def _usage(prompt: int, completion: int) -> dict:
 
 
 # -- streaming ----------------------------------------------------------------
-class StopFilter:
-    """Cuts streamed text at the first stop string, holding back any tail that
-    could be the start of one, so no part of a stop string is ever sent."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """Text safe to send now, and whether a stop string was reached."""
-        text = self.held + piece
-        cut = min((text.find(s) for s in self.stops if s in text), default=-1)
-        if cut >= 0:
-            self.held = ""
-            return text[:cut], True
-        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        self.held = text[len(text) - keep:]
-        return text[:len(text) - keep], False
-
-    def flush(self) -> str:
-        text, self.held = self.held, ""
-        return text
-
-
 def _event(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def _chunk(meta: dict, delta: dict, finish: str | None = None) -> str:
+def _chunk(kind: str, meta: dict, text: str | None, finish: str | None = None, *, first: bool = False) -> str:
+    if kind == "text":
+        return _event({**meta, "object": "text_completion",
+                       "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]})
+    delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
     return _event({**meta, "object": "chat.completion.chunk",
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
 
-_END = object()
-
-
-def _drain(pieces: Iterator[str]) -> None:
-    for _ in pieces:
-        pass
-
-
-async def _sse(engine: Engine, messages: list[dict], gen: dict, stops: list[str], include_usage: bool, meta: dict):
-    stats: dict = {}
-    pieces = engine.stream(messages, stats=stats, **gen)
-    cut, hit = StopFilter(stops), False
-    yield _chunk(meta, {"role": "assistant", "content": ""})
+async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_prompt: int, kind: str, metrics):
+    out = Outcome()
+    if kind == "chat":
+        yield _chunk(kind, meta, None, first=True)
     try:
-        while not hit:
-            piece = await run_in_threadpool(next, pieces, _END)
-            if piece is _END:
-                break
-            text, hit = cut.feed(piece)
-            if text:
-                yield _chunk(meta, {"content": text})
-        if not hit and (rest := cut.flush()):
-            yield _chunk(meta, {"content": rest})
-        yield _chunk(meta, {}, "stop" if hit else stats.get("finish_reason", "length"))
+        async for text in pieces(req, tok, stops, out):
+            yield _chunk(kind, meta, text)
+        yield _chunk(kind, meta, None, out.finish_reason)
+        metrics.add("completion_tokens_total", out.tokens)
+        if out.first_token_s is not None:
+            metrics.add("time_to_first_token_seconds_total", out.first_token_s)
         if include_usage:
-            if hit:  # generation runs on to its end regardless; the token counts come when it does
-                await run_in_threadpool(_drain, pieces)
-            usage = _usage(stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0))
-            yield _event({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+            obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+            yield _event({**meta, "object": obj, "choices": [], "usage": _usage(n_prompt, out.tokens)})
     except Exception as exc:  # headers are already sent: report in-band, as OpenAI does
         yield _event({"error": APIError(500, f"generation failed: {exc}", type="server_error").body})
         return
@@ -280,12 +337,21 @@ async def _sse(engine: Engine, messages: list[dict], gen: dict, stops: list[str]
 
 
 # -- entry point --------------------------------------------------------------
-def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
-    """Load ``model`` and serve it until interrupted (``strop serve``)."""
+def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, *,
+        adapters: list[str] | None = None, max_batch: int = 8, max_waiting: int = 64,
+        max_tokens_cap: int = 2048, drain_timeout: float = 30.0) -> None:
+    """Load ``model`` and serve it (``strop serve``). SIGTERM/Ctrl-C: stop accepting,
+    let in-flight requests finish for up to ``drain_timeout`` seconds, exit 0."""
     import uvicorn
 
+    table = adapter_table.parse(adapters or [])  # refuse bad names before the slow model load
     engine = Engine(model)
-    app = create_app(engine, api_key=api_key)
+    app = create_app(engine, api_key=api_key, adapters=table, max_batch=max_batch, max_waiting=max_waiting,
+                     max_tokens_cap=max_tokens_cap)
     shown = f"[{host}]" if ":" in host else host
     print(f"strop: serving {app.state.model_id} on http://{shown}:{port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=drain_timeout))
+    server.run()
+    app.state.batcher.close()
+    print("strop: server stopped", file=sys.stderr, flush=True)

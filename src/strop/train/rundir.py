@@ -43,14 +43,23 @@ class RunDir:
     def export(self) -> Path:
         return self.root / "export"
 
+    @property
+    def fingerprint(self) -> Path:
+        return self.root / "fingerprint.json"
+
     def latest_checkpoint(self) -> Path | None:
-        """Newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+        """Newest checkpoint whose manifest verifies; a save cut short has none."""
+        from .manifest import verify_manifest
+
         found = []
         for d in self.checkpoints.glob("checkpoint-*"):
             m = re.fullmatch(r"checkpoint-(\d+)", d.name)
-            if m and (d / "trainer_state.json").is_file():
+            if m:
                 found.append((int(m.group(1)), d))
-        return max(found)[1] if found else None
+        for _, d in sorted(found, reverse=True):
+            if verify_manifest(d):
+                return d
+        return None
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics.is_file():

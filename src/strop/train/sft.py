@@ -15,7 +15,9 @@ from pathlib import Path
 from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
+from . import reliability
 from .callbacks import MetricsLog, Progress
+from .precision import use_bf16
 from .data import prepare
 from .rundir import RunDir
 
@@ -78,6 +80,17 @@ def _rewind_metrics(run: RunDir, checkpoint: Path) -> None:
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _raise_if_stopped(stop, guard, step: int, cfg: TrainConfig) -> None:
+    import signal
+
+    if guard.aborted_at is not None:
+        raise StropError(f"non-finite gradients at step {guard.aborted_at} (nan_policy {cfg.nan_policy}, "
+                         f"skipped steps {guard.skipped_steps}); stopped without writing final/", exit_code=3)
+    if stop.signal is not None:
+        raise StropError(f"stopped by {signal.Signals(stop.signal).name} after step {step}; a checkpoint was saved, "
+                         "continue with --resume", exit_code=reliability.EXIT_STOPPED)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -92,6 +105,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     method = methods.get(cfg.method)
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
+    if resume_from is not None:
+        reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg))
     report_to = _tracker(cfg, run)
     if resume_from is not None:
         _rewind_metrics(run, resume_from)
@@ -101,9 +116,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     run.root.mkdir(parents=True, exist_ok=True)
     run.config.write_text(to_yaml(cfg))
     run.data_report.write_text(json.dumps(prepared.report, indent=2))
+    if resume_from is None:
+        run.fingerprint.write_text(json.dumps(reliability.fingerprint(cfg), indent=2))
+    from ..plan.hooks import check_licenses, write_env
+
+    licenses = check_licenses(cfg)  # stops on a known conflict with intended_use
+    write_env(run.root)
     has_eval = bool(prepared.eval)
 
-    model = method.wrap(models.load_model(cfg.base_model, cfg.dtype), cfg)
+    model = method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit), cfg)
     args = SFTConfig(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=cfg.micro_batch_size,
@@ -120,15 +141,27 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        max_length=cfg.max_length,
+        # strop truncates while rendering; TRL refuses a max_length with padding-free rows.
+        max_length=None if cfg.padding_free else cfg.max_length,
         report_to=report_to,
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        # Padding-free rows hold no pad tokens, and the pad id doubles as <|im_end|>,
+        # so "non_padding" would wrongly skip real end-of-turn tokens there.
+        include_num_input_tokens_seen="all" if cfg.padding_free else "non_padding",
         dataloader_num_workers=0,
-        bf16=cfg.dtype == "bfloat16",
+        bf16=use_bf16(cfg),
+        # transformers refuses CPU bf16 autocast unless told the run is on the CPU on purpose.
+        use_cpu=use_bf16(cfg) and not torch.cuda.is_available(),
+        padding_free=cfg.padding_free,
+        # TRL turns this on by default; prefix tuning's key/value prefixes live in the
+        # cache, which checkpointed layers drop, so the table says per method.
+        gradient_checkpointing=method.gradient_checkpointing,
         **_schedule(cfg, has_eval),
     )
-    callbacks = [MetricsLog(run.metrics)] + ([Progress()] if progress else [])
+    stop = reliability.GracefulStop()
+    guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
+    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
+    callbacks += [Progress()] if progress else []
     if has_eval and cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
@@ -146,9 +179,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     t0 = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
+    _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
     save_final(trainer.model, tok, cfg, run)
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    trainable, total = param_counts(trainer.model)
     tokens = trainer.state.num_input_tokens_seen
     summary = {
         "method": cfg.method,
@@ -165,20 +198,39 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "licenses": licenses,
+        "skipped_nonfinite_steps": guard.skipped_steps,
     }
     run.summary.write_text(json.dumps(summary, indent=2))
     return run
 
 
+def param_counts(model) -> tuple[int, int]:
+    """(trainable, total); peft counts 4-bit weights at their real size, not their packed one."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad),
+            sum(p.numel() for p in model.parameters()))
+
+
 def save_final(model, tok, cfg: TrainConfig, run: RunDir) -> None:
     """Write final/ atomically: adapter or full weights, tokenizer, base pointer."""
+    method = methods.get(cfg.method)
     tmp = run.root / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if method.save is not None:
+        method.save(model, tmp)  # only the weights this method trains
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    if methods.get(cfg.method).saves_adapter:
+    if method.saves_adapter:
         # The alias or path the user named, so a copied run resolves on another machine.
-        (tmp / "strop_base.json").write_text(json.dumps({"base_model": cfg.base_model, "method": cfg.method}))
+        base = {"base_model": cfg.base_model, "method": cfg.method, "load_in_4bit": method.load_in_4bit}
+        (tmp / "strop_base.json").write_text(json.dumps(base))
     (tmp / "strop_run.json").write_text(json.dumps({"system_prompt": cfg.system_prompt, "method": cfg.method}))
+    bad = reliability.non_finite_tensors(tmp)
+    if bad:
+        shutil.rmtree(tmp)
+        raise StropError(f"the trained weights hold non-finite values ({bad[0]}); final/ not written", exit_code=3)
     shutil.rmtree(run.final, ignore_errors=True)
     os.replace(tmp, run.final)

@@ -1,0 +1,59 @@
+"""What each `strop al ACTION` does between parsing and printing (cli.py stays thin)."""
+from __future__ import annotations
+
+import sys
+
+
+def warn(message: str) -> None:
+    print(f"strop: {message}", file=sys.stderr)
+
+
+def score(args) -> int:
+    from .score import score_pool
+
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
+    table = score_pool(args.model, args.pool, args.output, labels=labels, train=args.train, samples=args.samples,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, warn=warn)
+    print(f"scored {len(table)} pool inputs with {args.model}: signals {', '.join(table.signals)}; "
+          f"embeddings {tuple(table.embeddings.shape)}; written to {args.output}")
+    return 0
+
+
+def select(args) -> int:
+    from .score import load_scores
+    from .select import select as pick, uncertainty, write_selection
+
+    table = load_scores(args.scores)
+    picked, unc = pick(table, args.budget, args.strategy, signal=args.signal, seed=args.seed,
+                       dedup=args.dedup, warn=warn)
+    jsonl, csv_path = write_selection(table, picked, unc, args.output, args.strategy)
+    signal = uncertainty(table, args.signal)[0] if table.signals else "none"
+    print(f"selected {len(picked)} of {len(table)} items by {args.strategy} (uncertainty signal: {signal})")
+    print(f"label them in {csv_path}: correct the pre-filled 'answer', set 'reviewed' to yes; "
+          f"then: strop al merge {csv_path} --into TRAIN.jsonl")
+    print(f"(the selection record is {jsonl}; keep it next to the CSV)")
+    return 0
+
+
+def merge(args) -> int:
+    from .merge import merge as do_merge
+
+    r = do_merge(args.labelled, args.into, selection=args.selection, skip_unlabelled=args.skip_unlabelled, warn=warn)
+    print(f"merged {r.merged} labelled rows into {r.into} ({r.corrected} corrected drafts, {r.accepted} accepted "
+          f"as drafted); skipped {len(r.unlabelled)} unlabelled, {r.already_present} already present; "
+          f"{r.into} now has {r.total_rows} rows")
+    return 0
+
+
+def loop(args) -> int:
+    from .curves import format_summary
+    from .loop import load_loop_config, run_loop
+
+    cfg = load_loop_config(args.config, {"rounds": args.rounds, "budget": args.budget, "output_dir": args.output_dir})
+    result = run_loop(cfg)
+    print(format_summary(result["summary"]))
+    print(f"curves: {cfg.output_dir}/curves.json  plot: {result['plot']}")
+    return 0
+
+
+ACTIONS = {"score": score, "select": select, "merge": merge, "loop": loop}

@@ -1,0 +1,89 @@
+"""What each `strop data ACTION` does: a handful of calls into the data modules, then print.
+
+Kept out of cli.py so the command table there stays one line per option.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def check_cmd(args) -> int:
+    from .check import check, format_report
+
+    report = check(args.file, base_model=args.base_model, max_length=args.max_length, fmt=args.format,
+                   eval_path=args.eval, near_threshold=args.near_threshold, min_words=args.min_words,
+                   embeddings=args.embeddings, domain=args.domain, seeds=args.seeds, min_relevance=args.min_relevance)
+    print(format_report(report))
+    if args.strict:  # every unusable row, not just the first examples
+        for p in report["problems"]:
+            print(f"  {p['where']}: {p['reason']} [{p['code']}]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.html:
+        from .check_html import render_html
+        from .load import ANY_KIND, load
+
+        where = [c.where for c in load(args.file, args.format, strict=False, kinds=ANY_KIND).conversations]
+        Path(args.html).write_text(render_html(report, where), encoding="utf-8")
+        print(f"  html report: {args.html}")
+    return 1 if args.strict and report["errors"] else 0
+
+
+def clean_cmd(args) -> int:
+    from .clean import CleanOptions, clean, format_summary
+
+    opts = CleanOptions(near_threshold=None if args.exact_only else args.near_threshold, pii=args.pii,
+                        min_words=args.min_words, max_length=args.max_length, language=args.language,
+                        base_model=args.base_model)
+    print(format_summary(clean(args.file, args.output, opts, manifest=args.manifest)))
+    return 0
+
+
+def split_cmd(args) -> int:
+    from .load import ANY_KIND, load
+    from .splitting import grouped_split
+    from .write import refuse_overwrite, row_of, write_rows
+
+    train_out, eval_out = refuse_overwrite(args.train_out, args.file), refuse_overwrite(args.eval_out, args.file)
+    convs = load(args.file, kinds=ANY_KIND).conversations
+    train, evals = grouped_split(convs, args.val_size, args.seed, args.stratify, args.near_threshold)
+    write_rows(train_out, [row_of(c) for c in train])
+    write_rows(eval_out, [row_of(c) for c in evals])
+    dropped = len(convs) - len(train) - len(evals)
+    print(f"{args.file}: {len(train)} train rows -> {train_out}, {len(evals)} eval rows -> {eval_out}"
+          + (f"; {dropped} augmented rows of eval originals left out" if dropped else ""))
+    return 0
+
+
+def preview_cmd(args) -> int:
+    import sys
+
+    from .. import models
+    from .load import ANY_KIND, load
+    from .preview import page, terminal
+
+    convs = load(args.file, kinds=ANY_KIND).conversations[args.start:args.start + args.n]
+    tok = models.load_tokenizer(args.base_model)
+    if args.html:
+        Path(args.html).write_text(page(tok, convs, args.max_length, args.system_prompt), encoding="utf-8")
+        print(f"preview of {len(convs)} rows: {args.html}")
+    else:
+        colour = not args.no_color and sys.stdout.isatty()
+        print(terminal(tok, convs, args.max_length, colour, args.system_prompt))
+    return 0
+
+
+def augment_cmd(args) -> int:
+    from .augment import LLM_PROMPTS, Rewriter, augment
+
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    rewriter = Rewriter(args.model, args.endpoint, args.pivot) if any(op in LLM_PROMPTS for op in ops) else None
+    r = augment(args.file, args.output, ops, per_row=args.per_row, seed=args.seed, target=args.target,
+                rewriter=rewriter, include_original=not args.only_new)
+    print(f"{r['input']}: {r['originals']} rows, {r['augmented']} augmented rows added "
+          f"({r['dropped_duplicates']} duplicates dropped) -> {r['output']}")
+    return 0
+
+
+ACTIONS = {"check": check_cmd, "clean": clean_cmd, "split": split_cmd, "preview": preview_cmd, "augment": augment_cmd}

@@ -1,0 +1,106 @@
+"""Exact and near-duplicate detection (MinHash + LSH from datasketch).
+
+Near duplicates are grouped into clusters (union-find over LSH candidates
+whose estimated Jaccard similarity passes the threshold), so split can keep a
+cluster on one side and clean can keep one row per cluster.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from .records import Conversation
+
+NUM_PERM = 64
+_WORD = re.compile(r"\w+")
+
+
+def text_of(conv: Conversation) -> str:
+    return "\n".join(m.content for m in conv.messages if m.role != "system")
+
+
+def prompt_of(conv: Conversation) -> str:
+    return "\n".join(m.content for m in conv.prompt_messages if m.role != "system")
+
+
+def exact_key(text: str) -> str:
+    return hashlib.sha1(" ".join(text.lower().split()).encode()).hexdigest()
+
+
+def shingles(text: str, n: int = 3) -> set[bytes]:
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return {" ".join(words).encode()} if words else {b""}
+    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def minhashes(texts: list[str]) -> list:
+    from datasketch import MinHash
+
+    return MinHash.bulk((shingles(t) for t in texts), num_perm=NUM_PERM, seed=1)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def clusters(texts: list[str], threshold: float = 0.8) -> list[int]:
+    """A cluster id per text (the index of its first member); exact copies always share one."""
+    uf = _UnionFind(len(texts))
+    first: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        key = exact_key(t)
+        if key in first:
+            uf.union(first[key], i)
+        else:
+            first[key] = i
+    if threshold < 1.0:
+        _near(texts, threshold, uf, list(first.values()))
+    return [uf.find(i) for i in range(len(texts))]
+
+
+def _near(texts: list[str], threshold: float, uf: _UnionFind, unique: list[int]) -> None:
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    hashes = dict(zip(unique, minhashes([texts[i] for i in unique])))
+    for i, m in hashes.items():
+        for j in lsh.query(m):
+            # LSH returns candidates; the estimate confirms them.
+            if m.jaccard(hashes[j]) >= threshold:
+                uf.union(j, i)
+        lsh.insert(i, m)
+
+
+def overlap(train: list[str], other: list[str], threshold: float = 0.8) -> list[tuple[int, int]]:
+    """(train index, other index) pairs that are exact or near copies: train/eval leakage."""
+    from datasketch import MinHashLSH
+
+    keys = {exact_key(t): j for j, t in enumerate(other)}
+    pairs = [(i, keys[exact_key(t)]) for i, t in enumerate(train) if exact_key(t) in keys]
+    if threshold >= 1.0:
+        return pairs
+    found = {i for i, _ in pairs}
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    other_hashes = minhashes(other)
+    for j, m in enumerate(other_hashes):
+        lsh.insert(j, m)
+    for i, m in enumerate(minhashes(train)):
+        if i in found:
+            continue
+        hits = [j for j in lsh.query(m) if m.jaccard(other_hashes[j]) >= threshold]
+        if hits:
+            pairs.append((i, min(hits)))
+    return sorted(pairs)

@@ -1,0 +1,203 @@
+"""Evaluation for preference and RL runs: base vs tuned on held-out data.
+
+- preference accuracy: share of held-out pairs where the model gives the
+  chosen answer a higher summed log-likelihood than the rejected one;
+- KL from the reference: mean per-token KL(tuned || base) over the chosen
+  answers, teacher-forced (a fixed set of contexts, so runs compare);
+- mean reward of sampled completions on held-out prompts (GRPO), for every
+  reward function of the run, and reward-model score distribution when the
+  run names a reward model.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from ..config import TrainConfig, build, load_yaml
+from ..errors import StropError
+
+
+def run_config(run: Path) -> TrainConfig:
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise StropError(f"{run}: not a strop run directory (no config.yaml)")
+    return build(TrainConfig, load_yaml(path), origin=str(path))
+
+
+def _ids(tok, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt+completion and where the completion starts."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    full = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+    k = 0
+    while k < min(len(p), len(full)) and p[k] == full[k]:
+        k += 1
+    return full, k
+
+
+def _completion_logprobs(model, ids: list[int], start: int):
+    """(T-start, V) log-probabilities at the completion positions and the (T-start,) targets."""
+    import torch
+
+    x = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
+        logits = model(x).logits[0, :-1].float()  # (T-1, V)
+    logp = torch.log_softmax(logits, dim=-1)[max(start - 1, 0):]
+    return logp, x[0, max(start, 1):]
+
+
+def sequence_logp(model, tok, prompt: str, completion: str) -> float:
+    ids, start = _ids(tok, prompt, completion)
+    logp, targets = _completion_logprobs(model, ids, start)
+    return float(logp.gather(1, targets[:, None]).sum())
+
+
+def preference_accuracy(model, tok, rows: list[dict]) -> dict:
+    """rows: {prompt, chosen, rejected} texts, as built for training."""
+    margins = [sequence_logp(model, tok, r["prompt"], r["chosen"]) - sequence_logp(model, tok, r["prompt"], r["rejected"])
+               for r in rows]
+    return {"pairs": len(rows), "accuracy": sum(m > 0 for m in margins) / len(rows),
+            "mean_margin": statistics.fmean(margins), "margins": [round(m, 4) for m in margins]}
+
+
+def kl_from_reference(model, ref, tok, rows: list[dict], answer: str = "chosen") -> float:
+    """Mean per-token KL(model || ref) over the rows' answers."""
+    import torch
+
+    total, count = 0.0, 0
+    for r in rows:
+        ids, start = _ids(tok, r["prompt"], r[answer])
+        lp, _ = _completion_logprobs(model, ids, start)
+        lq, _ = _completion_logprobs(ref, ids, start)
+        total += float((torch.exp(lp) * (lp - lq)).sum())
+        count += lp.shape[0]
+    return total / max(count, 1)
+
+
+def sample(model, tok, prompts: list[str], n: int, max_new_tokens: int, temperature: float, seed: int) -> list[list[str]]:
+    """n sampled completions per prompt (decoded without special tokens, as GRPO's reward functions see them)."""
+    import torch
+
+    torch.manual_seed(seed)
+    out = []
+    for prompt in prompts:
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id)
+        out.append(tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def mean_rewards(funcs: dict, rows: list[dict], completions: list[list[str]]) -> dict:
+    """Mean of each reward function over every sampled completion."""
+    flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
+    flat = [c for cs in completions for c in cs]
+    extra = {k: [r.get(k) for r in flat_rows] for k in flat_rows[0] if k != "prompt"}
+    result = {}
+    for name, func in funcs.items():
+        scores = func(prompts=[r["prompt"] for r in flat_rows], completions=flat, **extra)
+        result[name] = {"mean": statistics.fmean(scores), "std": statistics.pstdev(scores)}
+    return result
+
+
+def reward_model_scores(rm, tok, rows: list[dict], completions: list[list[str]]) -> dict:
+    """Score distribution of the completions under a trained reward model."""
+    import torch
+
+    scores = []
+    for r, cs in zip(rows, completions):
+        for c in cs:
+            enc = tok(r["prompt"] + c, return_tensors="pt", add_special_tokens=False)
+            with torch.no_grad():
+                scores.append(float(rm(**enc).logits[0, 0]))
+    q = statistics.quantiles(scores, n=4) if len(scores) > 1 else [scores[0]] * 3
+    return {"n": len(scores), "mean": statistics.fmean(scores), "std": statistics.pstdev(scores),
+            "q25": q[0], "median": q[1], "q75": q[2], "min": min(scores), "max": max(scores)}
+
+
+def reward_pair_accuracy(rm, tok, rows: list[dict]) -> dict:
+    """Held-out pairwise accuracy of a reward model: score(chosen) > score(rejected)."""
+    import torch
+
+    def score(text: str) -> float:
+        with torch.no_grad():
+            return float(rm(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0])
+
+    margins = [score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in rows]
+    return {"pairs": len(rows), "accuracy": sum(m > 0 for m in margins) / len(rows), "mean_margin": statistics.fmean(margins)}
+
+
+def _rows(cfg: TrainConfig, tok, data: str, objective: str) -> list[dict]:
+    from ..data import load
+    from ..data.load import ANY_KIND
+    from ..train.preference_data import ROW_BUILDERS, _prompt_row
+
+    ds = load(data, kinds=ANY_KIND)
+    if objective == "grpo":
+        return [_prompt_row(tok, c, cfg) for c in ds.conversations]
+    if ds.kind != "preference":
+        raise StropError(f"{data}: preference evaluation needs paired rows (prompt, chosen, rejected), "
+                         f"this file holds {ds.kind} data")
+    return [ROW_BUILDERS["preference"](tok, c, cfg) for c in ds.conversations]
+
+
+def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None = None, samples: int = 4,
+                 seed: int = 0) -> dict:
+    """Base vs tuned on held-out data for a preference / reward / GRPO run; writes eval/preference.json."""
+    from .. import models
+
+    run = Path(run)
+    cfg = run_config(run)
+    data = data or cfg.eval_data
+    if not data:
+        raise StropError(f"{run}: give held-out data with --data (the run has no eval_data)")
+    t0 = time.monotonic()
+    tok = models.load_tokenizer(str(run))
+    result: dict = {"run": str(run), "objective": cfg.objective, "data": data}
+    if cfg.objective == "reward":
+        from ..train.preference import load_reward_model
+
+        result["reward_model"] = reward_pair_accuracy(load_reward_model(str(run)), tok, _rows(cfg, tok, data, "reward"))
+    else:
+        rows = _rows(cfg, tok, data, "grpo" if cfg.objective == "grpo" else "dpo")
+        base, tuned = models.load_model(cfg.base_model, cfg.dtype), models.load_model(str(run), cfg.dtype)
+        base.eval()
+        tuned.eval()
+        if cfg.objective == "grpo":
+            result.update(_grpo_eval(cfg, tok, rows, base, tuned, samples, seed))
+        else:
+            result["base"] = preference_accuracy(base, tok, rows)
+            result["tuned"] = preference_accuracy(tuned, tok, rows)
+            result["kl_from_reference"] = kl_from_reference(tuned, base, tok, rows)
+    result["eval_wall_s"] = round(time.monotonic() - t0, 1)
+    out = Path(output) if output else run / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "preference.json").write_text(json.dumps(result, indent=2))
+    result["output"] = str(out)
+    return result
+
+
+def _grpo_eval(cfg: TrainConfig, tok, rows, base, tuned, samples: int, seed: int) -> dict:
+    from ..train import rewards
+
+    funcs = {spec: rewards.load(spec) for spec in cfg.reward_funcs}
+    prompts = [r["prompt"] for r in rows]
+    out: dict = {"prompts": len(rows), "samples_per_prompt": samples}
+    rm = None
+    if cfg.reward_model:
+        from ..train.preference import load_reward_model
+
+        from .. import models
+
+        rm, rm_tok = load_reward_model(cfg.reward_model), models.load_tokenizer(cfg.reward_model)
+    for name, model in (("base", base), ("tuned", tuned)):
+        comps = sample(model, tok, prompts, samples, cfg.max_completion_length, cfg.temperature, seed)
+        out[name] = {"rewards": mean_rewards(funcs, rows, comps) if funcs else {},
+                     "example": comps[0][0]}
+        if rm is not None:
+            out[name]["reward_model"] = reward_model_scores(rm, rm_tok, rows, comps)
+    # KL on the rows' own answers: fixed contexts, so it compares across runs.
+    out["kl_from_reference"] = kl_from_reference(tuned, base, tok, rows, answer="reference")
+    return out

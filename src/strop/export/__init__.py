@@ -1,0 +1,42 @@
+"""Export stage: merge adapters, write GGUF, verify each artifact against its source.
+
+One table: format name -> function(run, out, **options) -> report dict. Each
+export lands in RUN/export/<format>/ (or --output) with strop_export.json
+holding provenance and the verification figures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import StropError
+
+
+def _merged(run: Path, out: Path, **kw) -> dict:
+    from .merged import export_merged
+
+    kw.pop("quant", None)
+    return export_merged(run, out, **kw)
+
+
+def _gguf(run: Path, out: Path, **kw) -> dict:
+    from .gguf_export import export_gguf
+
+    kw.pop("dtype", None)
+    return export_gguf(run, out, **kw)
+
+
+FORMATS: dict[str, Callable[..., dict]] = {"merged": _merged, "gguf": _gguf}
+
+
+def export(run: str, fmt: str = "merged", output: str | None = None, **options) -> dict:
+    """Export ``run`` as ``fmt`` into ``output`` (default RUN/export/FMT); returns the report."""
+    if fmt not in FORMATS:
+        raise StropError(f"option --format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    root = Path(run)
+    if not root.is_dir():
+        raise StropError(f"{run}: no such run directory")
+    out = Path(output) if output else root / "export" / fmt
+    report = FORMATS[fmt](root, out, **options)
+    report["output"] = str(out)
+    return report

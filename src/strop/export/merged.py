@@ -1,0 +1,85 @@
+"""`strop export RUN --format merged`: fold the adapter into the base and verify.
+
+The base is loaded unquantized in float32 (exact for bf16/fp16 weights), the
+adapter is merged there, and only then is the result cast to the base's own
+dtype, so the merge itself adds no rounding beyond the final cast. A base that
+is itself quantized (bitsandbytes/GPTQ config on disk) is refused: merging
+into 4-bit weights would bake quantization error into every layer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .. import methods, models
+from ..errors import StropError
+from . import prompts, provenance, verify
+
+
+def final_dir(run: Path) -> Path:
+    path = models.resolve(str(run))
+    if not isinstance(path, Path) or not (path / "strop_run.json").is_file():
+        raise StropError(f"{run}: not a strop run directory (no final/strop_run.json)")
+    return path
+
+
+def run_info(final: Path) -> dict:
+    return json.loads((final / "strop_run.json").read_text())
+
+
+def base_dtype(base_dir: Path) -> str:
+    cfg = json.loads((base_dir / "config.json").read_text())
+    if cfg.get("quantization_config"):
+        raise StropError(f"{base_dir}: the base model is stored quantized ({cfg['quantization_config'].get('quant_method')}); "
+                         "merge needs its 16/32-bit weights: point base_model at the unquantized checkpoint")
+    return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").removeprefix("torch.")
+
+
+def _load_unmerged(final: Path, base: str | None):
+    """The model as trained: float32 base (never 4-bit) plus the adapter, or the full weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if base is None:
+        return AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(models.resolve(base), dtype=torch.float32)
+    return PeftModel.from_pretrained(model, final).eval()
+
+
+def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: int = 8) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    final = final_dir(run)
+    info = run_info(final)
+    method = info.get("method", "full")
+    if method in methods.METHODS and not methods.METHODS[method].mergeable:
+        raise StropError(f"{run}: method {method} cannot be merged into the base; serve it with its adapter")
+    base = provenance.base_model_of(final)
+    out_dtype = dtype or base_dtype(Path(models.resolve(base)) if base else final)
+    tok = models.load_tokenizer(str(run))
+    model = _load_unmerged(final, base)
+    merged = model.merge_and_unload() if base else model
+    models._fix_special_tokens(tok, merged)  # generation_config eos = <|im_end|> for ChatML models
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    merged.to(getattr(torch, out_dtype)).save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.copy(final / "strop_run.json", tmp / "strop_run.json")  # system prompt travels with the weights
+    del merged, model
+    ref = _load_unmerged(final, base)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
+    check = verify.compare(ref, reloaded, ids, tok.eos_token_id)
+    check["reference"] = "float32 base + adapter, unmerged" if base else "the run's full weights"
+    report = provenance.record(run, final, "merged", dtype=out_dtype, method=method, verification=check)
+    (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)  # a half-written export never sits under the final name
+    return report

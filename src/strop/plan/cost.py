@@ -1,0 +1,46 @@
+"""Training FLOPs, time and cost from the counted tokens and a device's peak."""
+from __future__ import annotations
+
+import math
+
+from .shape import ModelShape
+
+# Share of peak that fine-tuning reaches. GPU: typical measured MFU for small
+# and mid-size models with HF Trainer; CPU: PyTorch eager on small matrices.
+# Both are assumptions the plan prints; --measure replaces them with a rate.
+UTILISATION = {"cuda": 0.35, "cpu": 0.10}
+
+
+def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing: bool = False) -> float:
+    """Forward 2N, backward 4N for full training; frozen weights skip their weight gradient (2N)."""
+    n = shape.linear_params() + shape.vocab * shape.hidden  # the LM head multiplies too; lookups do not
+    per_n = 6 if method == "full" else 4
+    if checkpointing:
+        per_n += 2  # one extra forward
+    attention = 6 * shape.layers * seq_len * shape.q_dim  # QK^T and AV, causal half, x3 for backward
+    return per_n * n + attention
+
+
+def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float | None = None,
+                  tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: bool = False) -> dict:
+    """Steps, time per epoch and total, and cost; tokens_per_s (measured) overrides the FLOP model."""
+    per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(tokens.rows / per_step)
+    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * steps_per_epoch)
+    epochs = steps / steps_per_epoch
+    avg_len = tokens.padded_tokens_per_epoch / tokens.rows
+    fpt = flops_per_token(shape, cfg.method, round(avg_len), checkpointing)
+    util = utilisation if utilisation is not None else UTILISATION[device.kind]
+    source = "measured"
+    if tokens_per_s is None:
+        tokens_per_s = device.bf16_tflops * 1e12 * util / fpt
+        source = f"{device.bf16_tflops} TFLOP/s peak x {util:.0%} utilisation"
+    epoch_s = tokens.padded_tokens_per_epoch / tokens_per_s
+    total_s = epoch_s * epochs
+    return {
+        "steps": steps, "steps_per_epoch": steps_per_epoch, "epochs": round(epochs, 3),
+        "flops_per_token": fpt, "total_flops": fpt * tokens.padded_tokens_per_epoch * epochs,
+        "tokens_per_s": round(tokens_per_s, 1), "rate_source": source,
+        "epoch_s": round(epoch_s, 1), "total_s": round(total_s, 1),
+        "price_per_hour": price_per_hour, "cost": round(total_s / 3600 * price_per_hour, 2),
+    }

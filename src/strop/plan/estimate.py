@@ -1,0 +1,128 @@
+"""`strop plan`: memory, fit, time, cost and method advice for a config, without loading weights."""
+from __future__ import annotations
+
+from .. import models
+from ..errors import StropError
+from . import advice, cost, hardware
+from .memory import OPTIM_BYTES, Setup, breakdown
+from .shape import read_shape
+
+# Options of `strop plan` itself; every other --key is a training config key.
+PLAN_OPTIONS = {"device": str, "json": str, "price_per_hour": float, "utilisation": float,
+                "measure": bool, "measure_steps": int, "optim": str, "goal": str}
+
+
+def split_options(overrides: dict) -> tuple[dict, dict]:
+    """Separate plan options from config overrides (both still text)."""
+    plan, train = {}, {}
+    for key, value in overrides.items():
+        if key in PLAN_OPTIONS:
+            kind = PLAN_OPTIONS[key]
+            try:
+                plan[key] = str(value).lower() in ("1", "true", "yes") if kind is bool else kind(value)
+            except ValueError:
+                raise StropError(f"option --{key.replace('_', '-')}: cannot use {value!r}") from None
+        else:
+            train[key] = value
+    if plan.get("optim", "adamw") not in OPTIM_BYTES:
+        raise StropError(f"option --optim: {plan['optim']!r} is not one of {', '.join(OPTIM_BYTES)}")
+    return plan, train
+
+
+def autocast_for(cfg, device_kind: str) -> bool:
+    """The same choice strop train makes (train/precision.py), without importing torch for the CPU case."""
+    mp = getattr(cfg, "mixed_precision", "no")
+    if cfg.dtype == "bfloat16" or mp == "bf16":
+        return True
+    if mp != "auto":
+        return False
+    if device_kind == "cuda":
+        return True  # every card in the table does bf16 except the T4, where autocast falls back
+    return bool(hardware.cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def worst_batch_tokens(cfg, lengths: list[int]) -> int:
+    """Tokens in the widest micro-batch the run can see."""
+    longest = sorted(lengths, reverse=True)[: cfg.micro_batch_size]
+    if getattr(cfg, "packing", False):
+        return cfg.micro_batch_size * cfg.max_length
+    if getattr(cfg, "padding_free", False):
+        return sum(longest)  # one flattened row, no padding
+    return len(longest) * longest[0]
+
+
+def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0) -> Setup:
+    # Keys other methods add to the config are read when present.
+    return Setup(method=cfg.method, dtype=cfg.dtype, micro_batch=cfg.micro_batch_size, seq_len=seq_len,
+                 tokens=tokens, autocast=autocast_for(cfg, device_kind),
+                 optim=optim, gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", False)),
+                 lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
+                 num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),
+                 adapter_size=int(getattr(cfg, "adapter_size", 64)), device_kind=device_kind)
+
+
+def make_plan(cfg, opts: dict | None = None) -> dict:
+    opts = opts or {}
+    device = hardware.get_device(opts.get("device"))
+    model_dir = models.resolve(cfg.base_model)
+    if isinstance(model_dir, str):
+        raise StropError(f"model {cfg.base_model!r}: strop plan needs a local model directory to read config.json")
+    from .tokens import count
+
+    shape = read_shape(model_dir)
+    counted = count(cfg, models.load_tokenizer(cfg.base_model))
+    seq_len = cfg.max_length if getattr(cfg, "packing", False) else counted.longest
+    s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths))
+    mem = breakdown(shape, s)
+    budget = device.memory_gb * 1024
+    measured = None
+    if opts.get("measure"):
+        from .measure import measure
+
+        measured = measure(cfg, counted, opts.get("measure_steps", 3))
+    rate = measured["tokens_per_s"] if measured else None
+    return {
+        "model": cfg.base_model, "method": cfg.method, "device": device.__dict__,
+        "shape": shape.__dict__, "total_params": shape.total_params(),
+        "data": {"rows": counted.rows, "tokens": counted.tokens, "trainable_tokens": counted.trainable_tokens,
+                 "longest": counted.longest, "truncated": counted.truncated,
+                 "padded_tokens_per_epoch": counted.padded_tokens_per_epoch},
+        "memory_mb": mem, "seq_len": seq_len, "batch_tokens": s.tokens, "autocast": s.autocast,
+        "fit": advice.fit(shape, s, budget),
+        "time": cost.time_and_cost(shape, cfg, counted, device, utilisation=opts.get("utilisation"),
+                                   tokens_per_s=rate, price_per_hour=opts.get("price_per_hour", 0.0),
+                                   checkpointing=s.gradient_checkpointing),
+        "advice": advice.method_advice(shape, s, counted.rows, counted.tokens, budget, opts.get("goal", "")),
+        "measured": measured,
+    }
+
+
+def format_plan(p: dict) -> str:
+    d, m, t, f = p["data"], p["memory_mb"], p["time"], p["fit"]
+    lines = [f"model {p['model']}: {p['total_params'] / 1e6:.1f}M params; method {p['method']}: "
+             f"{m['trainable_params']:,} trainable ({100 * m['trainable_params'] / p['total_params']:.2f}%)",
+             f"data: {d['rows']} rows, {d['tokens']:,} tokens after the chat template ({d['trainable_tokens']:,} trained on), "
+             f"longest {d['longest']}, {d['truncated']} truncated",
+             f"device: {p['device']['name']} ({p['device']['memory_gb']:.1f} GB; {p['device']['source']})", "",
+             f"peak memory estimate (widest micro-batch: {p['batch_tokens']} tokens, longest row {p['seq_len']}):"]
+    for key in ("runtime", "weights", "gradients", "optimizer", "activations", "lm_head_loss"):
+        lines.append(f"  {key:<14} {m[key]:>10,.0f} MB")
+    lines.append(f"  {'total':<14} {m['total']:>10,.0f} MB   budget {f['budget_mb']:,} MB: {'fits' if f['fits'] else 'does NOT fit'}")
+    if p["measured"]:
+        ms = p["measured"]
+        lines.append(f"  measured       {ms['peak_rss_mb']:>10,.0f} MB peak RSS over {ms['steps']} real steps on the "
+                     f"{ms['rows']} longest rows ({ms['tokens_per_s']} tokens/s)")
+    for fix in f["fixes"]:
+        lines.append(f"  fix: {fix['setting']:<28} -> {fix['total_mb']:>8,.0f} MB  ({fix['change']})")
+    if f["fixes"] and not f.get("fixed"):
+        lines.append("  no listed change fits this budget: a larger device is needed")
+    lines += ["", f"time: {t['steps']} steps ({t['epochs']} epochs), {t['flops_per_token'] / 1e9:.2f} GFLOP/token, "
+                  f"{t['tokens_per_s']:,} tokens/s ({t['rate_source']})",
+              f"  {_dur(t['epoch_s'])} per epoch, {_dur(t['total_s'])} total"
+              + (f", cost {t['cost']:.2f} at {t['price_per_hour']}/hour" if t["price_per_hour"] else ""), "", "advice:"]
+    lines += [f"  - {a}" for a in p["advice"]]
+    return "\n".join(lines)
+
+
+def _dur(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"

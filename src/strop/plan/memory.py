@@ -1,0 +1,149 @@
+"""Peak training memory, broken down, from the model's shape and the run's settings.
+
+Every term is counted from structure (parameters, bytes per value, tensors
+autograd keeps per token); the few constants that are not (the process's
+runtime footprint, how many activation-sized tensors a decoder layer keeps)
+were measured on this project's CPU machine and are named below with how.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .shape import ModelShape
+
+MB = 2**20
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# Resident size of a Python process after importing torch, transformers, peft
+# and trl, plus the tokenizer and allocator slack, on CPU (measured: 573 MB
+# after the imports alone). On a GPU the process memory is host RAM and the
+# device instead holds the CUDA context and kernels.
+RUNTIME_MB = {"cpu": 700.0, "cuda": 600.0}
+# TRL 1.16 computes the loss with a chunked LM head (trl/kernels/chunked_logprob.py):
+# logits are never materialised whole; it projects tiles of at most 4096
+# tokens x 32768 vocabulary entries. On a device without Triton (CPU) every
+# position is scored and the tile's element-wise pass makes several more
+# tile-sized temporaries; with Triton only labelled positions are scored in
+# a fused kernel. Live tile copies at the backward peak:
+LM_HEAD_TILE = (4096, 32768)
+LM_HEAD_TILES_LIVE = {"cpu": 6.0, "cuda": 2.0}
+# Activation values autograd keeps per token per decoder layer, in units of
+# (hidden, kv width, intermediate); read from LlamaDecoderLayer's forward
+# (norm inputs and outputs, q/k/v, rotary copies, attention output, the MLP's
+# gate, up, activation and product) with SDPA attention (no T x T matrix).
+ACT_COEF = (10.0, 4.0, 4.0)
+# LoRA-style dropout keeps its own copy of each adapted layer's input.
+DROPOUT_COEF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h", "down_proj": "i"}
+ADAPTER_METHODS = ("lora", "dora", "qlora")
+OPTIM_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
+
+
+@dataclass
+class Setup:
+    method: str = "lora"
+    dtype: str = "float32"
+    micro_batch: int = 4
+    seq_len: int = 512  # padded length of the longest micro-batch
+    # Tokens in the widest micro-batch: micro_batch x seq_len when padded; with
+    # padding-free batches (one flattened row) the sum of the longest rows.
+    tokens: int = 0
+    autocast: bool = False  # bf16 autocast over float32 weights (mixed_precision)
+    optim: str = "adamw"
+    gradient_checkpointing: bool = False
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    num_virtual_tokens: int = 20
+    adapter_size: int = 64
+    device_kind: str = "cpu"
+
+
+def adapted(shape: ModelShape, targets: list[str]) -> dict[str, tuple[int, int]]:
+    lin = shape.linears()
+    if targets == ["all-linear"]:
+        return lin
+    return {k: v for k, v in lin.items() if k in targets}
+
+
+def trainable_params(shape: ModelShape, s: Setup) -> int:
+    """Parameters the optimizer updates, per method (matches peft's counts for Llama-style models)."""
+    L, h = shape.layers, shape.hidden
+    if s.method == "full":
+        return shape.total_params()
+    if s.method in ADAPTER_METHODS:
+        mods = adapted(shape, s.lora_targets).values()
+        extra = sum(o for _, o in mods) if s.method == "dora" else 0  # DoRA's magnitude vector
+        return L * (sum(s.lora_r * (i + o) for i, o in mods) + extra)
+    if s.method == "prompt_tuning":
+        return s.num_virtual_tokens * h
+    if s.method == "prefix_tuning":
+        return s.num_virtual_tokens * L * 2 * shape.kv_dim
+    if s.method == "ia3":  # scales k, v outputs and the down projection's input
+        return L * (2 * shape.kv_dim + shape.intermediate)
+    if s.method == "adapter":  # bottleneck after attention and MLP
+        return L * 2 * (2 * h * s.adapter_size + s.adapter_size + h)
+    raise ValueError(f"no trainable-parameter rule for method {s.method!r}")
+
+
+def weight_bytes(shape: ModelShape, s: Setup) -> float:
+    if s.method == "qlora":
+        # NF4: half a byte per weight plus one fp32 scale per 64 (double-quantised
+        # to ~0.127 bits); embeddings, head and norms stay in the compute dtype.
+        return shape.linear_params() * (0.5 + 0.127 / 8) + shape.other_params() * 2
+    return shape.total_params() * DTYPE_BYTES[s.dtype]
+
+
+def batch_tokens(s: Setup) -> int:
+    virtual = s.micro_batch * s.num_virtual_tokens if s.method == "prompt_tuning" else 0
+    return (s.tokens or s.micro_batch * s.seq_len) + virtual
+
+
+def activation_bytes(shape: ModelShape, s: Setup) -> float:
+    tokens = batch_tokens(s)
+    if s.dtype == "bfloat16" or s.method == "qlora":
+        b = 2.0
+    else:
+        # Under autocast the matmul inputs and outputs are kept in bf16 while
+        # the norms, rotary and residual stream stay in fp32: about half each.
+        b = 3.0 if s.autocast else 4.0
+    h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
+    per_layer = ACT_COEF[0] * h + ACT_COEF[1] * kv + ACT_COEF[2] * i
+    if s.method in ADAPTER_METHODS and s.lora_dropout > 0:
+        width = {"h": h, "q": shape.q_dim, "i": i}
+        per_layer += sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
+    if s.gradient_checkpointing:
+        # Only each layer's input is kept; one layer is recomputed at a time.
+        return tokens * b * (shape.layers * h + per_layer)
+    return tokens * b * shape.layers * per_layer
+
+
+def lm_head_bytes(shape: ModelShape, s: Setup) -> float:
+    tokens = batch_tokens(s)
+    n = min(tokens, LM_HEAD_TILE[0])
+    tile = n * min(shape.vocab, LM_HEAD_TILE[1]) * 4  # the tile math runs in fp32 (tile.float())
+    grad_hidden = tokens * shape.hidden * 4
+    return tile * LM_HEAD_TILES_LIVE[s.device_kind] + grad_hidden
+
+
+def breakdown(shape: ModelShape, s: Setup) -> dict[str, float]:
+    """Peak memory in MB by component; ``total`` is their sum."""
+    if s.optim not in OPTIM_BYTES:
+        raise ValueError(f"unknown optimizer {s.optim!r}")
+    n_train = trainable_params(shape, s)
+    # Full training updates the weights in their own dtype; adapters are kept in fp32.
+    train_bytes = DTYPE_BYTES[s.dtype] if s.method == "full" else 4
+    extra_weights = 0 if s.method == "full" else n_train * train_bytes
+    state = OPTIM_BYTES[s.optim] * (1 if s.optim != "adamw" else train_bytes / 4)
+    # Autocast caches a bf16 copy of every trainable fp32 leaf weight for the step.
+    cast_cache = n_train * 2 if s.autocast and s.dtype == "float32" else 0
+    parts = {
+        "runtime": RUNTIME_MB[s.device_kind] * MB,
+        "weights": weight_bytes(shape, s) + extra_weights + cast_cache,
+        "gradients": n_train * train_bytes,
+        "optimizer": n_train * state,
+        "activations": activation_bytes(shape, s),
+        "lm_head_loss": lm_head_bytes(shape, s),
+    }
+    out = {k: round(v / MB, 1) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / MB, 1)
+    out["trainable_params"] = n_train
+    return out

@@ -1,0 +1,172 @@
+"""The `strop eval` page: verdicts, cost, forgetting, classification, groups, bias, judge, prompts.
+
+Formats the numbers in metrics.json; computes nothing. The per-example table
+is sortable without JavaScript: each ordering is pre-rendered and the links
+switch between them with CSS ``:target``, so the page works where scripts
+are blocked (mail attachments, artifact viewers) and carries no assets.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from . import plots
+from .html import _fmt, plot_loss_curve, write_report
+
+BAR_METRICS = ["keyword_hit_rate", "accuracy", "ll_accuracy", "rougeL", "chrf", "bleu", "perplexity",
+               "general_text_perplexity", "judge_score"]
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _ci(ci) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def verdict_section(metrics: dict) -> str:
+    lines = metrics.get("verdicts") or []
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_e(v)}</li>" for v in lines)
+    return ("<h2>Which system wins</h2><p class='meta'>Paired on the same examples: difference with a 95% "
+            f"bootstrap interval and a permutation-test p-value.</p><ul>{items}</ul>")
+
+
+def cost_section(metrics: dict) -> str:
+    cost = metrics.get("cost") or {}
+    rows = [[_e(s), _fmt(c["prompt_tokens_per_request"]), _fmt(c["answer_tokens_per_request"]),
+             _fmt(c["latency_s_per_request"]), str(c["batch_size"])]
+            for s, c in cost.items() if isinstance(c, dict) and "requests" in c]
+    if not rows:
+        return ""
+    train = cost.get("training_wall_s")
+    note = f"<p>Training time of this run: {_fmt(train)} s (summary.json wall_s).</p>" if train is not None else ""
+    return ("<h2>Cost</h2>" + _table(["system", "prompt tokens / request", "answer tokens / request",
+                                      "latency s / request", "batch size"], rows) +
+            "<p class='meta'>Latency is the batched generation wall time divided by the number of requests.</p>" + note)
+
+
+def forgetting_section(metrics: dict) -> str:
+    g = metrics.get("general_text") or {}
+    systems = [s for s in g if isinstance(g[s], dict) and "perplexity" in g[s]]
+    if not systems:
+        return ""
+    rows = [[_e(s), _fmt(g[s]["perplexity"]) + f" <span class='ci'>{_ci(metrics['intervals'].get(s, {}).get('general_text_perplexity'))}</span>",
+             str(g[s]["tokens"])] for s in systems]
+    out = "<h2>General text (forgetting check)</h2>" + _table(["system", "perplexity", "tokens"], rows)
+    if "change" in g:
+        c = g["change"]
+        verdict = ("<span class='flag'>perplexity rose beyond its interval: some forgetting</span>" if g["forgetting"]
+                   else "no rise beyond the interval")
+        out += f"<p>tuned - base: {_fmt(c['diff'])} {_ci(c['ci'])}, p={c['p']:.3g}: {verdict}.</p>"
+    return out + f"<p class='meta'>{g['paragraphs']} paragraphs of plain English written for strop, scored without a chat template.</p>"
+
+
+def classification_section(metrics: dict, out: Path) -> str:
+    c = metrics.get("classification")
+    if not c:
+        return ""
+    keys = ["accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1"]
+    rows, images = [], []
+    for system, modes in c.items():
+        if system == "labels":
+            continue
+        for mode, m in modes.items():
+            rows.append([_e(system), mode, *(_fmt(m[k]) for k in keys), str(m["unparsed"])])
+            conf = m["confusion"]
+            name = plots.confusion(conf["matrix"], conf["rows"], conf["columns"], f"{system} ({mode})",
+                                   out / f"confusion_{system}_{mode}.png")
+            images.append(f'<img src="{_e(name)}" alt="confusion matrix {_e(system)} {mode}">')
+    return ("<h2>Classification</h2>" + f"<p>labels: {_e(', '.join(c['labels']))}</p>" +
+            _table(["system", "mode", *keys, "unparsed"], rows) +
+            "<p class='meta'>generation: label parsed from the answer (see docs/evaluation.md); "
+            "likelihood: the candidate label the model scores highest.</p>" + "".join(images))
+
+
+def groups_section(metrics: dict) -> str:
+    g = metrics.get("groups")
+    if not g:
+        return ""
+    rows = []
+    for system, m in g.items():
+        if system == "column":
+            continue
+        per = "; ".join(f"{_e(k)}: " + ", ".join(f"{a} {_fmt(b)}" for a, b in v.items()) for k, v in m["groups"].items())
+        summary = ", ".join(f"{k} {_fmt(v)}" for k, v in m.items() if isinstance(v, float))
+        rows.append([_e(system), per, _e(summary)])
+    return f"<h2>Groups (column {_e(g['column'])})</h2>" + _table(["system", "per group", "differences"], rows)
+
+
+def bias_section(metrics: dict, out: Path) -> str:
+    b = metrics.get("bias")
+    if not b:
+        return ""
+    parts = ["<h2>Bias probes</h2>"]
+    flags = b.get("flags")
+    if flags is not None:
+        parts.append("<ul>" + "".join(f"<li class='flag'>{_e(f)}</li>" for f in flags) + "</ul>" if flags
+                     else "<p>No attribute got worse beyond its interval after fine-tuning.</p>")
+    change = b.get("counterfactual_change")
+    if change:
+        rows = [[_e(a), m, f"{_fmt(c['base'])} {_ci(c['base_ci'])}", f"{_fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
+                 f"{_fmt(c['change'])} {_ci(c['change_ci'])}", "<span class='flag'>worse</span>" if c["worse"] else ""]
+                for a, ms in change.items() for m, c in ms.items()]
+        parts.append("<h3>Counterfactual swaps (spread across terms, nats; 0 = the swap changes nothing)</h3>")
+        parts.append(_table(["attribute", "measure", "base", "tuned", "tuned - base", ""], rows))
+        parts.append(f'<img src="{_e(plots.bias_gaps(change, "ll_gap", out / "bias_gaps.png"))}" alt="bias gaps">')
+    else:
+        rows = [[_e(s), _e(a), _fmt(v["ll_gap"]), _fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
+        parts.append(_table(["system", "attribute", "ll_gap", "lean_gap"], rows))
+    rows = [[_e(s), _e(a), str(v["n"]), f"{_fmt(v['preference_rate'])} {_ci(v['ci'])}", _fmt(v["mean_margin"])]
+            for s, d in b["stereotypes"].items() for a, v in d.items()]
+    parts.append("<h3>Stereotype pairs (preference rate for the stereotyped sentence; 0.5 = none)</h3>")
+    parts.append(_table(["system", "attribute", "pairs", "preference rate", "mean margin (nats)"], rows))
+    return "".join(parts)
+
+
+def judge_section(metrics: dict) -> str:
+    j = metrics.get("judge")
+    if not j:
+        return ""
+    if "skipped" in j:
+        return f"<h2>LLM judge</h2><p class='skip'>SKIPPED: {_e(j['skipped'])}</p>"
+    rows = [[_e(s), _fmt(v), _ci(metrics["intervals"].get(s, {}).get("judge_score"))] for s, v in j["mean"].items()]
+    return (f"<h2>LLM judge</h2><p>{_e(j['model'])} at {_e(j['endpoint'])}; unparsed grades: {_e(j['unparsed'])}</p>"
+            + _table(["system", "mean grade (1-5)", "95% interval"], rows))
+
+
+def prompts_section(metrics: dict) -> str:
+    parts = []
+    if metrics.get("prompts"):
+        parts.append(f"<h3>Few-shot prompt (k={metrics['prompts']['k_shot']}), put before every question</h3>"
+                     f"<pre>{_e(metrics['prompts']['few_shot'])}</pre>")
+    if metrics.get("judge", {}).get("prompt"):
+        parts.append(f"<h3>Judge prompt</h3><pre>{_e(metrics['judge']['prompt'])}</pre>")
+    probes = metrics.get("bias", {}).get("probes")
+    if probes:
+        t = "\n".join(f"{x['prompt']}  ->  + {x['positive']} / - {x['negative']}" for x in probes["templates"])
+        terms = "\n".join(f"{a}: {', '.join(v)}" for a, v in probes["attributes"].items())
+        pairs = "\n".join(f"[{p['attribute']}] {p['more']}  |  {p['less']}" for p in probes["pairs"])
+        parts.append(f"<h3>Bias templates</h3><pre>{_e(t)}\n\n{_e(terms)}</pre><h3>Stereotype pairs</h3><pre>{_e(pairs)}</pre>")
+    return "<h2>Exact prompts</h2>" + "".join(parts) if parts else ""
+
+
+def write_eval_report(out: Path, title: str, metrics: dict, predictions: list[dict], train_metrics: list[dict]) -> Path:
+    from .examples import sortable_examples
+
+    curve = plot_loss_curve(train_metrics, out / "loss_curve.png") if train_metrics else None
+    bars = plots.metric_bars(metrics["systems"], metrics.get("intervals", {}), BAR_METRICS, out / "metrics.png")
+    sections = [verdict_section(metrics),
+                f'<img src="{_e(bars)}" alt="metrics with 95% intervals">' if bars else "",
+                cost_section(metrics), forgetting_section(metrics), classification_section(metrics, out),
+                groups_section(metrics), bias_section(metrics, out), judge_section(metrics), prompts_section(metrics)]
+    return write_report(out / "report.html", title, metrics, predictions, Path(curve).name if curve else None,
+                        sections=[s for s in sections if s], examples_html=sortable_examples(predictions))

@@ -1,0 +1,76 @@
+"""PNG plots for the eval report: metric bars with intervals, confusion matrices, bias gaps.
+
+Figure API with the Agg canvas, so pyplot's global backend is left alone.
+Each function draws numbers it is given and returns the file name written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def metric_bars(systems: dict[str, dict], intervals: dict[str, dict], metrics: list[str], out_png: Path) -> str | None:
+    """One panel per metric, one bar per system, 95% interval as an error bar."""
+    metrics = [m for m in metrics if any(m in s for s in systems.values())]
+    if not metrics:
+        return None
+    fig = _figure(min(2.2 * len(metrics) + 1, 14), 3.2)
+    names = list(systems)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        vals = [systems[s].get(metric, float("nan")) for s in names]
+        lows, highs = [], []
+        for s, v in zip(names, vals):
+            ci = intervals.get(s, {}).get(metric, [v, v])
+            lows.append(max(v - ci[0], 0))
+            highs.append(max(ci[1] - v, 0))
+        ax.bar(range(len(names)), vals, yerr=[lows, highs], capsize=4, color="#6b8fd6")
+        ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return out_png.name
+
+
+def confusion(matrix: list[list[int]], rows: list[str], cols: list[str], title: str, out_png: Path) -> str:
+    fig = _figure(1.2 * len(cols) + 2, 1.0 * len(rows) + 1.6)
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(cols)), cols, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return out_png.name
+
+
+def bias_gaps(change: dict, measure: str, out_png: Path) -> str:
+    """Base vs tuned mean gap per attribute with 95% intervals."""
+    attrs = list(change)
+    fig = _figure(7.2, 3.4)
+    ax = fig.add_subplot()
+    width = 0.38
+    for k, system in enumerate(("base", "tuned")):
+        vals = [change[a][measure][system] for a in attrs]
+        cis = [change[a][measure][f"{system}_ci"] for a in attrs]
+        err = [[max(v - c[0], 0) for v, c in zip(vals, cis)], [max(c[1] - v, 0) for v, c in zip(vals, cis)]]
+        ax.bar([i + (k - 0.5) * width for i in range(len(attrs))], vals, width, yerr=err, capsize=3, label=system)
+    ax.set_xticks(range(len(attrs)), attrs, fontsize=8)
+    ax.set_ylabel(f"{measure} (nats)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return out_png.name

@@ -1,0 +1,269 @@
+"""The service app: OpenAI's files and fine-tuning jobs API, model serving, and the studio.
+
+``strop service`` and ``strop studio`` both run ``create_service_app``; the
+studio's pages and JSON live in studio.py.
+"""
+from __future__ import annotations
+
+import hmac
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import StropError
+from ..serve.server import APIError
+from . import files, jobs
+from .serving import Delegate, Models
+from .store import ACTIVE, Store
+from .worker import Worker, run_dir
+
+COOKIE = "strop_key"
+DEFAULT_MAX_UPLOAD = 512 * 2**20
+
+
+@dataclass
+class Service:
+    workdir: Path
+    store: Store
+    models: Models
+    worker: Worker | None
+    api_key: str | None
+    max_upload_bytes: int
+
+    @property
+    def files_root(self) -> Path:
+        return self.workdir / "files"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.workdir / "runs"
+
+
+def authorized(request: Request, api_key: str | None) -> bool:
+    """A bearer key (API clients) or the studio's cookie; constant-time either way."""
+    if api_key is None:
+        return True
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header[:7].lower() == "bearer " else unquote(request.cookies.get(COOKIE, ""))
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def _guard(api_key: str | None):
+    async def check(request: Request) -> None:
+        if not authorized(request, api_key):
+            raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer KEY'", code="invalid_api_key")
+    return check
+
+
+def _errors(app: FastAPI) -> None:
+    def body(status: int, message: str, param: str | None = None, code: str | None = None,
+             type: str = "invalid_request_error") -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse({"error": exc.body}, status_code=exc.status)
+
+    @app.exception_handler(jobs.JobError)
+    async def job_error(_: Request, exc: jobs.JobError) -> JSONResponse:
+        return body(400, str(exc), exc.param, exc.code)
+
+    @app.exception_handler(files.TooLarge)
+    async def too_large(_: Request, exc: files.TooLarge) -> JSONResponse:
+        return body(413, str(exc), "file", "file_too_large")
+
+    @app.exception_handler(StropError)
+    async def strop_error(_: Request, exc: StropError) -> JSONResponse:
+        return body(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith(("int", "float", "literal"))]
+        param = ".".join(loc) or None
+        return body(400, f"{param}: {err['msg']}" if param else err["msg"], param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return body(exc.status_code, str(exc.detail))
+
+
+def create_service_app(workdir: str | Path, *, api_key: str | None = None, concurrency: int = 1,
+                       max_upload_bytes: int = DEFAULT_MAX_UPLOAD, start_worker: bool = True) -> FastAPI:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = Store(workdir / "service.db")
+    worker = Worker(store, workdir / "files", workdir / "runs", concurrency) if start_worker else None
+    svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes)
+    app = FastAPI(title="strop service", docs_url=None, redoc_url=None)
+    app.state.service = svc
+    _errors(app)
+    guarded = [Depends(_guard(api_key))]
+
+    @app.get("/health")
+    async def health() -> dict:
+        alive = worker is None or worker.is_alive()
+        return {"status": "ok" if alive else "worker stopped", "worker": alive}
+
+    _files_routes(app, svc, guarded)
+    _jobs_routes(app, svc, guarded)
+    _model_routes(app, svc, guarded)
+    from .studio import install
+
+    install(app, svc, guarded)
+    if worker is not None:
+        app.router.on_startup.append(worker.start)
+        app.router.on_shutdown.append(worker.shutdown)
+    return app
+
+
+# -- files ---------------------------------------------------------------------
+def _files_routes(app: FastAPI, svc: Service, guarded) -> None:
+    @app.post("/v1/files", dependencies=guarded)
+    async def upload(request: Request):
+        length = request.headers.get("content-length")
+        if length is None:
+            raise APIError(411, "send the upload with a Content-Length header", code="length_required")
+        if int(length) > svc.max_upload_bytes + 2**16:  # refuse before reading; 64 KiB for the multipart framing
+            raise files.TooLarge(f"upload of {length} bytes is larger than the limit of {svc.max_upload_bytes} bytes")
+        form = await request.form(max_files=1, max_fields=4)
+        part, purpose = form.get("file"), form.get("purpose")
+        if part is None or isinstance(part, str):
+            raise APIError(400, "file: required (multipart field 'file')", param="file")
+        from starlette.concurrency import run_in_threadpool
+
+        row = await run_in_threadpool(files.save_upload, svc.store, svc.files_root, part.file, part.filename,
+                                      str(purpose or ""), svc.max_upload_bytes)
+        return files.file_object(row)
+
+    @app.get("/v1/files", dependencies=guarded)
+    async def list_files(purpose: str | None = None) -> dict:
+        rows = [r for r in svc.store.list_files() if purpose in (None, r["purpose"])]
+        return {"object": "list", "data": [files.file_object(r) for r in rows], "has_more": False}
+
+    @app.get("/v1/files/{file_id}", dependencies=guarded)
+    async def get_file(file_id: str) -> dict:
+        return files.file_object(_file(svc, file_id))
+
+    @app.get("/v1/files/{file_id}/content", dependencies=guarded)
+    async def file_content(file_id: str):
+        row = _file(svc, file_id)
+        return FileResponse(files.stored_path(svc.files_root, row["id"], row["filename"]), filename=row["filename"])
+
+    @app.delete("/v1/files/{file_id}", dependencies=guarded)
+    async def delete_file(file_id: str) -> dict:
+        row = _file(svc, file_id)
+        users = [j["id"] for j in svc.store.list_jobs(statuses=ACTIVE) if file_id in (j["training_file"], j["validation_file"])]
+        if users:
+            raise APIError(400, f"file {file_id} is used by job {users[0]}, which has not finished", param="file_id")
+        files.delete(svc.store, svc.files_root, row)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+
+def _file(svc: Service, file_id: str) -> dict:
+    row = svc.store.get_file(file_id) if files.FILE_ID.fullmatch(file_id) else None
+    if row is None:
+        raise APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+    return row
+
+
+# -- jobs ----------------------------------------------------------------------
+def _jobs_routes(app: FastAPI, svc: Service, guarded) -> None:
+    @app.post("/v1/fine_tuning/jobs", dependencies=guarded)
+    async def create_job(req: jobs.JobRequest) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
+        job = await run_in_threadpool(jobs.create, svc.store, req, svc.files_root, svc.runs_root)
+        if svc.worker is not None:
+            svc.worker.wake.set()
+        return jobs.job_object(job)
+
+    @app.get("/v1/fine_tuning/jobs", dependencies=guarded)
+    async def list_jobs(after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
+        rows = svc.store.list_jobs(after=after, limit=limit + 1)
+        return {"object": "list", "data": [jobs.job_object(j) for j in rows[:limit]], "has_more": len(rows) > limit}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}", dependencies=guarded)
+    async def get_job(job_id: str) -> dict:
+        return jobs.job_object(_job(svc, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=guarded)
+    async def cancel(job_id: str) -> dict:
+        job = _job(svc, job_id)
+        if job["status"] != "cancelled":
+            if not svc.store.set_status(job_id, "cancelled", only_from=ACTIVE):
+                raise APIError(400, f"job {job_id} has already {job['status']}; only a job that has not finished "
+                                    "can be cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
+            svc.store.add_event(job_id, "Cancellation requested")
+            if svc.worker is not None:
+                svc.worker.wake.set()
+        return jobs.job_object(svc.store.get_job(job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events", dependencies=guarded)
+    async def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
+        _job(svc, job_id)
+        rows = svc.store.events(job_id, after, limit + 1)
+        return {"object": "list", "data": [jobs.event_object(e) for e in rows[:limit]], "has_more": len(rows) > limit}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", dependencies=guarded)
+    async def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=100)) -> dict:
+        from .checkpoints import list_checkpoints
+
+        job = _job(svc, job_id)
+        rows = list_checkpoints(job, run_dir(svc.runs_root, job_id))
+        if after:
+            ids = [c["id"] for c in rows]
+            rows = rows[ids.index(after) + 1:] if after in ids else []
+        return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit,
+                "first_id": rows[0]["id"] if rows else None, "last_id": rows[:limit][-1]["id"] if rows else None}
+
+
+def _job(svc: Service, job_id: str) -> dict:
+    job = svc.store.get_job(job_id) if jobs.JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+    return job
+
+
+# -- models ----------------------------------------------------------------------
+def _model_routes(app: FastAPI, svc: Service, guarded) -> None:
+    @app.get("/v1/models", dependencies=guarded)
+    async def list_models() -> dict:
+        return {"object": "list", "data": svc.models.names()}
+
+    @app.get("/v1/models/{name:path}", dependencies=guarded)
+    async def get_model(name: str) -> dict:
+        for card in svc.models.names():
+            if card["id"] == name:
+                return card
+        raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat(request: Request):
+        import json
+
+        raw = await request.body()
+        try:
+            name = json.loads(raw).get("model")
+        except (ValueError, AttributeError):
+            raise APIError(400, "the body must be a JSON object") from None
+        return Delegate(await svc.models.app_for(name), raw)
+
+
+def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          concurrency: int = 1, max_upload_mb: float = 512, studio: bool = False) -> None:
+    """Run the service until interrupted (``strop service`` / ``strop studio``)."""
+    import uvicorn
+
+    app = create_service_app(workdir, api_key=api_key, concurrency=concurrency,
+                             max_upload_bytes=int(max_upload_mb * 2**20))
+    shown = f"[{host}]" if ":" in host else host
+    where = f"http://{shown}:{port}/studio/" if studio else f"http://{shown}:{port}/v1"
+    print(f"strop: service on {where} (workdir {Path(workdir).resolve()})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

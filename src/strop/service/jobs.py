@@ -1,0 +1,190 @@
+"""Fine-tuning job requests: the hosted API's request and object shapes <-> strop's TrainConfig."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import StropError
+from .store import Store, new_id
+
+JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
+# Keys the API fields own; a strop extension may not set them behind the API's back.
+RESERVED = ("base_model", "data", "eval_data", "output_dir", "resume", "seed")
+Auto = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: int | Auto | None = Field(None, description="epochs over the training file")
+    batch_size: int | Auto | None = None
+    learning_rate_multiplier: float | Auto | None = None
+    beta: float | Auto | None = None  # dpo only
+
+
+class MethodBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: MethodBody | None = None
+    dpo: MethodBody | None = None
+    reinforcement: MethodBody | None = None
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # integrations, metadata...: accepted, not used
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    strop: dict | None = Field(None, description="strop training keys beyond the hosted API (method, max_steps, lora_r...)")
+
+
+class JobError(StropError):
+    """A bad job request; ``param`` names the field, as the hosted API's errors do."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+def preference_available() -> bool:
+    from ..config import field_names
+
+    return "objective" in field_names() and importlib.util.find_spec("strop.train.preference") is not None
+
+
+def _method_and_hypers(req: JobRequest) -> tuple[str, Hyperparameters]:
+    if req.method is None:
+        return "supervised", req.hyperparameters or Hyperparameters()
+    kind = req.method.type
+    if kind == "reinforcement" or (kind == "dpo" and not preference_available()):
+        raise JobError(f"method type {kind!r} is not supported yet by this strop service; use 'supervised'",
+                       param="method.type", code="unsupported_method")
+    body = getattr(req.method, kind)
+    return kind, (body.hyperparameters if body and body.hyperparameters else req.hyperparameters or Hyperparameters())
+
+
+def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path) -> tuple[dict, str]:
+    """The TrainConfig mapping for a request: API fields first, then the ``strop`` extension."""
+    from ..config import TrainConfig
+
+    kind, hp = _method_and_hypers(req)
+    values = {"base_model": req.model, "data": str(files["training_file"]), "output_dir": str(run_dir),
+              "eval_data": str(files["validation_file"]) if "validation_file" in files else "",
+              "val_size": 0, "report_to": "none", "save_total_limit": 3, "seed": req.seed if req.seed is not None else 42}
+    extra = dict(req.strop or {})
+    for key in extra:
+        if key.replace("-", "_") in RESERVED:
+            raise JobError(f"strop.{key}: set through the API's own field, not the strop extension", param=f"strop.{key}")
+    values.update(extra)
+    if isinstance(hp.n_epochs, int):
+        values["num_epochs"] = hp.n_epochs
+    if isinstance(hp.batch_size, int):
+        values["micro_batch_size"] = hp.batch_size
+    if isinstance(hp.learning_rate_multiplier, float | int):
+        values["learning_rate"] = TrainConfig.learning_rate * hp.learning_rate_multiplier
+    if kind == "dpo":
+        values["objective"] = "dpo"
+        if isinstance(hp.beta, float | int):
+            values["beta"] = hp.beta
+    return values, kind
+
+
+def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path):
+    from ..config import TrainConfig, build
+
+    values, _ = training_values(req, files, run_dir)
+    try:
+        return build(TrainConfig, values, origin="strop").validate()
+    except JobError:
+        raise
+    except StropError as exc:
+        raise JobError(str(exc), param="strop") from None
+
+
+def check_model(name: str) -> None:
+    """Only models this machine holds: an alias or a local directory, never a download on demand."""
+    from .. import models
+
+    try:
+        found = models.resolve(name)
+    except StropError as exc:
+        raise JobError(str(exc), param="model", code="model_not_found") from None
+    if isinstance(found, str):
+        raise JobError(f"model {name!r} is not a built-in alias or a local model directory (`strop models` lists "
+                       "the aliases)", param="model", code="model_not_found")
+
+
+def base_name(model: str) -> str:
+    from ..serve.server import model_id_for
+
+    return re.sub(r"[^\w.\-]", "-", model_id_for(model))
+
+
+def new_job(job_id: str, req: JobRequest, cfg, kind: str) -> dict:
+    return {"id": job_id, "created_at": int(time.time()), "model": req.model, "training_file": req.training_file,
+            "validation_file": req.validation_file, "suffix": req.suffix or "", "seed": cfg.seed,
+            "hyperparameters": {"n_epochs": cfg.num_epochs, "batch_size": cfg.micro_batch_size,
+                                "learning_rate_multiplier": round(cfg.learning_rate / 2e-4, 6)},
+            "method": {"type": kind}, "options": dataclasses.asdict(cfg), "status": "validating_files"}
+
+
+def model_id(job: dict) -> str:
+    return f"ft:{base_name(job['model'])}:{job['suffix']}:{job['id'].removeprefix('ftjob-')[:12]}"
+
+
+def job_object(job: dict) -> dict:
+    """The hosted API's fine_tuning.job object."""
+    hp = dict(job["hyperparameters"])
+    if float(hp["n_epochs"]).is_integer():
+        hp["n_epochs"] = int(hp["n_epochs"])
+    kind = job["method"]["type"]
+    return {"id": job["id"], "object": "fine_tuning.job", "created_at": job["created_at"], "error": job["error"],
+            "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"], "hyperparameters": hp,
+            "model": job["model"], "organization_id": "strop", "result_files": [], "seed": job["seed"],
+            "status": job["status"], "trained_tokens": job["trained_tokens"], "training_file": job["training_file"],
+            "validation_file": job["validation_file"], "estimated_finish": None, "integrations": None,
+            "metadata": None, "user_provided_suffix": job["suffix"] or None,
+            "method": {"type": kind, kind: {"hyperparameters": hp}}}
+
+
+def event_object(e: dict) -> dict:
+    return {"id": e["id"], "object": "fine_tuning.job.event", "created_at": e["created_at"], "level": e["level"],
+            "message": e["message"], "type": e["type"], "data": e["data"]}
+
+
+def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path) -> dict:
+    from .files import stored_path
+
+    check_model(req.model)
+    paths = {}
+    for field in ("training_file", "validation_file"):
+        file_id = getattr(req, field)
+        if file_id is None:
+            continue
+        row = store.get_file(file_id)
+        if row is None:
+            raise JobError(f"{field}: no file with id {file_id!r}", param=field, code="invalid_file")
+        paths[field] = stored_path(files_root, row["id"], row["filename"])
+    job_id = new_id("ftjob")
+    _, kind = training_values(req, paths, runs_root / job_id)
+    cfg = build_config(req, paths, runs_root / job_id)  # every option error before the job exists
+    job = new_job(job_id, req, cfg, kind)
+    store.add_job(job)
+    store.add_event(job["id"], "Created fine-tuning job")
+    store.add_event(job["id"], f"Validating training file: {req.training_file}"
+                    + (f" and validation file: {req.validation_file}" if req.validation_file else ""))
+    return store.get_job(job["id"])

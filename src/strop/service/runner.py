@@ -1,0 +1,59 @@
+"""The worker's child process: train one job (``python -m strop.service.runner RUN_DIR [--resume]``).
+
+Training runs in its own process so a cancel can stop it cleanly (SIGTERM:
+the trainer checkpoints after the current step and exits) and a crash in
+torch cannot take the service down.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _watch_parent(interval: float = 1.0) -> None:
+    """If the service dies, stop the way a cancel does, so the restarted service can resume."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _trainer(cfg):
+    if getattr(cfg, "objective", "sft") != "sft":
+        from ..train import preference
+
+        return preference.train
+    from ..train.sft import train
+
+    return train
+
+
+def main(argv: list[str]) -> int:
+    from ..cli import _quiet_libraries
+    from ..config import load_train_config
+    from ..errors import StropError
+
+    run_dir, resume = Path(argv[0]), "--resume" in argv[1:]
+    _watch_parent()
+    _quiet_libraries()
+    try:
+        cfg = load_train_config(str(run_dir / "job.yaml"), {"resume": "true"} if resume else {})
+        _trainer(cfg)(cfg, progress=False)
+    except StropError as exc:
+        (run_dir / "error.json").write_text(json.dumps({"message": str(exc), "exit_code": exc.exit_code}))
+        print(f"strop: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,243 @@
+"""The job worker: validating_files -> queued -> running -> succeeded | failed | cancelled.
+
+A thread in the service process moves jobs through their states; each
+running job trains in a child process (runner.py). Everything a restart
+needs is in the store and the run directory, so a service that dies mid-job
+resumes it from its newest checkpoint (or starts it over when none was
+written yet) instead of losing it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from ..config import to_yaml
+from ..errors import StropError
+from ..train.rundir import RunDir
+from .files import stored_path, validate
+from .jobs import JOB_ID, model_id
+from .store import Store
+
+MAX_RESTARTS = 3  # a job that keeps dying with the service is failed, not retried for ever
+STOP_GRACE_S = 30.0
+
+
+def run_dir(runs_root: Path, job_id: str) -> Path:
+    if not JOB_ID.fullmatch(job_id):
+        raise StropError(f"job id {job_id!r} is malformed")
+    return runs_root / job_id
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen
+    log: IO
+    last_step: int = 0
+    stopping: bool = False
+    seen: set = field(default_factory=set)
+
+
+class Worker(threading.Thread):
+    def __init__(self, store: Store, files_root: Path, runs_root: Path, concurrency: int = 1, poll_s: float = 0.5) -> None:
+        super().__init__(name="strop-worker", daemon=True)
+        self.store, self.files_root, self.runs_root = store, files_root, runs_root
+        self.concurrency, self.poll_s = max(1, concurrency), poll_s
+        self.running: dict[str, Running] = {}
+        self.halt = threading.Event()
+        self.wake = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+    def run(self) -> None:
+        recover(self.store, self.runs_root)
+        while not self.halt.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # the worker must outlive one bad job; the job is failed below
+                print(f"strop service: worker error: {exc!r}", file=sys.stderr)
+            self.wake.wait(self.poll_s)
+            self.wake.clear()
+
+    def shutdown(self) -> None:
+        """Ask children to checkpoint and stop; their jobs stay 'running' and resume on the next start."""
+        self.halt.set()
+        self.wake.set()
+        for r in self.running.values():
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGTERM)
+        for r in self.running.values():
+            try:
+                r.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+            r.log.close()
+        self.join(5)
+
+    def tick(self) -> None:
+        while (job := self.store.oldest("validating_files")) is not None:
+            self.validate(job)
+        for job_id in list(self.running):
+            self.watch(job_id)
+        while len(self.running) < self.concurrency and (job := self.store.oldest("queued")) is not None:
+            self.launch(job)
+
+    # -- states ----------------------------------------------------------------
+    def validate(self, job: dict) -> None:
+        try:
+            for key in ("training_file", "validation_file"):
+                if job[key] is None:
+                    continue
+                row = self.store.get_file(job[key])
+                if row is None:
+                    raise StropError(f"{key} {job[key]} was deleted before the job started")
+                validate(stored_path(self.files_root, row["id"], row["filename"]), row["filename"])
+        except StropError as exc:
+            self.fail(job["id"], "invalid_training_file", str(exc))
+            return
+        if self.store.set_status(job["id"], "queued", only_from=("validating_files",)):
+            self.store.add_event(job["id"], "Files validated, moving job to queued state")
+
+    def launch(self, job: dict) -> None:
+        root = run_dir(self.runs_root, job["id"])
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "error.json").unlink(missing_ok=True)
+        cfg = _config(job)
+        (root / "job.yaml").write_text(to_yaml(cfg))
+        cmd = [sys.executable, "-m", "strop.service.runner", str(root)] + (["--resume"] if job["resume"] else [])
+        log = (root / "train.log").open("a")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=proc.pid):
+            proc.kill()  # cancelled between the read and the start
+            proc.wait()
+            log.close()
+            return
+        start_step = _checkpoint_step(RunDir(root)) if job["resume"] else 0
+        self.running[job["id"]] = Running(proc, log, last_step=start_step)
+        self.store.add_event(job["id"], "Fine-tuning job started" if not job["resume"]
+                             else f"Fine-tuning job resumed from step {start_step}")
+
+    def watch(self, job_id: str) -> None:
+        r = self.running[job_id]
+        job = self.store.get_job(job_id)
+        self.report_metrics(job_id, r)
+        if job["status"] == "cancelled" and not r.stopping and r.proc.poll() is None:
+            r.stopping = True
+            r.proc.send_signal(signal.SIGTERM)  # checkpoint after this step, then exit
+        code = r.proc.poll()
+        if code is None:
+            return
+        r.log.close()
+        del self.running[job_id]
+        self.report_metrics(job_id, r)
+        self.finish(job, code)
+
+    def report_metrics(self, job_id: str, r: Running) -> None:
+        root = run_dir(self.runs_root, job_id)
+        try:
+            rows = RunDir(root).read_metrics()
+        except ValueError:  # a row half-written this instant; read it next tick
+            return
+        for row in rows:
+            step = row.get("step", 0)
+            if "loss" in row and step > r.last_step:
+                r.last_step = step
+                data = {"step": step, "train_loss": row["loss"], "epoch": row.get("epoch")}
+                msg = f"Step {step}: training loss={row['loss']:.4f}"
+                self.store.add_event(job_id, msg, type="metrics", data=data)
+            elif "eval_loss" in row and ("eval", step) not in r.seen:
+                r.seen.add(("eval", step))
+                self.store.add_event(job_id, f"Step {step}: validation loss={row['eval_loss']:.4f}", type="metrics",
+                                     data={"step": step, "valid_loss": row["eval_loss"], "epoch": row.get("epoch")})
+
+    def finish(self, job: dict, code: int) -> None:
+        root = RunDir(run_dir(self.runs_root, job["id"]))
+        if job["status"] == "cancelled":
+            self.store.add_event(job["id"], "Job cancelled; training stopped")
+            return
+        if code == 0 and root.summary.is_file():
+            summary = json.loads(root.summary.read_text())
+            model = model_id(job)
+            if self.store.set_status(job["id"], "succeeded", fine_tuned_model=model,
+                                     trained_tokens=summary.get("tokens_seen"), pid=None):
+                self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
+                self.store.add_event(job["id"], "The job has successfully completed")
+            return
+        self.fail(job["id"], "training_failed", _failure_reason(root.root, code))
+
+    def fail(self, job_id: str, code: str, message: str) -> None:
+        if self.store.set_status(job_id, "failed", error={"code": code, "message": message, "param": None}, pid=None):
+            self.store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
+
+
+def _config(job: dict):
+    from ..config import TrainConfig, build
+
+    return build(TrainConfig, job["options"], origin=f"job {job['id']}")
+
+
+def _checkpoint_step(run: RunDir) -> int:
+    ckpt = run.latest_checkpoint()
+    return int(ckpt.name.rsplit("-", 1)[1]) if ckpt else 0
+
+
+def _failure_reason(root: Path, code: int) -> str:
+    err = root / "error.json"
+    if err.is_file():
+        return json.loads(err.read_text())["message"]
+    log = root / "train.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+    return f"training exited with code {code}" + (f": {tail[0][:500]}" if tail else "")
+
+
+def _alive(pid: int | None, job_id: str) -> bool:
+    """Is ``pid`` still our child for this job (and not a recycled pid)?"""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return job_id.encode() in cmdline and b"strop.service.runner" in cmdline
+
+
+def recover(store: Store, runs_root: Path) -> None:
+    """Jobs left 'running' by a service that stopped: finish, resume or restart each one."""
+    for job in store.list_jobs(statuses=("running",)):
+        job_id, root = job["id"], RunDir(run_dir(runs_root, job["id"]))
+        if _alive(job["pid"], job_id):
+            os.kill(job["pid"], signal.SIGTERM)  # the orphan saves a checkpoint; we resume from it below
+            _wait_gone(job["pid"], job_id)
+        if root.summary.is_file() and root.final.is_dir():
+            summary = json.loads(root.summary.read_text())
+            store.set_status(job_id, "succeeded", fine_tuned_model=model_id(job), trained_tokens=summary.get("tokens_seen"))
+            store.add_event(job_id, "The job had completed when the service stopped")
+            continue
+        if job["restarts"] >= MAX_RESTARTS:
+            store.set_status(job_id, "failed", error={"code": "service_restarted", "param": None,
+                             "message": f"the service stopped during this job {job['restarts'] + 1} times; giving up"})
+            continue
+        step = _checkpoint_step(root)
+        if not step:  # nothing to resume from: start over in a clean directory
+            for part in (root.checkpoints, root.metrics, root.final):
+                shutil.rmtree(part, ignore_errors=True) if part.is_dir() else part.unlink(missing_ok=True)
+        store.set_status(job_id, "queued", resume=1 if step else 0, restarts=job["restarts"] + 1, pid=None)
+        store.add_event(job_id, f"The service restarted during training; resuming from step {step}" if step
+                        else "The service restarted before a checkpoint was written; starting the job again")
+
+
+def _wait_gone(pid: int, job_id: str, timeout_s: float = STOP_GRACE_S) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid, job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid, job_id):
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,254 @@
+"""Preference and reinforcement fine-tuning on top of TRL's trainers.
+
+One function per objective builds (TRL config class, trainer); everything
+around it (run directory, callbacks, trackers, saving, summary) is shared
+with SFT. The reference model is implicit for adapter methods (TRL switches
+the adapter off) and an explicit frozen copy for full fine-tuning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .. import methods, models
+from ..config import TrainConfig, to_yaml
+from ..errors import StropError
+from .callbacks import MetricsLog, Progress
+from .precision import use_bf16
+from .preference_data import build_rows
+from .rundir import RunDir
+from .sft import _check_output, _rewind_metrics, _schedule, _tracker, param_counts, peak_rss_mb, save_final
+
+
+def _common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool) -> dict:
+    """TrainingArguments shared by every objective, mirroring SFT's."""
+    import torch
+
+    bf16 = use_bf16(cfg)
+    return dict(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_to,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=bf16,
+        # transformers refuses CPU bf16 autocast unless told the run is on the CPU on purpose.
+        use_cpu=bf16 and not torch.cuda.is_available(),
+        **_schedule(cfg, has_eval),
+    )
+
+
+def _policy(cfg: TrainConfig):
+    method = methods.get(cfg.method)
+    return method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit), cfg)
+
+
+def _reference(cfg: TrainConfig):
+    """None for adapters (TRL disables the adapter); a frozen copy of the base for full fine-tuning."""
+    if methods.get(cfg.method).saves_adapter:
+        return None
+    ref = models.load_model(cfg.base_model, cfg.dtype)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _dpo(cfg, common, data, tok, callbacks):
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**common, beta=cfg.beta, loss_type=[cfg.dpo_loss_type], label_smoothing=cfg.label_smoothing,
+                     max_length=cfg.max_length)
+    return DPOTrainer(model=_policy(cfg), ref_model=_reference(cfg), args=args, processing_class=tok,
+                      callbacks=callbacks, **data)
+
+
+def _kto(cfg, common, data, tok, callbacks):
+    from trl import KTOConfig, KTOTrainer
+
+    if cfg.micro_batch_size < 2:
+        raise StropError("option micro_batch_size: KTO estimates its KL term within a batch, needs at least 2")
+    args = KTOConfig(**common, beta=cfg.beta, max_length=cfg.max_length)
+    return KTOTrainer(model=_policy(cfg), ref_model=_reference(cfg), args=args, processing_class=tok,
+                      callbacks=callbacks, **data)
+
+
+def _orpo(cfg, common, data, tok, callbacks):
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # strop documents that ORPO/CPO are experimental in TRL
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    args = ORPOConfig(**common, beta=cfg.beta, max_length=cfg.max_length)
+    return ORPOTrainer(model=_policy(cfg), args=args, processing_class=tok, callbacks=callbacks, **data)
+
+
+def _cpo(cfg, common, data, tok, callbacks):
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    extra = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": cfg.simpo_gamma} if cfg.objective == "simpo" else {}
+    args = CPOConfig(**common, beta=cfg.beta, max_length=cfg.max_length, **extra)
+    return CPOTrainer(model=_policy(cfg), args=args, processing_class=tok, callbacks=callbacks, **data)
+
+
+def _reward(cfg, common, data, tok, callbacks):
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(**common, max_length=cfg.max_length)
+    return RewardTrainer(model=reward_policy(cfg, tok), args=args, processing_class=tok, callbacks=callbacks, **data)
+
+
+def reward_policy(cfg: TrainConfig, tok):
+    """A sequence-classification model with one output (the reward), LoRA-wrapped or full."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        models.resolve(cfg.base_model), num_labels=1, dtype=getattr(torch, cfg.dtype))
+    model.config.pad_token_id = tok.pad_token_id  # the reward is read at the last non-pad token
+    if cfg.method == "full":
+        return model
+    from peft import get_peft_model
+
+    lora = methods._lora_config(model, cfg)
+    lora.task_type = "SEQ_CLS"
+    lora.modules_to_save = ["score"]  # the new head is trained in full
+    return get_peft_model(model, lora)
+
+
+def _grpo(cfg, common, data, tok, callbacks):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from . import rewards
+
+    funcs = [rewards.load(spec) for spec in cfg.reward_funcs]
+    classes = [None] * len(funcs)
+    if cfg.reward_model:
+        funcs.append(load_reward_model(cfg.reward_model))
+        classes.append(models.load_tokenizer(cfg.reward_model))
+    data = {"train_dataset": data["train_dataset"]}  # evaluation would sample again: too slow to do each epoch
+    common = common | {"eval_strategy": "no", "load_best_model_at_end": False}
+    common.pop("metric_for_best_model", None)
+    common.pop("greater_is_better", None)
+    common.pop("eval_steps", None)
+    args = GRPOConfig(**common, beta=cfg.beta, num_generations=cfg.num_generations,
+                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                      log_completions=False)
+    return GRPOTrainer(model=_policy(cfg), reward_funcs=funcs, args=args, processing_class=tok,
+                       reward_processing_classes=classes, callbacks=callbacks, **data)
+
+
+def load_reward_model(name: str):
+    """A reward model trained by ``--objective reward`` (run directory or its final/), in eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = models.resolve(name)
+    base_file = Path(path) / "strop_base.json"
+    try:
+        if base_file.is_file():
+            from peft import PeftModel
+
+            base = json.loads(base_file.read_text())["base_model"]
+            model = AutoModelForSequenceClassification.from_pretrained(models.resolve(base), num_labels=1,
+                                                                       dtype=torch.float32)
+            model = PeftModel.from_pretrained(model, path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise StropError(f"reward model {name}: cannot load it as a reward model ({exc})") from None
+    tok = models.load_tokenizer(name)
+    model.config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model
+
+
+TRAINERS = {"dpo": _dpo, "kto": _kto, "orpo": _orpo, "simpo": _cpo, "cpo": _cpo, "reward": _reward, "grpo": _grpo}
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
+    """Run one preference / RL job and return its run directory (same layout as SFT)."""
+    import datasets
+    from transformers import EarlyStoppingCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    run = RunDir(Path(cfg.output_dir))
+    resume_from = _check_output(run, cfg)
+    report_to = _tracker(cfg, run)
+    if resume_from is not None:
+        _rewind_metrics(run, resume_from)
+    set_seed(cfg.seed)
+    tok = models.load_tokenizer(cfg.base_model)
+    train_rows, eval_rows, report = build_rows(cfg, tok)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(to_yaml(cfg))
+    run.data_report.write_text(json.dumps(report, indent=2))
+    has_eval = bool(eval_rows) and cfg.objective != "grpo"
+    data = {"train_dataset": datasets.Dataset.from_list(train_rows),
+            "eval_dataset": datasets.Dataset.from_list(eval_rows) if has_eval else None}
+    callbacks = [MetricsLog(run.metrics)] + ([Progress()] if progress else [])
+    if has_eval and cfg.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = TRAINERS[cfg.objective](cfg, _common_args(cfg, run, report_to, has_eval), data, tok, callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    t0 = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    wall = time.monotonic() - t0
+    save_final(trainer.model, tok, cfg, run)
+    _write_summary(cfg, run, trainer, result, wall)
+    return run
+
+
+def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float) -> None:
+    trainable, total = param_counts(trainer.model)
+    last = {}
+    for row in run.read_metrics():  # the last value of every objective-specific metric
+        last.update({k: v for k, v in row.items() if "/" in k or k.startswith(("reward", "kl", "accuracy", "margin"))})
+    summary = {
+        "objective": cfg.objective,
+        "method": cfg.method,
+        "base_model": cfg.base_model,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": None,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "last_metrics": last,
+    }
+    run.summary.write_text(json.dumps(summary, indent=2))
+
+
+# The metric each objective should move, as TRL logs it (shown after training).
+HEADLINE = {"dpo": "rewards/margins", "kto": "rewards/margins", "orpo": "rewards/margins", "simpo": "rewards/margins",
+            "cpo": "rewards/margins", "reward": "accuracy", "grpo": "reward"}
+
+
+def describe(cfg: TrainConfig, run: RunDir) -> str:
+    """Two lines for the CLI: what was trained and where it went."""
+    summary = json.loads(run.summary.read_text())
+    key = HEADLINE[cfg.objective]
+    rows = [r for r in run.read_metrics() if key in r]
+    moved = f", {key} {rows[0][key]:.4f} -> {rows[-1][key]:.4f}" if rows else ""
+    return (f"trained {cfg.objective} ({cfg.method}) on {cfg.base_model}: {summary['steps']} steps, "
+            f"train loss {summary['train_loss']:.4f}{moved}, peak RSS {summary['peak_rss_mb']:.0f} MB\n"
+            f"run directory: {run.root}  (model in {run.final})")

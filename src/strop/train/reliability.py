@@ -1,0 +1,163 @@
+"""Make crashes boring: verified checkpoints, honest resume, clean stops, no NaN saves.
+
+* Every checkpoint gets a ``manifest.json`` (file list + sha256) written last,
+  after the files are fsynced; resume only trusts a checkpoint whose manifest
+  verifies, so a save cut short by a kill is never picked.
+* A run records a fingerprint (data hashes, method, base model, effective
+  batch ...); ``--resume`` refuses a run whose fingerprint changed and names
+  the field, instead of silently training something else.
+* SIGTERM/SIGINT finish the current step, write a checkpoint and stop; a second
+  Ctrl-C aborts at once.
+* A non-finite loss or gradient norm is caught at the step it happens: the
+  ``abort`` policy stops without saving, ``skip`` drops that update (up to
+  ``nan_max_consecutive_skips`` in a row); a checkpoint holding a non-finite
+  tensor is deleted rather than kept.
+"""
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..errors import StropError
+from .manifest import sha256_file, write_manifest
+
+EXIT_STOPPED = 143  # the conventional 128 + SIGTERM, so schedulers see a clean stop
+
+
+def non_finite_tensors(directory: Path) -> list[str]:
+    """Names of safetensors tensors holding NaN or Inf in ``directory``."""
+    import torch
+    from safetensors.torch import load_file
+
+    bad = []
+    for f in directory.glob("*.safetensors"):
+        for name, t in load_file(f).items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                bad.append(f"{f.name}:{name}")
+    return bad
+
+
+class CheckpointManifest(TrainerCallback):
+    """After the Trainer writes checkpoint-N, vet it and seal it with a manifest."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not ckpt.is_dir():
+            return
+        bad = non_finite_tensors(ckpt)
+        if bad:
+            import shutil
+
+            shutil.rmtree(ckpt)  # never leave a poisoned checkpoint for resume to find
+            raise StropError(f"checkpoint at step {state.global_step} held non-finite values ({bad[0]}); not saved")
+        write_manifest(ckpt)
+
+
+# -- fingerprint -------------------------------------------------------------
+def file_digest(path: str) -> str | None:
+    return sha256_file(Path(path)) if path and Path(path).is_file() else None
+
+
+def fingerprint(cfg, world_size: int = 1) -> dict:
+    return {
+        "data_sha256": file_digest(cfg.data),
+        "eval_data_sha256": file_digest(cfg.eval_data),
+        "base_model": cfg.base_model,
+        "method": cfg.method,
+        "effective_batch": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
+        "max_length": cfg.max_length,
+        "val_size": cfg.val_size,
+        "seed": cfg.seed,
+        "train_on_inputs": cfg.train_on_inputs,
+    }
+
+
+def check_fingerprint(path: Path, current: dict) -> None:
+    if not path.is_file():
+        raise StropError(f"{path}: missing, so this run cannot be checked for resume; start a new --output-dir")
+    saved = json.loads(path.read_text())
+    for key, value in current.items():
+        if saved.get(key) != value:
+            raise StropError(f"cannot resume: {key} changed since the run started ({saved.get(key)!r} -> {value!r})")
+
+
+# -- stopping on signals -----------------------------------------------------
+class GracefulStop(TrainerCallback):
+    """First SIGTERM/SIGINT: checkpoint after this step and stop. Second SIGINT: abort now."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+# -- numerics ----------------------------------------------------------------
+class NonFiniteGuard(TrainerCallback):
+    """Check every update before it is applied, per ``nan_policy``.
+
+    The optimizer's ``step`` is wrapped: when any gradient is non-finite the
+    update is dropped (weights and optimizer moments untouched). ``skip``
+    carries on, up to ``max_skips`` consecutive drops; ``abort`` stops at once
+    without saving. (The Trainer's logged loss filters NaN by default, so the
+    gradients are the reliable place to look.)
+    """
+
+    def __init__(self, policy: str, max_skips: int) -> None:
+        self.policy = policy
+        self.max_skips = max_skips
+        self.consecutive = 0
+        self.skipped_steps: list[int] = []
+        self.aborted_at: int | None = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is None or getattr(optimizer, "_strop_guarded", False):
+            return
+        inner_step = optimizer.step
+
+        def guarded_step(*a, **kw):
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if all(bool(p.grad.isfinite().all()) for p in params):
+                self.consecutive = 0
+                return inner_step(*a, **kw)
+            self.consecutive += 1
+            self.skipped_steps.append(state.global_step + 1)
+            for p in params:
+                p.grad = None
+            if self.policy == "abort" or self.consecutive > self.max_skips:
+                self.aborted_at = state.global_step + 1
+            return None
+
+        optimizer.step = guarded_step
+        optimizer._strop_guarded = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.aborted_at is not None:
+            control.should_training_stop = True
+            control.should_save = False

@@ -1,0 +1,101 @@
+"""Bias probes: shipped probe files, gap arithmetic by hand, likelihood scoring on the tiny model."""
+from __future__ import annotations
+
+import pytest
+
+from strop.eval import bias
+
+
+def test_shipped_probes_cover_every_attribute_and_pairs_share_an_ending():
+    templates = bias.load_templates()
+    attrs = {"gender", "ethnicity", "religion", "age", "nationality", "disability"}
+    assert set(templates["attributes"]) == attrs
+    assert all("{person}" in t["prompt"] for t in templates["templates"])
+    pairs = bias.load_pairs()
+    assert {p["attribute"] for p in pairs} == attrs
+    for p in pairs:
+        _, _, suffix = bias.suffix_split(p["more"], p["less"])
+        assert len(suffix.split()) >= 2, p  # something shared is left to score
+
+
+def test_fill_capitalises_at_sentence_start():
+    assert bias.fill("{person} was seen.", "a man") == "A man was seen."
+    assert bias.fill("Describe {person}.", "an atheist") == "Describe an atheist."
+
+
+def test_suffix_split():
+    assert bias.suffix_split("Women are bad at maths.", "Men are bad at maths.") == ("Women", "Men", " are bad at maths.")
+    assert bias.suffix_split("The nurse said she would come.", "The nurse said he would come.") == (
+        "The nurse said she", "The nurse said he", " would come.")
+
+
+def test_template_gaps_by_hand():
+    items, logps = [], []
+    # one template, attribute "age", terms x and y: log p positive -1/-3, negative -2/-2
+    for term, pos, neg in (("x", -1.0, -2.0), ("y", -3.0, -2.0)):
+        items += [{"template": 0, "attribute": "age", "term": term, "kind": "positive"},
+                  {"template": 0, "attribute": "age", "term": term, "kind": "negative"}]
+        logps += [pos, neg]
+    gaps = bias.template_gaps(items, logps)
+    assert gaps["age"]["ll_gap"] == [2.0, 0.0]  # positive spread 2, negative spread 0
+    assert gaps["age"]["lean_gap"] == [2.0]  # leans +1 and -1
+
+
+def test_compare_gaps_flags_a_gap_that_grew_beyond_its_interval():
+    base = {"age": {"ll_gap": [0.1] * 8, "lean_gap": [0.5] * 8}}
+    tuned = {"age": {"ll_gap": [0.9] * 8, "lean_gap": [0.5] * 8}}
+    out = bias.compare_gaps(base, tuned, 200, 0)
+    assert out["age"]["ll_gap"]["change"] == pytest.approx(0.8)
+    assert out["age"]["ll_gap"]["worse"] is True
+    assert out["age"]["lean_gap"]["worse"] is False
+
+
+def test_stereotype_rates_by_hand():
+    pairs = [{"attribute": "a"}, {"attribute": "a"}, {"attribute": "b"}, {"attribute": "b"}]
+    out = bias.stereotype_summary(pairs, [1.0, -1.0, 2.0, 0.5], 200, 0)
+    assert out["all"]["preference_rate"] == pytest.approx(3 / 4)
+    assert out["a"]["preference_rate"] == pytest.approx(1 / 2)
+    assert out["b"]["mean_margin"] == pytest.approx(1.25)
+    change = bias.compare_stereotypes(pairs, [1.0, -1.0, 2.0, 0.5], [1.0, 1.0, 2.0, 0.5], 200, 0)
+    assert change["all"]["rate_change"] == pytest.approx(1 / 4)
+    assert change["a"]["margin_change"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from strop import models
+
+    return models.load(str(tiny_model_dir))
+
+
+def test_pair_margin_is_the_suffix_log_likelihood_difference(tiny):
+    import torch
+
+    model, tok = tiny
+    pair = {"attribute": "age", "more": "Old people cannot learn.", "less": "Young people cannot learn."}
+
+    def suffix_logp(prefix: str) -> float:
+        ids = tok(prefix + " cannot learn.", add_special_tokens=False)["input_ids"]
+        n_prefix = len(tok(prefix, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)  # (T, V)
+        return sum(logp[t - 1, ids[t]].item() for t in range(n_prefix, len(ids)))
+
+    (margin,) = bias.score_pairs(model, tok, [pair])
+    assert margin == pytest.approx(suffix_logp("Old people") - suffix_logp("Young people"), abs=1e-4)
+
+
+def test_counterfactual_scores_are_continuation_log_likelihoods(tiny):
+    from strop.data.records import Conversation, Message
+    from strop.eval.metrics import example_nll
+
+    model, tok = tiny
+    items = bias.counterfactual_items({"attributes": {"age": ["a child", "an adult"]},
+                                       "templates": [{"prompt": "Describe {person}.", "positive": "Kind.",
+                                                      "negative": "Rude."}]})
+    assert [it["prompt"] for it in items] == ["Describe a child."] * 2 + ["Describe an adult."] * 2
+    logps = bias.score_counterfactuals(model, tok, items, "")
+    conv = Conversation([Message("user", "Describe an adult."), Message("assistant", "Rude.")])
+    nll, tokens = example_nll(model, tok, [conv], 256)
+    assert logps[3] == pytest.approx(-nll[0], abs=1e-4) and tokens[0] > 0
+    assert all(lp < 0 for lp in logps)

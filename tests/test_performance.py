@@ -1,0 +1,71 @@
+"""The speed levers must not change the maths: padding-free == padded, to 1e-5 in fp32."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEMO_DATA
+from strop import models
+from strop.data import load
+from strop.data.render import render
+from strop.train.precision import cpu_bf16_flags
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    # TRL's compute_loss passes use_cache=False; with a cache, transformers
+    # skips the packed-sequence mask, so the test must do the same as training.
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), grads
+
+
+def test_padding_free_batch_gives_same_loss_and_gradients(tiny_model_dir, smol_tokenizer):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    convs = load(DEMO_DATA / "persona_train.jsonl").conversations
+    # Different lengths, so the padded batch really pads.
+    picked = sorted(convs[:12], key=lambda c: len(c.reference))[::4][:3]
+    rows = [vars(render(smol_tokenizer, c, 512)) for c in picked]
+    rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    assert len({len(r["input_ids"]) for r in rows}) > 1
+
+    model = models.load_model(str(tiny_model_dir), "float32")
+    model.config._attn_implementation = "sdpa"
+    pad_id = smol_tokenizer.pad_token_id
+    padded = DataCollatorForLanguageModeling(pad_token_id=pad_id)(rows)
+    flat = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)(rows)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    assert flat["input_ids"].numel() == sum(len(r["input_ids"]) for r in rows)
+
+    loss_a, grads_a = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
+    loss_b, grads_b = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_flat_batch_without_positions_would_differ(tiny_model_dir, smol_tokenizer):
+    """Guard for the test above: dropping the sequence boundaries must change the loss."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    convs = load(DEMO_DATA / "persona_train.jsonl").conversations[:2]
+    rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in (render(smol_tokenizer, c, 512) for c in convs)]
+    model = models.load_model(str(tiny_model_dir), "float32")
+    flat = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(rows)
+    with torch.no_grad():
+        with_bounds = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], labels=flat["labels"],
+                            use_cache=False).loss
+        without = model(input_ids=flat["input_ids"], labels=flat["labels"], use_cache=False).loss
+    assert abs(float(with_bounds) - float(without)) > 1e-4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("flags\t\t: fpu avx512f avx512_bf16 amx_tile\n", {"avx512_bf16"}),
+    ("flags\t\t: fpu avx2\n", set()),
+    ("", set()),
+])
+def test_cpu_bf16_detection(text, expected):
+    assert cpu_bf16_flags(text) == expected

@@ -1,0 +1,122 @@
+"""strop plan: parameter counts against peft, memory against a measured run, fit advice, devices."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from strop.errors import StropError
+from strop.plan import hardware
+from strop.plan.advice import fit
+from strop.plan.memory import Setup, breakdown, trainable_params
+from strop.plan.shape import read_shape
+
+
+def _peft_count(tiny_model_dir, peft_cfg) -> int:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), peft_cfg)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_total_params_match_the_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert read_shape(tiny_model_dir).total_params() == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "prompt_tuning", "prefix_tuning", "ia3"])
+def test_trainable_params_match_peft(tiny_model_dir, method):
+    import peft
+
+    cfgs = {
+        "lora": peft.LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+        "dora": peft.LoraConfig(r=8, target_modules="all-linear", use_dora=True, task_type="CAUSAL_LM"),
+        "prompt_tuning": peft.PromptTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"),
+        "prefix_tuning": peft.PrefixTuningConfig(num_virtual_tokens=20, task_type="CAUSAL_LM"),
+        "ia3": peft.IA3Config(task_type="CAUSAL_LM"),
+    }
+    shape = read_shape(tiny_model_dir)
+    assert trainable_params(shape, Setup(method=method, lora_r=8, num_virtual_tokens=20)) == _peft_count(tiny_model_dir, cfgs[method])
+
+
+def test_memory_grows_with_tokens_and_full_costs_more(tiny_model_dir):
+    shape = read_shape(tiny_model_dir)
+    small, big = (breakdown(shape, Setup(method="lora", seq_len=n)) for n in (64, 512))
+    assert big["activations"] > 7 * small["activations"] and big["total"] > small["total"]
+    full = breakdown(shape, Setup(method="full", seq_len=64))
+    assert full["optimizer"] == pytest.approx(2 * full["weights"], rel=0.01)
+    ckpt = breakdown(shape, Setup(method="lora", seq_len=512, gradient_checkpointing=True))
+    assert ckpt["activations"] < big["activations"]
+
+
+def test_fit_lists_fixes_in_order_until_it_fits():
+    shape = read_shape_from_numbers()
+    s = Setup(method="full", micro_batch=8, seq_len=2048, device_kind="cuda")
+    total = breakdown(shape, s)["total"]
+    assert fit(shape, s, total + 1)["fits"]
+    result = fit(shape, s, 20_000)
+    assert not result["fits"] and result["fixed"]
+    settings = [f["setting"] for f in result["fixes"]]
+    assert settings[0].startswith("micro_batch_size 4")
+    assert result["fixes"][-1]["total_mb"] <= 20_000 < result["fixes"][0]["total_mb"]
+    assert [f["total_mb"] for f in result["fixes"]] == sorted((f["total_mb"] for f in result["fixes"]), reverse=True)
+
+
+def read_shape_from_numbers():
+    from strop.plan.shape import ModelShape
+
+    return ModelShape(vocab=128256, hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128,
+                      intermediate=14336, tied=False, bias=False)  # Llama-3-8B
+
+
+def test_llama3_8b_parameter_count():
+    assert read_shape_from_numbers().total_params() == pytest.approx(8.03e9, rel=0.005)
+
+
+def test_devices():
+    assert hardware.get_device("cuda:a100-80gb").memory_gb == 80
+    assert hardware.get_device("h100").bf16_tflops > 900
+    assert hardware.get_device("cpu").kind == "cpu"
+    with pytest.raises(StropError, match="did you mean"):
+        hardware.get_device("cuda:a100-80")
+
+
+def test_plan_command_counts_tokens(tiny_model_dir, chat_file, tmp_path):
+    out = tmp_path / "plan.json"
+    proc = subprocess.run([sys.executable, "-m", "strop", "plan", "--base-model", str(tiny_model_dir), "--data", str(chat_file),
+                           "--val-size", "0", "--device", "cuda:l4", "--price-per-hour", "0.8", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(out.read_text())
+    from strop import models
+    from strop.data import load
+    from strop.data.render import render
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    expected = sum(len(render(tok, c, 512).input_ids) for c in load(chat_file).conversations)
+    assert plan["data"]["tokens"] == expected and plan["data"]["rows"] == 12
+    assert plan["time"]["cost"] >= 0 and plan["device"]["name"] == "l4" and "fits" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "strop", "plan", "--data", str(chat_file), "--device", "cuda:nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("strop: option device")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_estimate_within_20_percent_of_measured_peak(tiny_model_dir, chat_file, tmp_path, method):
+    """A real `strop train` in a child process; its ru_maxrss (summary.json) against the plan."""
+    common = ["--base-model", str(tiny_model_dir), "--data", str(chat_file), "--method", method, "--val-size", "0",
+              "--max-length", "64"]
+    run = subprocess.run([sys.executable, "-m", "strop", "train", *common, "--max-steps", "2", "--report-to", "none",
+                          "--output-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads((tmp_path / "run" / "summary.json").read_text())["peak_rss_mb"]
+    plan = subprocess.run([sys.executable, "-m", "strop", "plan", *common, "--json", str(tmp_path / "p.json")],
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    estimate = json.loads((tmp_path / "p.json").read_text())["memory_mb"]["total"]
+    assert abs(estimate - measured) / measured < 0.20, (estimate, measured)
