@@ -8,7 +8,7 @@ STAMP := $(VENV)/.strop-installed
 # torch would pull a multi-GB CUDA build. The package itself asks for a range.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-fast test-slow clean
+.PHONY: venv demo test test-fast test-slow clean browser
 
 venv: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/strop demo
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q
 
 test-fast: venv
@@ -30,6 +30,15 @@ test-fast: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
+
+# Headless Chromium for the studio's browser test (Debian packages). Best effort:
+# without root or apt the browser test skips and says why.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || ! command -v apt-get >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO="sudo -n"; \
+	    $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; } || \
+	    echo "browser: could not install chromium; the studio browser test will skip"; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

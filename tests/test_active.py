@@ -278,25 +278,25 @@ def test_score_select_on_tiny_model(tiny_model_dir, tmp_path, capsys):
 
 
 def test_loop_on_tiny_model(tiny_model_dir, tmp_path):
+    """One round of select -> reveal -> retrain (2 LoRA steps) -> eval through strop's SFT path."""
     from strop.active.loop import load_loop_config, run_loop
 
-    qa = [(f"Is {n} even?", "yes" if n % 2 == 0 else "no") for n in range(12)]
-    write_rows(tmp_path / "pool.jsonl", [{"id": f"p{i}", "prompt": q, "label": a} for i, (q, a) in enumerate(qa[:8])])
-    write_rows(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": q, "label": a} for i, (q, a) in enumerate(qa[8:])])
+    qa = [(f"Is {n} even?", "yes" if n % 2 == 0 else "no") for n in range(8)]
+    write_rows(tmp_path / "pool.jsonl", [{"id": f"p{i}", "prompt": q, "label": a} for i, (q, a) in enumerate(qa[:6])])
+    write_rows(tmp_path / "eval.jsonl", [{"id": f"e{i}", "prompt": q, "label": a} for i, (q, a) in enumerate(qa[6:])])
     (tmp_path / "loop.yaml").write_text(
         f"pool: pool.jsonl\neval: eval.jsonl\nlearner: sft\nmodel: {tiny_model_dir}\nlabels: [yes, no]\n"
-        "strategies: [uncertainty, random]\nseeds: [0]\ninitial: 2\ntrain_steps: 2\n"
+        "strategies: [uncertainty]\nseeds: [0]\ninitial: 2\ntrain_steps: 2\n"
         f"output_dir: {tmp_path / 'out'}\n")
-    cfg = load_loop_config(str(tmp_path / "loop.yaml"), {"rounds": 1, "budget": 3})
-    result = run_loop(cfg, progress=lambda m: None)
-    for strategy in ("uncertainty", "random"):
-        curve = result["curves"][strategy]["0"]
-        assert [n for n, _ in curve] == [2, 5]
-        assert all(acc in (0.0, 0.25, 0.5, 0.75, 1.0) for _, acc in curve)
-    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "out" / "curves.json").read_text())["pool_size"] == 8
-    with pytest.raises(StropError, match=r"initial 2 \+ 5 rounds x 3 = 17 labels is more than the 8 pool items"):
+    with pytest.raises(StropError, match=r"initial 2 \+ 5 rounds x 3 = 17 labels is more than the 6 pool items"):
         run_loop(load_loop_config(str(tmp_path / "loop.yaml"), {"rounds": 5, "budget": 3}))
+    result = run_loop(load_loop_config(str(tmp_path / "loop.yaml"), {"rounds": 1, "budget": 2}), progress=lambda m: None)
+    curve = result["curves"]["uncertainty"]["0"]
+    assert [n for n, _ in curve] == [2, 4]
+    assert all(acc in (0.0, 0.5, 1.0) for _, acc in curve)
+    assert (tmp_path / "out" / "work" / "uncertainty-0" / "round-1" / "run" / "final").is_dir()  # retrained
+    assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "out" / "curves.json").read_text())["pool_size"] == 6
 
 
 def test_loop_drops_pool_items_that_are_in_the_eval_set(tmp_path):

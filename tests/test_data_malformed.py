@@ -39,9 +39,15 @@ def test_lenient_keeps_every_valid_row(name):
 def test_cli_strict_lists_all_without_traceback(capsys):
     rc = main(["data", "check", str(CORPUS / "bad_rows.jsonl"), "--strict", "--base-model", "smollm2-135m-instruct"])
     out, err = capsys.readouterr()
-    assert rc == 1 and "Traceback" not in out + err
+    assert rc == 2 and "Traceback" not in out + err
+    assert err.count("\n") == 1 and err.startswith("strop: ") and "14 unusable rows" in err
     for line, code in EXPECTED["bad_rows.jsonl"]["problems"].items():
         assert f"bad_rows.jsonl:{line}: " in out and f"[{code}]" in out
+
+
+def test_cli_lenient_accepts_valid_rows(capsys):
+    assert main(["data", "check", str(CORPUS / "bad_table.csv"), "--lenient"]) == 0
+    assert "2 conversations" in capsys.readouterr().out
 
 
 def test_huge_line_is_refused_alone(tmp_path):

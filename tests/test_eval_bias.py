@@ -74,15 +74,15 @@ def test_pair_margin_is_the_suffix_log_likelihood_difference(tiny):
     model, tok = tiny
     pair = {"attribute": "age", "more": "Old people cannot learn.", "less": "Young people cannot learn."}
 
-    def suffix_logp(prefix: str) -> float:
-        ids = tok(prefix + " cannot learn.", add_special_tokens=False)["input_ids"]
+    def suffix_logp(prefix: str) -> float:  # the shared ending is " people cannot learn."
+        ids = tok(prefix + " people cannot learn.", add_special_tokens=False)["input_ids"]
         n_prefix = len(tok(prefix, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
             logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)  # (T, V)
         return sum(logp[t - 1, ids[t]].item() for t in range(n_prefix, len(ids)))
 
     (margin,) = bias.score_pairs(model, tok, [pair])
-    assert margin == pytest.approx(suffix_logp("Old people") - suffix_logp("Young people"), abs=1e-4)
+    assert margin == pytest.approx(suffix_logp("Old") - suffix_logp("Young"), abs=1e-4)
 
 
 def test_counterfactual_scores_are_continuation_log_likelihoods(tiny):

@@ -175,7 +175,7 @@ def test_python_api_server_and_cli_agree(lora_run):
         r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
                        json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 12}).json()
         # SIGTERM while a stream is in flight: it finishes, then the server exits 0
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 200, "stream": True,
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 40, "stream": True,
                 "temperature": 1.0, "seed": 2}
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as s:
             lines = s.iter_lines()
@@ -192,3 +192,13 @@ def test_python_api_server_and_cli_agree(lora_run):
     assert cli.returncode == 0, cli.stderr
     assert r["choices"][0]["message"]["content"] == api == cli.stdout[:-1]
     assert len(set(api)) > 2, repr(api)  # not an empty or all-newline answer
+
+
+def test_vllm_engine_missing_is_one_line(tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    r = subprocess.run(strop_cmd("serve", str(tiny_model_dir), "--engine", "vllm"), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "vLLM is not installed" in r.stderr

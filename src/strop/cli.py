@@ -120,8 +120,15 @@ def cmd_chat(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
+    from .eval.preference import describe, is_preference_run
     from .eval.run import evaluate
     from .report.html import format_table
+
+    if is_preference_run(args.model):  # dpo/kto/orpo/simpo/cpo/reward/grpo runs: base vs tuned preference metrics
+        from .eval.preference import evaluate_run
+
+        print(describe(evaluate_run(args.model, args.data or "", output=args.output, seed=args.seed)))
+        return 0
 
     labels = [x for x in args.labels.split(",")] if args.labels else None
     result = evaluate(args.model, args.data, output=args.output, max_new_tokens=args.max_new_tokens,
@@ -152,7 +159,13 @@ def cmd_serve(args, extra) -> int:
 
     from .serve.server import run
 
-    run(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STROP_API_KEY"))
+    key = args.api_key or os.environ.get("STROP_API_KEY")
+    if args.engine == "vllm":
+        from .serve.vllm import run_vllm
+
+        return run_vllm(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter)
+    run(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter, max_batch=args.max_batch,
+        max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap, drain_timeout=args.drain_timeout)
     return 0
 
 
@@ -309,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--min-relevance", type=float, default=0.2)
     dc.add_argument("--json", help="also write the report as JSON here")
     dc.add_argument("--html", help="also write an HTML report (length histogram, embedding map) here")
-    dc.add_argument("--strict", action="store_true", help="exit 1 when the report has errors")
+    dc.add_argument("--strict", action="store_true", help="exit 1 when the report has errors; list every unusable row")
+    dc.add_argument("--lenient", action="store_true", help="exit 0 even when some rows are unusable")
     dc.set_defaults(func=cmd_data)
     dl = dsub.add_parser("clean", help="dedup, redact/drop PII, filter; writes the output plus a manifest")
     dl.add_argument("file")
@@ -360,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this bearer key (or set STROP_API_KEY)")
+    s.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve this adapter (run or adapter directory) over the same base, as model NAME")
+    s.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    s.add_argument("--max-waiting", type=int, default=64, help="queued requests before answering 429")
+    s.add_argument("--max-tokens-cap", type=int, default=2048)
+    s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+    s.add_argument("--engine", choices=["strop", "vllm"], default="strop", help="vllm: hand off to vLLM (GPU)")
     s.set_defaults(func=cmd_serve)
 
     for name, text in (("service", "fine-tuning as a service: OpenAI files + fine_tuning.jobs API, serving and studio"),

@@ -58,7 +58,7 @@ def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int 
         from .. import models
 
         tokenizer = models.load_tokenizer(base_model)
-    lengths = measure(tokenizer, convs)
+    lengths = measure(tokenizer, convs, max_length)
     truncated = [c.where for c, n in zip(convs, lengths.tokens) if n > max_length]
     no_train = [c.where for c, p in zip(convs, lengths.prompt_tokens) if p >= max_length]
     found.add("warning", "truncated", f"conversations longer than max_length {max_length} will be cut", truncated)

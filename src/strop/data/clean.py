@@ -103,7 +103,7 @@ def _too_long(convs, opts, log, tok) -> list[Conversation]:
         from .. import models
 
         tok = models.load_tokenizer(opts.base_model)
-    lengths = measure(tok, convs).tokens
+    lengths = measure(tok, convs, opts.max_length).tokens
     for c, n in zip(convs, lengths):
         if n > opts.max_length:
             log.append(_entry(c, "removed", "too_long", f"{n} tokens > {opts.max_length}"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import StropError
+
 
 def check_cmd(args) -> int:
     from .check import check, format_report
@@ -27,6 +29,11 @@ def check_cmd(args) -> int:
         where = [c.where for c in load(args.file, args.format, strict=False, kinds=ANY_KIND).conversations]
         Path(args.html).write_text(render_html(report, where), encoding="utf-8")
         print(f"  html report: {args.html}")
+    if report["problems"] and not args.lenient:
+        # Training loads strictly and would stop on these rows, so the check fails too.
+        first = report["problems"][0]
+        raise StropError(f"{first['where']}: {first['reason']} [{first['code']}]; {len(report['problems'])} unusable rows "
+                         f"in all (listed with --strict; `strop data clean` drops them; --lenient accepts them)")
     return 1 if args.strict and report["errors"] else 0
 
 

@@ -18,30 +18,34 @@ CHUNK = 2000
 @dataclass
 class Lengths:
     tokens: list[int]  # full length of each conversation, before truncation
-    prompt_tokens: list[int]  # tokens before the first trained answer (len(tokens) if none is trained)
+    # tokens before the first trained answer (the full length if none is trained;
+    # 0 for rows that fit max_length, where it cannot matter)
+    prompt_tokens: list[int]
 
 
-def measure(tok, convs: list[Conversation]) -> Lengths:
+def measure(tok, convs: list[Conversation], max_length: int | None = None) -> Lengths:
+    """Lengths; the prompt part is rendered only for rows longer than ``max_length``, the only ones it can matter for."""
     tokens: list[int] = []
     prompts: list[int] = []
     for start in range(0, len(convs), CHUNK):
         part = convs[start:start + CHUNK]
-        full, before = zip(*(_texts(tok, c) for c in part))
-        enc_full = tok(list(full), add_special_tokens=False)["input_ids"]
-        enc_before = tok([b or "" for b in before], add_special_tokens=False)["input_ids"]
-        for f, b, text in zip(enc_full, enc_before, before):
-            tokens.append(len(f))
-            prompts.append(len(f) if text is None else len(b))
+        full = tok([tok.apply_chat_template(c.as_dicts(), tokenize=False) for c in part], add_special_tokens=False)
+        full_len = [len(ids) for ids in full["input_ids"]]
+        tokens += full_len
+        for c, n in zip(part, full_len):
+            trained = any(m.role == "assistant" and m.weight > 0 for m in c.messages)
+            if not trained:
+                prompts.append(n)
+            elif max_length is not None and n <= max_length:
+                prompts.append(0)  # the whole row fits, so its trained answer does too
+            else:
+                prompts.append(len(tok(_prompt_text(tok, c), add_special_tokens=False)["input_ids"]))
     return Lengths(tokens, prompts)
 
 
-def _texts(tok, conv: Conversation) -> tuple[str, str | None]:
-    msgs = conv.as_dicts()
-    full = tok.apply_chat_template(msgs, tokenize=False)
-    first = next((i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight > 0), None)
-    if first is None:
-        return full, None
-    return full, tok.apply_chat_template(msgs[:first], tokenize=False, add_generation_prompt=True)
+def _prompt_text(tok, conv: Conversation) -> str:
+    first = next(i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight > 0)
+    return tok.apply_chat_template(conv.as_dicts()[:first], tokenize=False, add_generation_prompt=True)
 
 
 def histogram(values: list[int], bins: int = 20) -> dict:

@@ -74,9 +74,15 @@ DETECTORS: tuple[Detector, ...] = (
 )
 
 
+# Every detector needs a digit, an '@' or one of these words; one search rules most text out.
+_MAYBE = re.compile(r"[0-9@]|-----BEGIN|sk-|AKIA|gh[pousr]_|xox|AIza|hf_|(?i:key|secret|token|passw)")
+
+
 def find(text: str) -> list[tuple[str, int, int]]:
     """Non-overlapping (kind, start, end) hits; earlier detectors win overlaps."""
     hits: list[tuple[str, int, int]] = []
+    if not _MAYBE.search(text):
+        return hits
     for det in DETECTORS:
         for m in det.pattern.finditer(text):
             if det.valid and not det.valid(m.group()):

@@ -201,3 +201,33 @@ def _grpo_eval(cfg: TrainConfig, tok, rows, base, tuned, samples: int, seed: int
     # KL on the rows' own answers: fixed contexts, so it compares across runs.
     out["kl_from_reference"] = kl_from_reference(tuned, base, tok, rows, answer="reference")
     return out
+
+
+def is_preference_run(model: str) -> bool:
+    """A run directory whose config names an objective other than SFT."""
+    path = Path(model) / "config.yaml"
+    if not path.is_file():
+        return False
+    return load_yaml(path).get("objective", "sft") != "sft"
+
+
+def describe(result: dict) -> str:
+    """A few readable lines for the CLI."""
+    lines = [f"{result['objective']} run {result['run']} on {result['data']}:"]
+    if "reward_model" in result:
+        rm = result["reward_model"]
+        lines.append(f"  reward model pairwise accuracy {rm['accuracy']:.3f} on {rm['pairs']} pairs "
+                     f"(mean margin {rm['mean_margin']:.3f})")
+    for name in ("base", "tuned"):
+        part = result.get(name)
+        if part and "accuracy" in part:
+            lines.append(f"  {name:<5} preference accuracy {part['accuracy']:.3f} on {part['pairs']} pairs "
+                         f"(mean log-likelihood margin {part['mean_margin']:.2f})")
+        elif part:
+            rewards = ", ".join(f"{k.split(':')[-1]} {v['mean']:.3f}" for k, v in part["rewards"].items())
+            rm = f", reward model mean {part['reward_model']['mean']:.3f}" if "reward_model" in part else ""
+            lines.append(f"  {name:<5} mean reward: {rewards}{rm}")
+    if result.get("kl_from_reference") is not None:
+        lines.append(f"  KL(tuned || base) per token: {result['kl_from_reference']:.4f}")
+    lines.append(f"  written to {result['output']}/preference.json ({result['eval_wall_s']} s)")
+    return "\n".join(lines)

@@ -19,7 +19,7 @@ from .stats import Stats, mean_stats, ratio_stats
 HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "rouge1": True, "rouge2": True, "rougeL": True,
                     "exact_match": True, "normalized_exact_match": True, "keyword_hit_rate": True,
                     "accuracy": True, "ll_accuracy": True, "judge_score": True,
-                    "loss": False, "perplexity": False}
+                    "perplexity": False, "general_text_perplexity": False}  # loss: same test as perplexity
 
 
 def _sacrebleu_stats(metric, predictions: list[str], references: list[str]) -> Stats:

@@ -7,6 +7,7 @@ operator named.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def parse(specs: list[str]) -> dict[str, Path]:
             raise StropError(f"option --adapter: {name!r} is named twice")
         table[name] = check_dir(name, raw)
     return table
+
+
+def system_prompt(path: Path) -> str:
+    info = path / "strop_run.json"
+    return json.loads(info.read_text()).get("system_prompt", "") if info.is_file() else ""
 
 
 def attach(model, adapters: dict[str, Path]):

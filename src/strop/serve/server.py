@@ -20,6 +20,7 @@ routes only submit requests and turn the token ids they get back into text.
 from __future__ import annotations
 
 import hmac
+import signal
 import json
 import sys
 import time
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.render import prompt_text
 from ..errors import StropError
 from . import adapters as adapter_table
 from .batching import Batcher, QueueFull
@@ -213,11 +215,11 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
 
     @app.get("/v1/models/{name:path}", dependencies=guarded)
     async def get_model(name: str) -> dict:
-        _adapter_for(name, served)
+        _lookup(name, served)
         return next(c for c in cards if c["id"] == name)
 
     async def run(req: Sampling, ids: list[int], meta: dict, kind: str):
-        adapter = _adapter_for(req.model or model_id, served)
+        adapter = _lookup(req.model or model_id, served)[0]
         _check_length(len(ids), engine.context_length)
         n = req.n or 1
         if n < 1 or n > 8 or (req.stream and n != 1):
@@ -241,7 +243,9 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(req: ChatRequest):
-        ids = await run_in_threadpool(engine.encode, [m.as_dict() for m in req.messages])
+        system = _lookup(req.model or model_id, served)[1]  # each adapter keeps its run's system prompt
+        text = prompt_text(engine.tok, [m.as_dict() for m in req.messages], system)
+        ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
         return await run(req, ids, _meta("chatcmpl", req.model or model_id), "chat")
 
     @app.post("/v1/completions", dependencies=guarded)
@@ -255,20 +259,21 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
 OBJECT = {"chat": "chat.completion", "text": "text_completion"}
 
 
-def _served(engine: Engine, model_id: str, adapters: dict[str, Path]) -> dict[str, str | None]:
-    """model id -> peft adapter name for the batcher (None: no adapters loaded at all)."""
+def _served(engine: Engine, model_id: str, adapters: dict[str, Path]) -> dict[str, tuple[str | None, str]]:
+    """model id -> (peft adapter name for the batcher, or None when no adapters are loaded; system prompt)."""
     if not adapters:
-        return {model_id: None}
+        return {model_id: (None, engine.system_prompt)}
     from peft import PeftModel
 
     own = "default" if isinstance(engine.model, PeftModel) else adapter_table.BASE
     if model_id in adapters:
         raise StropError(f"option --adapter: {model_id!r} is already the served model's name")
     engine.model = adapter_table.attach(engine.model, adapters)
-    return {model_id: own, **{name: name for name in adapters}}
+    return {model_id: (own, engine.system_prompt),
+            **{name: (name, adapter_table.system_prompt(path)) for name, path in adapters.items()}}
 
 
-def _adapter_for(name: str, served: dict[str, str | None]) -> str | None:
+def _lookup(name: str, served: dict) -> tuple[str | None, str]:
     if name not in served:  # looked up, never opened: a name is not a path
         raise APIError(404, f"The model '{name}' does not exist; this server serves {', '.join(map(repr, served))}",
                        param="model", code="model_not_found")
@@ -352,6 +357,12 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | No
     print(f"strop: serving {app.state.model_id} on http://{shown}:{port}/v1", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=drain_timeout))
-    server.run()
+    # uvicorn drains, restores the previous handler and re-raises the signal; a no-op
+    # handler there makes a drained SIGTERM end in exit status 0, as process managers expect.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     app.state.batcher.close()
     print("strop: server stopped", file=sys.stderr, flush=True)

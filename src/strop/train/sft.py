@@ -150,8 +150,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         include_num_input_tokens_seen="all" if cfg.padding_free else "non_padding",
         dataloader_num_workers=0,
         bf16=use_bf16(cfg),
-        # transformers refuses CPU bf16 autocast unless told the run is on the CPU on purpose.
-        use_cpu=use_bf16(cfg) and not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
         padding_free=cfg.padding_free,
         # TRL turns this on by default; prefix tuning's key/value prefixes live in the
         # cache, which checkpointed layers drop, so the table says per method.

@@ -1,0 +1,114 @@
+"""Chaos run: kill `strop train` with SIGKILL at random points, resume, compare with an uninterrupted run.
+
+    python benchmarks/chaos.py --trials 30 --steps 12 --json chaos.json
+
+Uses a tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer,
+float32, no dropout, so the uninterrupted and resumed runs must agree exactly.
+Reports: trials, kills that landed before the run finished, resumes that
+matched exactly (final weights and every per-step loss), checkpoints picked
+by resume that failed their manifest (must be 0), and checkpoints holding a
+non-finite tensor (must be 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--lora-dropout", "0", "--mixed-precision", "no", "--val-size", "0", "--report-to", "none",
+          "--learning-rate", "5e-3", "--micro-batch-size", "2", "--logging-steps", "1", "--save-steps", "2"]
+
+
+def tiny_model(work: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from strop import models
+
+    tok = models.load_tokenizer("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, initializer_range=0.1,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = work / "tiny"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "strop", "train", "--base-model", str(model), "--data", str(data),
+            "--output-dir", str(out), "--max-steps", str(steps), *COMMON, *extra]
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    rng = random.Random(args.seed)
+    from strop.train.manifest import verify_manifest
+    from strop.train.reliability import non_finite_tensors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = tiny_model(work)
+        data = ROOT / "src" / "strop" / "demo_data" / "persona_train.jsonl"
+        ref = work / "ref"
+        subprocess.run(cmd(model, data, ref, args.steps), check=True, capture_output=True)
+        ref_w, ref_l = load_file(ref / "final" / "adapter_model.safetensors"), losses(ref)
+        report = {"trials": args.trials, "killed_before_end": 0, "exact_resumes": 0, "partial_checkpoints_picked": 0,
+                  "non_finite_checkpoints": 0, "kill_points_s": []}
+        for i in range(args.trials):
+            out = work / f"t{i}"
+            delay = rng.uniform(0.0, 1.0)
+            proc = subprocess.Popen(cmd(model, data, out, args.steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # wait for training to start (first metrics row), then a random slice of the run
+            while proc.poll() is None and not ((out / "metrics.jsonl").is_file()):
+                time.sleep(0.02)
+            time.sleep(delay * 3.0)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            report["kill_points_s"].append(round(delay * 3.0, 2))
+            if (out / "final").exists():
+                continue
+            report["killed_before_end"] += 1
+            from strop.train.rundir import RunDir
+
+            picked = RunDir(out).latest_checkpoint()
+            if picked is not None and not verify_manifest(picked):
+                report["partial_checkpoints_picked"] += 1
+            for ckpt in (out / "checkpoints").glob("checkpoint-*"):
+                if (ckpt / "manifest.json").is_file() and non_finite_tensors(ckpt):
+                    report["non_finite_checkpoints"] += 1
+            extra = ("--resume", "true") if picked is not None else ()
+            if picked is None:  # killed before the first checkpoint: start over in a fresh dir
+                out = work / f"t{i}-fresh"
+            subprocess.run(cmd(model, data, out, args.steps, *extra), check=True, capture_output=True)
+            w = load_file(out / "final" / "adapter_model.safetensors")
+            if all(torch.equal(w[k], ref_w[k]) for k in ref_w) and losses(out) == ref_l:
+                report["exact_resumes"] += 1
+            print(f"trial {i}: killed after {delay * 3.0:.2f}s, resumed from {picked.name if picked else 'scratch'}", flush=True)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
