@@ -89,15 +89,32 @@ def _train_subprocess(cfg: dict) -> float:
 
 
 def _heldout(model_name: str, heldout_file: Path, max_length: int) -> dict:
+    """Token-weighted assistant-only loss, one row at a time through the model's own loss.
+
+    The model's own ``labels`` path is used (not sliced logits) because prompt
+    tuning prepends virtual tokens to the logits; peft pads the labels to match.
+    """
+    import math
+
+    import torch
+
     from . import models
     from .data import load
-    from .eval.metrics import perplexity
+    from .data.render import IGNORE, render
 
     model, tok = models.load(model_name)
-    try:
-        return perplexity(model, tok, load(str(heldout_file)).conversations, max_length)
-    finally:
-        del model
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for conv in load(str(heldout_file)).conversations:
+            r = render(tok, conv, max_length)
+            n = sum(1 for t in r.labels[1:] if t != IGNORE)  # position t predicts token t+1
+            if n:
+                out = model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels]))
+                total, count = total + out.loss.item() * n, count + n
+    del model
+    if not count:
+        raise StropError(f"{heldout_file}: no assistant tokens to score within max_length {max_length}")
+    return {"loss": total / count, "perplexity": math.exp(total / count), "tokens": count}
 
 
 def _score_base(base_model: str, heldout_file: Path, max_length: int) -> dict:

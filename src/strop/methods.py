@@ -174,6 +174,10 @@ def check_options(cfg) -> None:
                 continue
             users = ", ".join(m.name for m in METHODS.values() if key in m.options)
             raise StropError(f"option {key} does not apply to --method {cfg.method} (it is for: {users})")
+    if getattr(cfg, "padding_free", False) and cfg.method in ("prompt_tuning", "prefix_tuning"):
+        # padding_free is on by default; peft drops position_ids and prepends virtual
+        # tokens once per row, so packed rows would train silently mis-positioned.
+        cfg.padding_free = False
     if cfg.adapter_placement not in ADAPTER_PLACEMENTS:
         raise StropError(f"option adapter_placement: {cfg.adapter_placement!r} is not one of {', '.join(ADAPTER_PLACEMENTS)}")
     if cfg.adapter_non_linearity not in ADAPTER_NON_LINEARITIES:

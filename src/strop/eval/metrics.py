@@ -160,11 +160,16 @@ def token_nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: i
                 ids[j, :n] = torch.tensor(row_ids)
                 labels[j, :n] = torch.tensor(row_labels)
                 mask[j, :n] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
-            # position t predicts token t+1
-            shift_labels = labels[:, 1:].to(device)  # (B, T-1)
-            losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), shift_labels, ignore_index=IGNORE,
-                                     reduction="none")  # (B, T-1)
+            # position t predicts token t+1; only positions some row scores need the (large) vocab projection
+            keep = ((labels[:, 1:] != IGNORE).any(dim=0)).nonzero().flatten()  # (K,)
+            if len(keep) == 0:
+                nll += [0.0] * len(batch)
+                count += [0] * len(batch)
+                continue
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           logits_to_keep=keep.to(device)).logits.float()  # (B, K, V)
+            targets = labels[:, keep + 1].to(device)  # (B, K)
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, K)
             nll += losses.sum(dim=1).tolist()
-            count += (shift_labels != IGNORE).sum(dim=1).tolist()
+            count += (targets != IGNORE).sum(dim=1).tolist()
     return nll, count

@@ -10,8 +10,8 @@ import html
 from pathlib import Path
 
 # Which way is better, for highlighting only; unnamed metrics count as higher-is-better.
-LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss"}
-NOT_COMPARED = {"tokens", "n"}
+LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss", "general_text_perplexity"}
+NOT_COMPARED = {"tokens", "n", "unparsed"}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222;max-width:1200px}

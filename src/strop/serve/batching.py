@@ -129,8 +129,9 @@ class Batcher:
 
     def _forward(self, ids, mask, cache, positions, adapters):
         kw = {"adapter_names": adapters} if any(a is not None for a in adapters) else {}
+        # logits_to_keep=1: the vocabulary projection only for the last position (prefill would do all)
         out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                         use_cache=True, **kw)
+                         use_cache=True, logits_to_keep=1, **kw)
         return out.logits[:, -1].float(), out.past_key_values  # (B, V)
 
     def _prefill(self, req: Request) -> None:
