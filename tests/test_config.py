@@ -17,9 +17,9 @@ def test_overrides_are_typed(tmp_path):
 
 def test_yaml_then_cli_wins(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("learning_rate: 0.001\nlora_r: 4\nmethod: full\n")
+    path.write_text("learning_rate: 0.001\nlora_r: 4\nmethod: dora\n")
     cfg = load_train_config(str(path), {"lora_r": "8"})
-    assert (cfg.learning_rate, cfg.lora_r, cfg.method) == (0.001, 8, "full")
+    assert (cfg.learning_rate, cfg.lora_r, cfg.method) == (0.001, 8, "dora")
 
 
 def test_unknown_yaml_key_suggests(tmp_path):

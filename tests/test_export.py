@@ -98,20 +98,20 @@ def test_unknown_format_and_missing_run(tmp_path):
         export(str(tmp_path / "nope"), "merged")
 
 
-@pytest.mark.parametrize("quant,kl_limit", [("f16", 1e-3), ("q4_1", 2.0)])
-def test_gguf_loads_back_and_matches(lora_run, merged, quant, kl_limit, tmp_path):
+def test_gguf_loads_back_and_matches(lora_run, merged, tmp_path):
+    """f16 keeps the weights almost exactly, so any mapping mistake (names, q/k permutation,
+    tokenizer, template) shows up here; q8_0/q4_1 drift on the real model is in docs/export.md."""
     from strop.export import export
 
-    report = export(str(lora_run), "gguf", output=str(tmp_path / quant), quant=quant, n_prompts=4)
+    report = export(str(lora_run), "gguf", output=str(tmp_path / "f16"), quant="f16", n_prompts=3)
     v = report["verification"]
-    assert (tmp_path / quant / report["file"]).is_file()
+    assert (tmp_path / "f16" / report["file"]).is_file()
     assert v["tokenizer_identical"] and v["chat_template_identical"]
-    assert v["kl_mean"] < kl_limit, v
-    if quant == "f16":  # quantized files on a random tiny model (flat distributions) may flip near-ties; drift is reported
-        assert v["greedy_identical"] == v["prompts"], v
-    modelfile = (tmp_path / quant / "Modelfile").read_text()
+    assert v["kl_max"] < 1e-3 and v["greedy_identical"] == v["prompts"] == 3, v
+    modelfile = (tmp_path / "f16" / "Modelfile").read_text()
     assert f"FROM ./{report['file']}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """Be brief."""' in modelfile
+    assert report["base_license"] and report["source_run"] == str(lora_run.resolve())
 
 
 def test_gguf_file_metadata(lora_run, merged, tmp_path):
@@ -135,3 +135,14 @@ def test_bad_quant(lora_run, merged, tmp_path):
 
     with pytest.raises(StropError, match="--quant"):
         write(lora_run / "export" / "merged", tmp_path / "x.gguf", "q3_z", name="t")
+
+
+def test_modelfile_states_the_templates_default_system_prompt(smol_tokenizer):
+    """SmolLM2's template adds a system turn when a chat has none; Ollama's template cannot, so SYSTEM says it."""
+    from strop.export.gguf_export import modelfile
+
+    default = smol_tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    text = modelfile("m.gguf", smol_tokenizer, "")
+    said = text.split('SYSTEM """')[1].split('"""')[0]
+    assert said and said in default
+    assert 'SYSTEM """Be kind."""' in modelfile("m.gguf", smol_tokenizer, "Be kind.")

@@ -22,7 +22,7 @@ def _subset(src: Path, dst: Path, n: int) -> Path:
 def _cfg(tiny_model_dir, tmp_path, data, **extra):
     values = dict(base_model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "run"), report_to="none",
                   val_size=0, max_length=96, micro_batch_size=4, learning_rate=5e-3, warmup_ratio=0.0,
-                  lr_scheduler_type="constant", logging_steps=1, mixed_precision="no", lora_dropout=0.0)
+                  lr_scheduler_type="constant", logging_steps=1, mixed_precision="no")
     values.update(extra)
     return load_train_config(None, {k: str(v) if not isinstance(v, str) else v for k, v in values.items()})
 

@@ -40,9 +40,18 @@ def modelfile(gguf_name: str, tok, system_prompt: str) -> str:
              '<|im_start|>assistant\n"""',
              f'PARAMETER stop "{tok.eos_token}"',
              "PARAMETER temperature 0"]
-    if system_prompt:
-        lines.append(f'SYSTEM """{system_prompt}"""')
+    system = system_prompt or _default_system(tok)
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines) + "\n"
+
+
+def _default_system(tok) -> str:
+    """The system text the chat template adds by itself when a chat has none (SmolLM2's does);
+    Ollama templates have no such default, so the Modelfile states it."""
+    text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    head = "<|im_start|>system\n"
+    return text[len(head):text.index("<|im_end|>")] if text.startswith(head) else ""
 
 
 def _load_back(path: Path):
