@@ -81,7 +81,6 @@ def _tokenizer(w, tok, model_dir: Path, pre: str) -> None:
 
 def _tensors(w, model_dir: Path, cfg: dict, quant: str) -> None:
     import gguf
-    import numpy as np
     from safetensors import safe_open
 
     matrix, embed, _ = QUANTS[quant]
