@@ -41,7 +41,7 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     print("\n[demo] 2/4 fine-tuning smollm2-135m-instruct with LoRA")
     cfg = load_train_config(None, {
         "data": train_file, "output_dir": str(out), "method": "lora", "num_epochs": epochs,
-        "learning_rate": 3e-4, "val_size": 0.1, "report_to": "tensorboard",
+        "learning_rate": 1e-3, "val_size": 0.1, "report_to": "tensorboard",
     })
     run = train(cfg)
 

@@ -92,6 +92,17 @@ def _raise_if_stopped(stop, guard, step: int, cfg: TrainConfig) -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux carries ru_maxrss across execve, so a run started from a big parent
+    (a test runner, a notebook) would report the parent's peak; VmHWM belongs
+    to the process's own address space and starts fresh at exec.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
