@@ -63,6 +63,7 @@ class TrainConfig:
     nan_policy: str = "abort"  # abort: stop without saving; skip: drop that update and go on
     nan_max_consecutive_skips: int = 3
     early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
+    keep_best: bool = True  # final/ = the checkpoint with the lowest eval loss; false: the last step
     logging_steps: int = 1
     report_to: str = "tensorboard"
     resume: bool = False

@@ -70,7 +70,7 @@ def _schedule(cfg: TrainConfig, has_eval: bool) -> dict:
         if cfg.save_steps:
             raise StropError("option save_steps: set eval_steps too (checkpoints follow evaluations so the best one can be kept)")
         sched = {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    return sched | {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}
+    return sched | {"load_best_model_at_end": cfg.keep_best, "metric_for_best_model": "eval_loss", "greater_is_better": False}
 
 
 def _rewind_metrics(run: RunDir, checkpoint: Path) -> None:
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
     callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
     callbacks += [Progress()] if progress else []
-    if has_eval and cfg.early_stopping_patience > 0:
+    if has_eval and cfg.early_stopping_patience > 0 and cfg.keep_best:  # the callback needs the best-model tracking
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
         model=model,
