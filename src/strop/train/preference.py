@@ -19,7 +19,7 @@ from .callbacks import MetricsLog, Progress
 from .precision import use_bf16
 from .preference_data import build_rows
 from .rundir import RunDir
-from .sft import _check_output, _rewind_metrics, _schedule, _tracker, param_counts, peak_rss_mb, save_final
+from .sft import _check_output, _rewind_metrics, _schedule, _tracker, run_summary, save_final
 
 
 def _common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool) -> dict:
@@ -214,27 +214,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
 
 
 def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float) -> None:
-    trainable, total = param_counts(trainer.model)
     last = {}
     for row in run.read_metrics():  # the last value of every objective-specific metric
         last.update({k: v for k, v in row.items() if "/" in k or k.startswith(("reward", "kl", "accuracy", "margin"))})
-    summary = {
-        "objective": cfg.objective,
-        "method": cfg.method,
-        "base_model": cfg.base_model,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": trainer.state.best_metric,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": round(100 * trainable / total, 4),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "tokens_per_s": None,
-        "wall_s": round(wall, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "last_metrics": last,
-    }
+    summary = {"objective": cfg.objective} | run_summary(cfg, trainer, result, wall) | {"last_metrics": last}
     run.summary.write_text(json.dumps(summary, indent=2))
 
 

@@ -80,6 +80,30 @@ def _rewind_metrics(run: RunDir, checkpoint: Path) -> None:
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
+    """The figures every run records in summary.json, whatever its objective."""
+    import torch
+
+    trainable, total = param_counts(trainer.model)
+    tokens = trainer.state.num_input_tokens_seen
+    return {
+        "method": cfg.method,
+        "base_model": cfg.base_model,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "tokens_seen": tokens,
+        "tokens_per_s": round(tokens / wall, 1) if wall and tokens else None,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+    }
+
+
 def _raise_if_stopped(stop, guard, step: int, cfg: TrainConfig) -> None:
     import signal
 
@@ -191,23 +215,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
     save_final(trainer.model, tok, cfg, run)
-    trainable, total = param_counts(trainer.model)
-    tokens = trainer.state.num_input_tokens_seen
-    summary = {
-        "method": cfg.method,
-        "base_model": cfg.base_model,
-        "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "best_eval_loss": trainer.state.best_metric,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": round(100 * trainable / total, 4),
-        "tokens_seen": tokens,
-        "tokens_per_s": round(tokens / wall, 1) if wall else None,
-        "wall_s": round(wall, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+    summary = run_summary(cfg, trainer, result, wall) | {
         "licenses": licenses,
         "skipped_nonfinite_steps": guard.skipped_steps,
     }
