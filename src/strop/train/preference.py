@@ -16,41 +16,9 @@ from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from .callbacks import MetricsLog, Progress
-from .precision import use_bf16
 from .preference_data import build_rows
 from .rundir import RunDir
-from .sft import _check_output, _rewind_metrics, _schedule, _tracker, run_summary, save_final
-
-
-def _common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool) -> dict:
-    """TrainingArguments shared by every objective, mirroring SFT's."""
-    import torch
-
-    bf16 = use_bf16(cfg)
-    return dict(
-        output_dir=str(run.checkpoints),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=report_to,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        bf16=bf16,
-        # transformers refuses CPU bf16 autocast unless told the run is on the CPU on purpose.
-        use_cpu=bf16 and not torch.cuda.is_available(),
-        **_schedule(cfg, has_eval),
-    )
+from .sft import _check_output, _rewind_metrics, _tracker, common_args, run_summary, save_final
 
 
 def _policy(cfg: TrainConfig):
@@ -202,7 +170,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     callbacks = [MetricsLog(run.metrics)] + ([Progress()] if progress else [])
     if has_eval and cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = TRAINERS[cfg.objective](cfg, _common_args(cfg, run, report_to, has_eval), data, tok, callbacks)
+    trainer = TRAINERS[cfg.objective](cfg, common_args(cfg, run, report_to, has_eval), data, tok, callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     t0 = time.monotonic()

@@ -80,6 +80,35 @@ def _rewind_metrics(run: RunDir, checkpoint: Path) -> None:
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool) -> dict:
+    """TrainingArguments every objective shares (SFT, DPO, GRPO ...)."""
+    import torch
+
+    return dict(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        per_device_eval_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_to,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=use_bf16(cfg),
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
+        **_schedule(cfg, has_eval),
+    )
+
+
 def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
     """The figures every run records in summary.json, whatever its objective."""
     import torch
@@ -133,7 +162,6 @@ def peak_rss_mb() -> float:
 def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     """Run one SFT job and return its run directory."""
     import datasets
-    import torch
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
@@ -161,36 +189,16 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
 
     model = method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit), cfg)
     args = SFTConfig(
-        output_dir=str(run.checkpoints),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        per_device_eval_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        **common_args(cfg, run, report_to, has_eval),
         # strop truncates while rendering; TRL refuses a max_length with padding-free rows.
         max_length=None if cfg.padding_free else cfg.max_length,
-        report_to=report_to,
-        disable_tqdm=True,
         # Padding-free rows hold no pad tokens, and the pad id doubles as <|im_end|>,
         # so "non_padding" would wrongly skip real end-of-turn tokens there.
         include_num_input_tokens_seen="all" if cfg.padding_free else "non_padding",
-        dataloader_num_workers=0,
-        bf16=use_bf16(cfg),
-        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
         padding_free=cfg.padding_free,
         # TRL turns this on by default; prefix tuning's key/value prefixes live in the
         # cache, which checkpointed layers drop, so the table says per method.
         gradient_checkpointing=method.gradient_checkpointing,
-        **_schedule(cfg, has_eval),
     )
     stop = reliability.GracefulStop()
     guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
