@@ -4,21 +4,26 @@
 
 Uses a tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer,
 float32, no dropout, so the uninterrupted and resumed runs must agree exactly.
-Reports: trials, kills that landed before the run finished, resumes that
-matched exactly (final weights and every per-step loss), checkpoints picked
-by resume that failed their manifest (must be 0), and checkpoints holding a
-non-finite tensor (must be 0).
+Reports: trials, kills that landed before the run finished, how many of those
+resumed from a checkpoint, resumes that matched exactly (final weights, every
+per-step loss and the sample ids of every step), samples skipped and repeated
+against the uninterrupted run (from samples.jsonl; must be 0), checkpoints
+picked by resume that failed their manifest (must be 0), checkpoints holding a
+non-finite tensor (must be 0) and pickle files in checkpoints (must be 0).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -54,6 +59,36 @@ def losses(run: Path) -> list[float]:
     return [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
 
 
+def sample_steps(run: Path) -> list[tuple[int, list[str]]]:
+    from strop.train.samples import read_rows
+
+    return [(r["step"], r["ids"]) for r in read_rows(run / "samples.jsonl")]
+
+
+def skipped_repeated(ref: list, got: list) -> tuple[int, int]:
+    """Examples the resumed run never trained on, and ones it trained on more often, than the reference."""
+    want = Counter(i for _, ids in ref for i in ids)
+    seen = Counter(i for _, ids in got for i in ids)
+    return sum((want - seen).values()), sum((seen - want).values())
+
+
+def timed_run(argv: list[str], metrics: Path) -> float:
+    """Run to completion; seconds from the first logged step to the end (the span kills are drawn from)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not metrics.is_file():
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"reference run failed: {err[-2000:]}")
+    return time.monotonic() - t0
+
+
+def machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at start"
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=30)
@@ -62,48 +97,59 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     rng = random.Random(args.seed)
+    from strop.pickle_guard import pickle_files
     from strop.train.manifest import verify_manifest
     from strop.train.reliability import non_finite_tensors
+    from strop.train.rundir import RunDir
+
+    started = time.monotonic()
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = tiny_model(work)
         data = ROOT / "src" / "strop" / "demo_data" / "persona_train.jsonl"
         ref = work / "ref"
-        subprocess.run(cmd(model, data, ref, args.steps), check=True, capture_output=True)
-        ref_w, ref_l = load_file(ref / "final" / "adapter_model.safetensors"), losses(ref)
-        report = {"trials": args.trials, "killed_before_end": 0, "exact_resumes": 0, "partial_checkpoints_picked": 0,
-                  "non_finite_checkpoints": 0, "kill_points_s": []}
+        span = timed_run(cmd(model, data, ref, args.steps), ref / "metrics.jsonl")
+        ref_w, ref_l, ref_s = load_file(ref / "final" / "adapter_model.safetensors"), losses(ref), sample_steps(ref)
+        report = {"trials": args.trials, "steps": args.steps, "machine": machine(), "killed_before_end": 0,
+                  "resumed_from_checkpoint": 0, "exact_resumes": 0, "samples_skipped": 0, "samples_repeated": 0,
+                  "partial_checkpoints_picked": 0, "non_finite_checkpoints": 0, "pickle_files_in_checkpoints": 0,
+                  "training_span_s": round(span, 2), "kill_points_s": []}
         for i in range(args.trials):
             out = work / f"t{i}"
-            delay = rng.uniform(0.0, 1.0)
+            delay = rng.uniform(0.0, 1.0) * span  # anywhere from the first step to the end of training
             proc = subprocess.Popen(cmd(model, data, out, args.steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # wait for training to start (first metrics row), then a random slice of the run
             while proc.poll() is None and not ((out / "metrics.jsonl").is_file()):
                 time.sleep(0.02)
-            time.sleep(delay * 3.0)
+            time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            report["kill_points_s"].append(round(delay * 3.0, 2))
+            report["kill_points_s"].append(round(delay, 2))
             if (out / "final").exists():
                 continue
             report["killed_before_end"] += 1
-            from strop.train.rundir import RunDir
-
             picked = RunDir(out).latest_checkpoint()
             if picked is not None and not verify_manifest(picked):
                 report["partial_checkpoints_picked"] += 1
             for ckpt in (out / "checkpoints").glob("checkpoint-*"):
                 if (ckpt / "manifest.json").is_file() and non_finite_tensors(ckpt):
                     report["non_finite_checkpoints"] += 1
+                report["pickle_files_in_checkpoints"] += len(pickle_files(ckpt))
+            report["resumed_from_checkpoint"] += picked is not None
             extra = ("--resume", "true") if picked is not None else ()
             if picked is None:  # killed before the first checkpoint: start over in a fresh dir
                 out = work / f"t{i}-fresh"
             subprocess.run(cmd(model, data, out, args.steps, *extra), check=True, capture_output=True)
             w = load_file(out / "final" / "adapter_model.safetensors")
-            if all(torch.equal(w[k], ref_w[k]) for k in ref_w) and losses(out) == ref_l:
+            got_s = sample_steps(out)
+            skipped, repeated = skipped_repeated(ref_s, got_s)
+            report["samples_skipped"] += skipped
+            report["samples_repeated"] += repeated
+            if all(torch.equal(w[k], ref_w[k]) for k in ref_w) and losses(out) == ref_l and got_s == ref_s:
                 report["exact_resumes"] += 1
-            print(f"trial {i}: killed after {delay * 3.0:.2f}s, resumed from {picked.name if picked else 'scratch'}", flush=True)
+            print(f"trial {i}: killed after {delay:.2f}s, resumed from {picked.name if picked else 'scratch'}", flush=True)
+    report["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

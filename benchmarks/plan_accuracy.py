@@ -42,10 +42,12 @@ def one(tmp: Path, data: Path, method: str, length: int, steps: int) -> dict:
     strop("train", *keys, "--max-steps", str(steps), "--output-dir", str(out))
     measured = json.loads((out / "summary.json").read_text())["peak_rss_mb"]
     strop("plan", *keys, "--json", str(tmp / "plain.json"))
-    plain = json.loads((tmp / "plain.json").read_text())["memory_mb"]["total"]
+    plan = json.loads((tmp / "plain.json").read_text())
+    plain, parts = plan["memory_mb"]["total"], plan["memory_mb"]
     strop("plan", *keys, "--measure", "--json", str(tmp / "measured.json"))
     calibrated = json.loads((tmp / "measured.json").read_text())["measured"]["peak_rss_mb"]
-    return {"method": method, "max_length": length, "measured": measured, "plain": plain, "measure": calibrated}
+    return {"method": method, "max_length": length, "measured": measured, "plain": plain, "measure": calibrated,
+            "breakdown": parts, "batch_tokens": plan["batch_tokens"], "gradient_checkpointing": plan["gradient_checkpointing"]}
 
 
 def main() -> None:
@@ -56,17 +58,20 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/plan_accuracy.md")
     a = ap.parse_args()
     lines = ["| method | max_length | measured peak RSS MB | plain estimate (error) | --measure (error) |", "|---|---|---|---|---|"]
+    rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         long_data(tmp / "long.jsonl")
         for m in a.methods:
             for n in a.lengths:
                 r = one(tmp, tmp / "long.jsonl", m, n, a.steps)
+                rows.append(r)
                 err = lambda x: f"{x:,.0f} ({100 * (x - r['measured']) / r['measured']:+.0f}%)"  # noqa: E731
                 lines.append(f"| {m} | {n} | {r['measured']:,.0f} | {err(r['plain'])} | {err(r['measure'])} |")
                 print(lines[-1], flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("\n".join(lines) + "\n")
+    Path(a.out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -69,3 +69,48 @@ def test_flat_batch_without_positions_would_differ(tiny_model_dir, smol_tokenize
 ])
 def test_cpu_bf16_detection(text, expected):
     assert cpu_bf16_flags(text) == expected
+
+
+def _fused_loss_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, use_cache=False, fused_lm_head=True)
+    loss = -out.log_probs.sum() / out.label_mask.sum()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_model_dir, smol_tokenizer, monkeypatch):
+    """The compact LM head (train/lm_head.py) against TRL's every-position path and the plain full-logits loss."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from trl.trainer.utils import add_fused_lm_head
+
+    from strop.train.lm_head import labelled_positions_only
+
+    convs = load(DEMO_DATA / "persona_train.jsonl").conversations[:3]
+    rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in (render(smol_tokenizer, c, 512) for c in convs)]
+    flat = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(rows)
+    batch = {k: flat[k] for k in ("input_ids", "position_ids", "labels")}
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"].numel() - 1  # prompts are really masked, so the paths really differ
+
+    import trl.trainer.utils as tu
+
+    scored = []  # rows each LM-head call projects
+    real_apply = tu._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(tu._ChunkedLogProbFunction, "apply", lambda h, *a: scored.append(h.shape[0]) or real_apply(h, *a))
+    model = models.load_model(str(tiny_model_dir), "float32")
+    loss_plain, grads_plain = _loss_and_grads(model, batch)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    loss_every, grads_every = _fused_loss_and_grads(model, batch)
+    before = tu._use_triton
+    with labelled_positions_only(True) as active:
+        assert active
+        loss_compact, grads_compact = _fused_loss_and_grads(model, batch)
+    assert tu._use_triton is before  # restored after the run
+    assert scored == [batch["labels"].numel() - 1, labelled]  # every position, then only the labelled ones
+    for loss, grads in ((loss_every, grads_every), (loss_compact, grads_compact)):
+        torch.testing.assert_close(loss, loss_plain, rtol=0, atol=1e-5)
+        assert grads.keys() == grads_plain.keys()
+        for name in grads_plain:
+            torch.testing.assert_close(grads[name], grads_plain[name], rtol=0, atol=1e-5, msg=name)

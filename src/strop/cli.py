@@ -45,25 +45,39 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args, extra: list[str]) -> int:
     from .config import load_train_config, parse_overrides
-    from .train.sft import train
 
     rest = list(args.rest)
     if any(a in ("-h", "--help") for a in rest):
         print(train_help())
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
-    cfg = load_train_config(config, parse_overrides(rest))
+    from .train.launch import split_launch_options
+
+    launch_opts, overrides = split_launch_options(parse_overrides(rest))
+    cfg = load_train_config(config, overrides)
+    if launch_opts.wanted:  # --nproc/--nnodes/--distributed: this process becomes the launcher
+        from .train.launch import start
+
+        return start(launch_opts, cfg, config, overrides)
     if cfg.objective != "sft":
         from .train.preference import describe, train as train_preference
 
         run = train_preference(cfg)
         print(describe(cfg, run))
         return 0
+    from .train.distributed import world
+    from .train.sft import train
+
     run = train(cfg)
+    if not world().is_main:
+        return 0  # rank 0 reports for every process
     summary = json.loads(run.summary.read_text())
     print(f"trained {summary['method']} on {cfg.base_model}: {summary['steps']} steps, "
           f"train loss {summary['train_loss']:.4f}, best eval loss {_fmt(summary['best_eval_loss'])}, "
           f"{summary['tokens_per_s']} tokens/s, peak RSS {summary['peak_rss_mb']:.0f} MB")
+    if summary.get("world_size", 1) > 1:
+        print(f"{summary['world_size']} processes ({summary['distributed']}), effective batch "
+              f"{summary['effective_batch_size']} sequences per step; tokens/s counts all processes")
     print(f"run directory: {run.root}  (model in {run.final})")
     return 0
 
@@ -77,6 +91,8 @@ def train_help() -> str:
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  {f.name:<30} --{f.name.replace('_', '-'):<32} {default!r}")
+    lines += ["", "several processes (docs/distributed.md): --nproc N [--distributed ddp|fsdp|deepspeed-zero2|"
+              "deepspeed-zero3|FILE.yaml]", "  multi-node: --nnodes M --node-rank R --main-process-ip IP --main-process-port P"]
     return "\n".join(lines)
 
 
@@ -127,7 +143,9 @@ def cmd_eval(args, extra) -> int:
     if is_preference_run(args.model):  # dpo/kto/orpo/simpo/cpo/reward/grpo runs: base vs tuned preference metrics
         from .eval.preference import evaluate_run
 
-        print(describe(evaluate_run(args.model, args.data or "", output=args.output, seed=args.seed)))
+        judge = {"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key": args.judge_api_key,
+                 "mode": args.judge_mode or "pairwise"} if args.judge_endpoint else None
+        print(describe(evaluate_run(args.model, args.data or "", output=args.output, seed=args.seed, judge=judge)))
         return 0
 
     labels = [x for x in args.labels.split(",")] if args.labels else None
@@ -135,8 +153,8 @@ def cmd_eval(args, extra) -> int:
                       general=args.general, compare_base=not args.no_base, baselines=args.baselines,
                       bias=args.bias, labels=labels, k_shot=args.k_shot, baseline_prompt=args.baseline_prompt,
                       judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
-                      judge_api_key=args.judge_api_key, group_column=args.group_column,
-                      resamples=args.resamples, seed=args.seed)
+                      judge_api_key=args.judge_api_key, judge_mode=args.judge_mode or "rubric",
+                      group_column=args.group_column, resamples=args.resamples, seed=args.seed)
     print(format_table(result["systems"]))
     for line in result.get("verdicts", []):
         print(line)
@@ -144,6 +162,10 @@ def cmd_eval(args, extra) -> int:
         print(f"bias flag: {flag}")
     if "skipped" in result.get("judge", {}):
         print(f"judge SKIPPED: {result['judge']['skipped']}")
+    for pair in result.get("judge", {}).get("pairs", []):
+        from .eval.pairwise import sentence
+
+        print(sentence(pair))
     print(f"report: {result['output']}/report.html  ({result['eval_wall_s']} s)")
     return 0
 
@@ -165,7 +187,8 @@ def cmd_serve(args, extra) -> int:
 
         return run_vllm(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter)
     run(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter, max_batch=args.max_batch,
-        max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap, drain_timeout=args.drain_timeout)
+        max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap, drain_timeout=args.drain_timeout,
+        allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -229,7 +252,8 @@ def cmd_plan(args, extra) -> int:
     if any(a in ("-h", "--help") for a in rest):
         print("usage: strop plan [CONFIG.yaml] [--KEY VALUE ...] [--device cpu|cuda|cuda:NAME] [--json OUT]\n"
               "       [--price-per-hour P] [--utilisation U] [--optim adamw|adamw_8bit|paged_adamw_8bit]\n"
-              "       [--measure [--measure-steps N]] [--goal knowledge]   (config keys: strop train --help)")
+              "       [--measure [--measure-steps N]] [--goal knowledge]   (config keys: strop train --help)\n"
+              "       [--nproc N --distributed ddp|fsdp|deepspeed-zero2|deepspeed-zero3]   (memory per device)")
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
     opts, overrides = split_options(parse_overrides(rest))
@@ -299,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bias", action="store_true", help="counterfactual and stereotype-pair bias probes")
     e.add_argument("--labels", help="classification mode: comma-separated label set (or a 'label' column)")
     e.add_argument("--group-column", help="column naming each row's group, for per-group metrics")
-    e.add_argument("--judge-endpoint", help="OpenAI-compatible base URL for LLM-as-judge grading")
+    e.add_argument("--judge-endpoint", "--judge", help="OpenAI-compatible base URL (.../v1) for LLM-as-judge grading")
+    e.add_argument("--judge-mode", choices=["rubric", "pairwise"],
+                   help="rubric: 1-5 grade per answer (default for SFT runs); pairwise: tuned vs base answers, "
+                        "position-swapped, win/tie/loss (default for preference runs)")
     e.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
     e.add_argument("--judge-api-key", help="bearer key for the judge endpoint")
     e.add_argument("--resamples", type=int, default=1000, help="bootstrap / permutation resamples")
@@ -324,7 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--html", help="also write an HTML report (length histogram, embedding map) here")
     dc.add_argument("--strict", action="store_true", help="exit 1 when the report has errors; list every unusable row")
     dc.add_argument("--lenient", action="store_true", help="exit 0 even when some rows are unusable")
+    dc.add_argument("--shard", metavar="I/N", help="check only part I of N (0-based; with --json), for check-merge")
     dc.set_defaults(func=cmd_data)
+    dm_ = dsub.add_parser("check-merge", help="one report from the --json parts of `strop data check --shard I/N`")
+    dm_.add_argument("parts", nargs="+", help="every part's JSON report")
+    dm_.add_argument("--json", help="also write the merged report as JSON here")
+    dm_.add_argument("--strict", action="store_true", help="exit 1 when the report has errors")
+    dm_.add_argument("--lenient", action="store_true", help="exit 0 even when some rows are unusable")
+    dm_.set_defaults(func=cmd_data)
     dl = dsub.add_parser("clean", help="dedup, redact/drop PII, filter; writes the output plus a manifest")
     dl.add_argument("file")
     dl.add_argument("--output", required=True, help="cleaned file (.jsonl or .json); the input is never changed")
@@ -381,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens-cap", type=int, default=2048)
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     s.add_argument("--engine", choices=["strop", "vllm"], default="strop", help="vllm: hand off to vLLM (GPU)")
+    s.add_argument("--allow-pickle", action="store_true",
+                   help="load .bin/.pt weights (pickle; read with weights_only=True) when no safetensors exist")
     s.set_defaults(func=cmd_serve)
 
     for name, text in (("service", "fine-tuning as a service: OpenAI files + fine_tuning.jobs API, serving and studio"),
@@ -448,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=int, default=3, help="sampled answers per input for disagreement (0 = off)")
     a.add_argument("--max-new-tokens", type=int, default=32)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--shard", metavar="I/N", help="score only part I of N of the pool (0-based), for score-merge")
+    a = alsub.add_parser("score-merge", help="one scores directory from the parts of `strop al score --shard I/N`")
+    a.add_argument("parts", nargs="+", help="every part's scores directory")
+    a.add_argument("--output", required=True, help="new directory for the merged scores")
     a = alsub.add_parser("select", help="pick the next items to label; writes FILE.jsonl + FILE.csv")
     a.add_argument("--scores", required=True, help="directory written by `strop al score`")
     a.add_argument("--budget", type=int, required=True, help="how many items to pick")
@@ -487,7 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, extra)
     except StropError as exc:
-        print(f"strop: {exc}", file=sys.stderr)
+        from .train.launch import report_in_child
+
+        if not report_in_child(exc):  # a launched rank other than 0 leaves the message to rank 0 / the launcher
+            print(f"strop: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("strop: interrupted", file=sys.stderr)

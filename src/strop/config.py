@@ -62,16 +62,27 @@ class TrainConfig:
     save_total_limit: int = 2  # at least 2, so the last good checkpoint survives a save cut short
     nan_policy: str = "abort"  # abort: stop without saving; skip: drop that update and go on
     nan_max_consecutive_skips: int = 3
+    loss_spike_factor: float = 3.0  # log a step whose loss exceeds this x the running median, with its sample ids; 0: off
     early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
     keep_best: bool = True  # final/ = the checkpoint with the lowest eval loss; false: the last step
+    eval_generate_samples: int = 0  # held-out prompts answered greedily for BLEU/ROUGE/exact match; 0: off
+    eval_generate_every: int = 0  # 0: at each evaluation; N: every N steps (train/gen_metrics.py)
     logging_steps: int = 1
     report_to: str = "tensorboard"
     resume: bool = False
+    # loading safety (docs/reliability.md): pickles and a model's own code are refused unless asked for
+    allow_pickle: bool = False  # load .bin/.pt/.pth files (with weights_only=True)
+    trust_remote_code: bool = False  # run the model's own Python code; needs model_revision
+    model_revision: str = ""  # hub commit hash, or the code hash strop prints for a local directory
     # misc
     dtype: str = "float32"  # precision the weights are loaded and kept in
     # Speed levers (see docs/performance.md); all switchable off for debugging.
     mixed_precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU does bf16 natively; bf16; no
     padding_free: bool = True  # flatten each micro-batch into one row, no pad tokens
+    # auto: off (faster) when the planner's estimate without it fits in 60% of the
+    # device's memory, on otherwise; true/false force it (docs/performance.md)
+    gradient_checkpointing: str = "auto"
+    score_labelled_only: bool = True  # the LM head scores only positions with a label (train/lm_head.py)
     system_prompt: str = ""  # prepended to conversations that have no system turn
     # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
     intended_use: str = ""  # "", commercial, research
@@ -97,12 +108,20 @@ class TrainConfig:
             raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
         if self.report_to not in REPORT_TO:
             raise StropError(_unknown("report_to", self.report_to, list(REPORT_TO)))
+        if self.trust_remote_code and not self.model_revision:
+            raise StropError("option trust_remote_code: needs model_revision pinned (a hub commit hash, or for a "
+                             "local directory the code hash strop reports), so the code that runs cannot change")
+        if self.loss_spike_factor < 0:
+            raise StropError(f"option loss_spike_factor: must be >= 0 (0 turns it off), got {self.loss_spike_factor}")
         if self.nan_policy not in ("abort", "skip"):
             raise StropError(f"option nan_policy: {self.nan_policy!r} is not one of abort, skip")
         if self.save_total_limit < 2:
             raise StropError(f"option save_total_limit: must be at least 2 (got {self.save_total_limit}) so a good checkpoint always survives")
         if self.mixed_precision not in ("auto", "bf16", "no"):
             raise StropError(f"option mixed_precision: {self.mixed_precision!r} is not one of auto, bf16, no")
+        self.gradient_checkpointing = str(self.gradient_checkpointing).lower()
+        if self.gradient_checkpointing not in ("auto", "true", "false"):
+            raise StropError(f"option gradient_checkpointing: {self.gradient_checkpointing!r} is not one of auto, true, false")
         if self.dtype not in ("float32", "bfloat16"):
             raise StropError(f"option dtype: {self.dtype!r} is not one of float32, bfloat16")
         positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",
@@ -116,6 +135,9 @@ class TrainConfig:
             raise StropError("option num_epochs: must be positive unless max_steps is set")
         if self.val_size < 0:
             raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
+        from .train.gen_metrics import check_gen_options  # torch-free
+
+        check_gen_options(self)
         if not 0 <= self.lora_dropout < 1:
             raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
         from .methods import check_options

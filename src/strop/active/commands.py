@@ -9,11 +9,12 @@ def warn(message: str) -> None:
 
 
 def score(args) -> int:
+    from ..shard import parse
     from .score import score_pool
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     table = score_pool(args.model, args.pool, args.output, labels=labels, train=args.train, samples=args.samples,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed, warn=warn)
+                       max_new_tokens=args.max_new_tokens, seed=args.seed, warn=warn, shard=parse(args.shard))
     print(f"scored {len(table)} pool inputs with {args.model}: signals {', '.join(table.signals)}; "
           f"embeddings {tuple(table.embeddings.shape)}; written to {args.output}")
     return 0
@@ -56,4 +57,13 @@ def loop(args) -> int:
     return 0
 
 
-ACTIONS = {"score": score, "select": select, "merge": merge, "loop": loop}
+def score_merge(args) -> int:
+    from .shards import merge_scores
+
+    table = merge_scores(args.parts, args.output)
+    print(f"merged {table.meta['merged_parts']} parts: {len(table)} pool inputs, signals {', '.join(table.signals)}; "
+          f"written to {args.output}")
+    return 0
+
+
+ACTIONS = {"score": score, "score-merge": score_merge, "select": select, "merge": merge, "loop": loop}

@@ -146,8 +146,13 @@ def model_signals(model: str, items: list[PoolItem], *, labels: list[str] | None
 
 # -- the scores directory --------------------------------------------------
 def score_pool(model: str, pool: str, output: str, *, labels: list[str] | None = None, train: str | None = None,
-               samples: int = 3, max_new_tokens: int = 32, seed: int = 0, warn=print) -> ScoreTable:
-    """`strop al score`: read the pool, drop inputs already trained on, score, write ``output``."""
+               samples: int = 3, max_new_tokens: int = 32, seed: int = 0, warn=print, shard=None) -> ScoreTable:
+    """`strop al score`: read the pool, drop inputs already trained on, score, write ``output``.
+
+    ``shard`` (strop.shard.Shard): score only that slice of the pool; every item's
+    signals depend on the item alone, so `strop al score-merge` (active/shards.py)
+    puts the parts together into the table one job would have written.
+    """
     from .embed import embed
     from .pool import drop_overlap, labelled_texts, read_pool
 
@@ -159,6 +164,10 @@ def score_pool(model: str, pool: str, output: str, *, labels: list[str] | None =
     if labels is not None and len(set(labels)) < 2:
         raise StropError(f"option --labels: need at least two distinct labels, got {labels}")
     items = read_pool(pool)
+    if shard is not None:
+        items = shard.take(items)
+        if not items:
+            raise StropError(f"option --shard: part {shard} of the pool is empty; use fewer parts")
     train_texts = labelled_texts(train) if train else []
     items, dropped = drop_overlap(items, train_texts, train or "")
     if dropped:
@@ -168,7 +177,8 @@ def score_pool(model: str, pool: str, output: str, *, labels: list[str] | None =
     drafts, signals = model_signals(model, items, labels=labels, samples=samples,
                                     max_new_tokens=max_new_tokens, seed=seed)
     table = ScoreTable(items, drafts, signals, embed([it.text for it in items]), embed(train_texts), labels,
-                       {"model": model, "pool": str(pool), "train": train, "samples": samples})
+                       {"model": model, "pool": str(pool), "train": train, "samples": samples,
+                        **({"shard": shard.as_dict()} if shard is not None else {})})
     write_scores(table, out)
     return table
 

@@ -38,7 +38,8 @@ class Findings(list):
 def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int = 512, tokenizer=None, *,
           fmt: str | None = None, eval_path: str | None = None, near_threshold: float = 0.8, min_words: int = 2,
           embeddings: bool = False, domain: str | None = None, seeds: str | None = None,
-          min_relevance: float = 0.2) -> dict:
+          min_relevance: float = 0.2, shard=None) -> dict:
+    """The report; with ``shard`` (strop.shard.Shard) only that slice's rows, plus what a merge needs."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -49,6 +50,10 @@ def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int 
         clock = now
 
     ds = load(path, fmt, strict=False, kinds=ANY_KIND)
+    if shard is not None:
+        from .check_shards import take
+
+        ds = take(ds, shard)
     convs, found = ds.conversations, Findings()
     for code, n in ds.skipped.items():
         probs = [p for p in ds.problems if p.code == code]
@@ -120,6 +125,10 @@ def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int 
     report.update(findings=list(found), timings=timings,
                   errors=sum(1 for f in found if f["severity"] == "error"),
                   warnings=sum(1 for f in found if f["severity"] == "warning"))
+    if shard is not None:
+        from .check_shards import detail
+
+        report["shard"] = detail(shard, convs, texts, lengths.tokens)
     return report
 
 

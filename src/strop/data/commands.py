@@ -11,11 +11,36 @@ from ..errors import StropError
 
 
 def check_cmd(args) -> int:
-    from .check import check, format_report
+    from ..shard import parse
+    from .check import check
 
+    shard = parse(args.shard)
+    if shard is not None:  # one part of a fanned-out check (data/check_shards.py)
+        if not args.json:
+            raise StropError("option --shard: also pass --json PART.json; `strop data check-merge` reads the parts")
+        if args.embeddings or args.html:
+            raise StropError(f"option --{'embeddings' if args.embeddings else 'html'}: needs every row at once; "
+                             "run it without --shard")
     report = check(args.file, base_model=args.base_model, max_length=args.max_length, fmt=args.format,
                    eval_path=args.eval, near_threshold=args.near_threshold, min_words=args.min_words,
-                   embeddings=args.embeddings, domain=args.domain, seeds=args.seeds, min_relevance=args.min_relevance)
+                   embeddings=args.embeddings, domain=args.domain, seeds=args.seeds, min_relevance=args.min_relevance,
+                   shard=shard)
+    return _check_outcome(report, args)
+
+
+def check_merge_cmd(args) -> int:
+    from .check_shards import merge, read_parts
+
+    report = merge(read_parts(args.parts))
+    args.html = None  # the HTML report needs the rows themselves; run `strop data check --html` for it
+    print(f"merged {report['shards']['count']} parts; not exact: {'; '.join(report['shards']['approximate'])}")
+    return _check_outcome(report, args)
+
+
+def _check_outcome(report: dict, args) -> int:
+    """Print, write and decide the exit code the same way for a whole check, a part and a merge."""
+    from .check import format_report
+
     print(format_report(report))
     if args.strict:  # every unusable row, not just the first examples
         for p in report["problems"]:
@@ -93,4 +118,4 @@ def augment_cmd(args) -> int:
     return 0
 
 
-ACTIONS = {"check": check_cmd, "clean": clean_cmd, "split": split_cmd, "preview": preview_cmd, "augment": augment_cmd}
+ACTIONS = {"check": check_cmd, "check-merge": check_merge_cmd, "clean": clean_cmd, "split": split_cmd, "preview": preview_cmd, "augment": augment_cmd}

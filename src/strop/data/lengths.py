@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .records import Conversation
+from .sandbox import render_chat  # the template is the model's code: sandboxed, with limits
 
 CHUNK = 2000
 
@@ -29,7 +30,7 @@ def measure(tok, convs: list[Conversation], max_length: int | None = None) -> Le
     prompts: list[int] = []
     for start in range(0, len(convs), CHUNK):
         part = convs[start:start + CHUNK]
-        full = tok([tok.apply_chat_template(c.as_dicts(), tokenize=False) for c in part], add_special_tokens=False)
+        full = tok([render_chat(tok, c.as_dicts(), False) for c in part], add_special_tokens=False)
         full_len = [len(ids) for ids in full["input_ids"]]
         tokens += full_len
         for c, n in zip(part, full_len):
@@ -45,7 +46,7 @@ def measure(tok, convs: list[Conversation], max_length: int | None = None) -> Le
 
 def _prompt_text(tok, conv: Conversation) -> str:
     first = next(i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.weight > 0)
-    return tok.apply_chat_template(conv.as_dicts()[:first], tokenize=False, add_generation_prompt=True)
+    return render_chat(tok, conv.as_dicts()[:first], True)
 
 
 def histogram(values: list[int], bins: int = 20) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import StropError
 from .records import Conversation, Message
+from .sandbox import render_chat
 
 IGNORE = -100
 
@@ -38,7 +39,8 @@ def with_system(messages: list[Message], system_prompt: str) -> list[dict]:
 
 
 def _template(tok, messages: list[dict], gen: bool) -> str:
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    # The template ships with the model, so it is untrusted: sandboxed, with size and time limits.
+    return render_chat(tok, messages, add_generation_prompt=gen)
 
 
 def assistant_spans(tok, conv: Conversation, system_prompt: str = "") -> tuple[str, list[tuple[int, int]]]:

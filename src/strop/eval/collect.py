@@ -19,7 +19,7 @@ def collect(raw: dict, specs: list[Spec], task: Task, opts, run: RunDir | None, 
     predictions = [row for r in results.values() for row in r.rows]
     metrics: dict = {**{k: v for k, v in head.items() if v is not None}, "n": len(task.dataset),
                      "systems": {name: r.scores for name, r in results.items()}}
-    judged = _judge(predictions, opts, stats)
+    judged = _pairwise(predictions, opts) if opts.judge_mode == "pairwise" else _judge(predictions, opts, stats)
     if judged:
         metrics["judge"] = judged
         for name, mean in judged.get("mean", {}).items():
@@ -141,6 +141,31 @@ def _judge(predictions: list[dict], opts, stats: dict) -> dict | None:
             if keep:
                 stats[s]["judge_score"] = mean_stats([graded[s][i] for i in keep])
     return summary
+
+
+def _pairwise(predictions: list[dict], opts) -> dict | None:
+    """tuned vs every other system, one judge call per example and pair (see pairwise.py)."""
+    from .pairwise import PAIRWISE_PROMPT, compare
+
+    if not opts.judge_endpoint:
+        return None
+    rows = [r for r in predictions if r["set"] == "eval"]
+    by_system: dict[str, list[dict]] = {}
+    for r in rows:
+        by_system.setdefault(r["system"], []).append(r)
+    out: dict = {"mode": "pairwise", "endpoint": opts.judge_endpoint, "model": opts.judge_model,
+                 "prompt": PAIRWISE_PROMPT, "pairs": []}
+    for other in (s for s in by_system if s != "tuned"):
+        items = [{"question": t["prompt"], "reference": t["reference"], "first": t["prediction"],
+                  "second": o["prediction"]} for t, o in zip(by_system["tuned"], by_system[other])]
+        summary = compare(items, opts.judge_endpoint, opts.judge_model, opts.judge_api_key, first="tuned",
+                          second=other, seed=opts.seed, resamples=opts.resamples)
+        if "skipped" in summary:
+            return out | {"skipped": summary["skipped"]}
+        for t, item in zip(by_system["tuned"], items):
+            t[f"judge_vs_{other}"] = {k: item[k] for k in ("outcome", "shown_as", "verdict")}
+        out["pairs"].append({k: v for k, v in summary.items() if k not in ("prompt", "endpoint", "model", "mode")})
+    return out
 
 
 def _bias(raw: dict, opts) -> dict:

@@ -1,5 +1,8 @@
 """LLM-as-judge: rubric grading (1-5) through any OpenAI-compatible endpoint.
 
+Pairwise comparison (tuned vs base, position-swapped) lives in pairwise.py
+and shares ``ask`` with this module.
+
 Optional and never fatal: an endpoint that is down, or answers that cannot be
 parsed, give a clearly marked skipped section or counted unparsed grades in the
 report, never a crash. Uses only the standard library (no client dependency).
@@ -26,6 +29,8 @@ Grade the assistant's answer from 1 to 5: 5 = says the same as the reference (wo
 4 = mostly right with a small omission, 3 = partly right, 2 = mostly wrong, 1 = wrong or off-topic.
 Reply with the grade only, a single digit."""
 
+JUDGE_MODES = ("rubric", "pairwise")  # rubric: 1-5 grade per answer; pairwise: tuned vs base (pairwise.py)
+
 _GRADE = re.compile(r"\b([1-5])\b")
 
 
@@ -38,7 +43,8 @@ class JudgeDown(Exception):
     """The endpoint could not be reached or answered with an HTTP error."""
 
 
-def _ask(endpoint: str, model: str, prompt: str, api_key: str | None, timeout: float) -> str:
+def ask(endpoint: str, model: str, prompt: str, api_key: str | None, timeout: float) -> str:
+    """The judge's reply text for one user message, at temperature 0."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
                        "temperature": 0, "max_tokens": 8}).encode()
     headers = {"Content-Type": "application/json"}
@@ -60,12 +66,12 @@ def judge(rows: list[dict], endpoint: str, model: str, api_key: str | None = Non
     for i, row in enumerate(rows):
         prompt = RUBRIC_PROMPT.format(question=row["prompt"], reference=row["reference"], answer=row["prediction"])
         try:
-            reply = _ask(endpoint, model, prompt, api_key, timeout)
+            reply = ask(endpoint, model, prompt, api_key, timeout)
         except JudgeDown as exc:
             for r in rows:
                 r.pop("judge", None)
             where = "" if i == 0 else f" after {i} grades"
-            return {"skipped": f"judge endpoint {endpoint} failed{where}: {exc}", "prompt": RUBRIC_PROMPT}
+            return {"mode": "rubric", "skipped": f"judge endpoint {endpoint} failed{where}: {exc}", "prompt": RUBRIC_PROMPT}
         grade = parse_grade(reply)
         row["judge"] = grade
         system = row.get("system", "model")
@@ -73,5 +79,5 @@ def judge(rows: list[dict], endpoint: str, model: str, api_key: str | None = Non
             unparsed[system] = unparsed.get(system, 0) + 1
         else:
             grades.setdefault(system, []).append(grade)
-    return {"endpoint": endpoint, "model": model, "prompt": RUBRIC_PROMPT, "unparsed": unparsed,
+    return {"mode": "rubric", "endpoint": endpoint, "model": model, "prompt": RUBRIC_PROMPT, "unparsed": unparsed,
             "mean": {s: sum(g) / len(g) for s, g in grades.items()}}

@@ -144,8 +144,12 @@ def _rows(cfg: TrainConfig, tok, data: str, objective: str) -> list[dict]:
 
 
 def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None = None, samples: int = 4,
-                 seed: int = 0) -> dict:
-    """Base vs tuned on held-out data for a preference / reward / GRPO run; writes eval/preference.json."""
+                 seed: int = 0, judge: dict | None = None) -> dict:
+    """Base vs tuned on held-out data for a preference / reward / GRPO run; writes eval/preference.json.
+
+    ``judge`` ({endpoint, model, api_key, mode}) adds the judged win rate of tuned vs base
+    (preference_judge.py).
+    """
     from .. import models
 
     run = Path(run)
@@ -153,6 +157,8 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     data = data or cfg.eval_data
     if not data:
         raise StropError(f"{run}: give held-out data with --data (the run has no eval_data)")
+    if judge and cfg.objective == "reward":
+        raise StropError("--judge: a reward-model run generates no answers to judge; drop --judge")
     t0 = time.monotonic()
     tok = models.load_tokenizer(str(run))
     result: dict = {"run": str(run), "objective": cfg.objective, "data": data}
@@ -171,10 +177,18 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
             result["base"] = preference_accuracy(base, tok, rows)
             result["tuned"] = preference_accuracy(tuned, tok, rows)
             result["kl_from_reference"] = kl_from_reference(tuned, base, tok, rows)
+        if judge:
+            from .preference_judge import judge_run
+
+            result["judge"] = judge_run(cfg, tok, data, rows, base, tuned, judge, seed)
     result["eval_wall_s"] = round(time.monotonic() - t0, 1)
     out = Path(output) if output else run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "preference.json").write_text(json.dumps(result, indent=2))
+    from ..report.preference_report import write_preference_report
+    from ..train.rundir import RunDir
+
+    write_preference_report(out, result, RunDir(run).read_metrics())
     result["output"] = str(out)
     return result
 
@@ -229,5 +243,13 @@ def describe(result: dict) -> str:
             lines.append(f"  {name:<5} mean reward: {rewards}{rm}")
     if result.get("kl_from_reference") is not None:
         lines.append(f"  KL(tuned || base) per token: {result['kl_from_reference']:.4f}")
-    lines.append(f"  written to {result['output']}/preference.json ({result['eval_wall_s']} s)")
+    j = result.get("judge")
+    if j and j.get("mode") == "pairwise":
+        from .pairwise import sentence
+
+        lines.append(f"  {sentence(j)}")
+    elif j:
+        lines.append(f"  rubric judge SKIPPED: {j['skipped']}" if "skipped" in j else
+                     "  rubric judge mean grade: " + ", ".join(f"{s} {m:.2f}" for s, m in j["mean"].items()))
+    lines.append(f"  written to {result['output']}/preference.json and report.html ({result['eval_wall_s']} s)")
     return "\n".join(lines)

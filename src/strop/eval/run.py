@@ -32,6 +32,7 @@ class Options:
     judge_endpoint: str | None = None
     judge_model: str = "judge"
     judge_api_key: str | None = None
+    judge_mode: str = "rubric"  # rubric or pairwise (judge.JUDGE_MODES)
     group_column: str | None = None
     resamples: int = 1000
     seed: int = 0
@@ -55,6 +56,7 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
                 int(cfg.get("max_length", TrainConfig.max_length)), max_new_tokens)
     _set_labels(task, opts)
     specs = _specs(target, run, cfg, compare_base, opts, dataset)
+    _check_judge(opts, specs)
     out = Path(output) if output else (run.eval if run else Path.cwd() / "eval")
     raw = _score_all(specs, task, opts, with_general_text=True)
     metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
@@ -126,6 +128,18 @@ def _specs(target: str, run: RunDir | None, cfg: dict, compare_base: bool, opts:
         specs.append(Spec("few-shot", str(base), build_few_shot(train, dataset.conversations, opts.k_shot,
                                                                 opts.seed, opts.baseline_prompt)))
     return specs + [Spec("tuned", str(run.root))]
+
+
+def _check_judge(opts: Options, specs: list[Spec]) -> None:
+    """Judge options that cannot work fail before any model loads."""
+    from .judge import JUDGE_MODES
+
+    if opts.judge_mode not in JUDGE_MODES:
+        raise StropError(f"--judge-mode: {opts.judge_mode!r} is not one of {', '.join(JUDGE_MODES)}")
+    names = {s.name for s in specs}
+    if opts.judge_endpoint and opts.judge_mode == "pairwise" and not {"base", "tuned"} <= names:
+        raise StropError("--judge-mode pairwise: compares tuned with base answers, so it needs a run directory "
+                         "evaluated with its base model (not --no-base)")
 
 
 def _score_all(specs: list[Spec], task: Task, opts: Options, with_general_text: bool) -> dict:

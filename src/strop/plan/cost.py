@@ -22,9 +22,15 @@ def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing:
 
 
 def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float | None = None,
-                  tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: bool = False) -> dict:
-    """Steps, time per epoch and total, and cost; tokens_per_s (measured) overrides the FLOP model."""
-    per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps
+                  tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: bool = False,
+                  nproc: int = 1) -> dict:
+    """Steps, time per epoch and total, and cost; tokens_per_s (measured) overrides the FLOP model.
+
+    With ``nproc`` data-parallel processes a step takes nproc times the rows and
+    the rate is nproc times one device's (ideal scaling: an upper bound); the
+    price is per device-hour.
+    """
+    per_step = cfg.micro_batch_size * cfg.gradient_accumulation_steps * nproc
     steps_per_epoch = math.ceil(tokens.rows / per_step)
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_epochs * steps_per_epoch)
     epochs = steps / steps_per_epoch
@@ -35,6 +41,9 @@ def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float 
     if tokens_per_s is None:
         tokens_per_s = device.bf16_tflops * 1e12 * util / fpt
         source = f"{device.bf16_tflops} TFLOP/s peak x {util:.0%} utilisation"
+    if nproc > 1:
+        tokens_per_s *= nproc
+        source += f" x {nproc} processes"
     epoch_s = tokens.padded_tokens_per_epoch / tokens_per_s
     total_s = epoch_s * epochs
     return {
@@ -42,5 +51,5 @@ def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float 
         "flops_per_token": fpt, "total_flops": fpt * tokens.padded_tokens_per_epoch * epochs,
         "tokens_per_s": round(tokens_per_s, 1), "rate_source": source,
         "epoch_s": round(epoch_s, 1), "total_s": round(total_s, 1),
-        "price_per_hour": price_per_hour, "cost": round(total_s / 3600 * price_per_hour, 2),
+        "price_per_hour": price_per_hour, "cost": round(total_s / 3600 * price_per_hour * nproc, 2),
     }

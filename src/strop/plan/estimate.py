@@ -1,6 +1,8 @@
 """`strop plan`: memory, fit, time, cost and method advice for a config, without loading weights."""
 from __future__ import annotations
 
+import dataclasses
+
 from .. import models
 from ..errors import StropError
 from . import advice, cost, hardware
@@ -9,7 +11,8 @@ from .shape import read_shape
 
 # Options of `strop plan` itself; every other --key is a training config key.
 PLAN_OPTIONS = {"device": str, "json": str, "price_per_hour": float, "utilisation": float,
-                "measure": bool, "measure_steps": int, "optim": str, "goal": str}
+                "measure": bool, "measure_steps": int, "optim": str, "goal": str,
+                "nproc": int, "distributed": str}  # processes per device figures (plan/sharding.py)
 
 
 def split_options(overrides: dict) -> tuple[dict, dict]:
@@ -26,6 +29,9 @@ def split_options(overrides: dict) -> tuple[dict, dict]:
             train[key] = value
     if plan.get("optim", "adamw") not in OPTIM_BYTES:
         raise StropError(f"option --optim: {plan['optim']!r} is not one of {', '.join(OPTIM_BYTES)}")
+    from .sharding import check
+
+    check(plan.get("distributed", "ddp"), plan.get("nproc", 1))
     return plan, train
 
 
@@ -51,14 +57,39 @@ def worst_batch_tokens(cfg, lengths: list[int]) -> int:
     return len(longest) * longest[0]
 
 
-def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0) -> Setup:
+def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0,
+              checkpointing: bool = False) -> Setup:
     # Keys other methods add to the config are read when present.
     return Setup(method=cfg.method, dtype=cfg.dtype, micro_batch=cfg.micro_batch_size, seq_len=seq_len,
                  tokens=tokens, autocast=autocast_for(cfg, device_kind),
-                 optim=optim, gradient_checkpointing=bool(getattr(cfg, "gradient_checkpointing", False)),
+                 optim=optim, gradient_checkpointing=checkpointing,
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
                  num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),
                  adapter_size=int(getattr(cfg, "adapter_size", 64)), device_kind=device_kind)
+
+
+AUTO_CHECKPOINTING_SHARE = 0.6  # auto turns checkpointing on above this share of device memory
+
+
+def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tuple[bool, str]:
+    """Whether gradient checkpointing is on, and why; `strop train` and `strop plan` both ask here.
+
+    ``auto`` trades memory for speed only when it has to: it sizes the worst
+    micro-batch (micro_batch_size x max_length tokens) without checkpointing
+    and turns it on when that estimate exceeds 60% of the device's memory
+    (available RAM on a CPU), leaving room for everything else running.
+    """
+    if not method_allows:
+        return False, f"off: method {cfg.method} keeps trained state in the KV cache, which checkpointing drops"
+    choice = str(getattr(cfg, "gradient_checkpointing", "auto")).lower()
+    if choice in ("true", "false"):
+        return choice == "true", f"{'on' if choice == 'true' else 'off'}: set by gradient_checkpointing"
+    s = setup_for(cfg, cfg.max_length, device.kind, tokens=cfg.micro_batch_size * cfg.max_length)
+    need = breakdown(shape, s)["total"]
+    budget = device.memory_gb * 1024 * AUTO_CHECKPOINTING_SHARE
+    if need > budget:
+        return True, f"on: about {need:,.0f} MB without it exceeds 60% of {device.memory_gb:.1f} GB on {device.name}"
+    return False, f"off: about {need:,.0f} MB without it fits in 60% of {device.memory_gb:.1f} GB on {device.name}"
 
 
 def make_plan(cfg, opts: dict | None = None) -> dict:
@@ -72,7 +103,14 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     shape = read_shape(model_dir)
     counted = count(cfg, models.load_tokenizer(cfg.base_model))
     seq_len = cfg.max_length if getattr(cfg, "packing", False) else counted.longest
-    s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths))
+    from ..methods import METHODS
+
+    ckpt, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
+    s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths), ckpt)
+    if getattr(cfg, "score_labelled_only", False) and counted.tokens:
+        s.scored_share = counted.trainable_tokens / counted.tokens
+    nproc = opts.get("nproc", 1)
+    s = dataclasses.replace(s, nproc=nproc, strategy=opts.get("distributed", "ddp"))  # per device from here on
     mem = breakdown(shape, s)
     budget = device.memory_gb * 1024
     measured = None
@@ -88,10 +126,12 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
                  "longest": counted.longest, "truncated": counted.truncated,
                  "padded_tokens_per_epoch": counted.padded_tokens_per_epoch},
         "memory_mb": mem, "seq_len": seq_len, "batch_tokens": s.tokens, "autocast": s.autocast,
+        "gradient_checkpointing": {"on": ckpt, "why": ckpt_why},
+        "processes": {"nproc": nproc, "distributed": s.strategy},
         "fit": advice.fit(shape, s, budget),
         "time": cost.time_and_cost(shape, cfg, counted, device, utilisation=opts.get("utilisation"),
                                    tokens_per_s=rate, price_per_hour=opts.get("price_per_hour", 0.0),
-                                   checkpointing=s.gradient_checkpointing),
+                                   checkpointing=s.gradient_checkpointing, nproc=nproc),
         "advice": advice.method_advice(shape, s, counted.rows, counted.tokens, budget, opts.get("goal", "")),
         "measured": measured,
     }
@@ -105,8 +145,14 @@ def format_plan(p: dict) -> str:
              f"longest {d['longest']}, {d['truncated']} truncated",
              f"device: {p['device']['name']} ({p['device']['memory_gb']:.1f} GB; {p['device']['source']})", "",
              f"peak memory estimate (widest micro-batch: {p['batch_tokens']} tokens, longest row {p['seq_len']}):"]
+    procs = p.get("processes", {"nproc": 1})
+    if procs["nproc"] > 1 or procs.get("distributed", "ddp") != "ddp":
+        lines[-1] = lines[-1][:-2] + f"; per device of {procs['nproc']} processes, {procs['distributed']}):"
     for key in ("runtime", "weights", "gradients", "optimizer", "activations", "lm_head_loss"):
         lines.append(f"  {key:<14} {m[key]:>10,.0f} MB")
+    if m.get("host_offload"):
+        lines.append(f"  {'(host RAM)':<14} {m['host_offload']:>10,.0f} MB per process, offloaded; not in the total")
+    lines.append(f"  gradient checkpointing {p['gradient_checkpointing']['why']}")
     lines.append(f"  {'total':<14} {m['total']:>10,.0f} MB   budget {f['budget_mb']:,} MB: {'fits' if f['fits'] else 'does NOT fit'}")
     if p["measured"]:
         ms = p["measured"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .shape import ModelShape
+from .sharding import per_device
 
 MB = 2**20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -55,6 +56,11 @@ class Setup:
     num_virtual_tokens: int = 20
     adapter_size: int = 64
     device_kind: str = "cpu"
+    # Share of the batch's positions the LM head scores: the labelled ones
+    # (score_labelled_only, train/lm_head.py), or all of them (1.0).
+    scored_share: float = 1.0
+    nproc: int = 1  # processes the run is split over (strop train --nproc), per device figures
+    strategy: str = "ddp"  # ddp, fsdp, deepspeed-zero2, deepspeed-zero3 (plan/sharding.py)
 
 
 def adapted(shape: ModelShape, targets: list[str]) -> dict[str, tuple[int, int]]:
@@ -118,7 +124,7 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
 
 def lm_head_bytes(shape: ModelShape, s: Setup) -> float:
     tokens = batch_tokens(s)
-    n = min(tokens, LM_HEAD_TILE[0])
+    n = min(max(1, round(tokens * s.scored_share)), LM_HEAD_TILE[0])
     tile = n * min(shape.vocab, LM_HEAD_TILE[1]) * 4  # the tile math runs in fp32 (tile.float())
     grad_hidden = tokens * shape.hidden * 4
     return tile * LM_HEAD_TILES_LIVE[s.device_kind] + grad_hidden
@@ -143,7 +149,10 @@ def breakdown(shape: ModelShape, s: Setup) -> dict[str, float]:
         "activations": activation_bytes(shape, s),
         "lm_head_loss": lm_head_bytes(shape, s),
     }
+    parts, host = per_device(parts, s.strategy, s.nproc, shape.layers)
     out = {k: round(v / MB, 1) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / MB, 1)
     out["trainable_params"] = n_train
+    if host:
+        out["host_offload"] = round(host / MB, 1)  # per process, in host RAM; not part of total
     return out

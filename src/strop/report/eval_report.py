@@ -138,9 +138,33 @@ def judge_section(metrics: dict) -> str:
         return ""
     if "skipped" in j:
         return f"<h2>LLM judge</h2><p class='skip'>SKIPPED: {_e(j['skipped'])}</p>"
+    if j.get("mode") == "pairwise":
+        return pairwise_section(j)
     rows = [[_e(s), _fmt(v), _ci(metrics["intervals"].get(s, {}).get("judge_score"))] for s, v in j["mean"].items()]
     return (f"<h2>LLM judge</h2><p>{_e(j['model'])} at {_e(j['endpoint'])}; unparsed grades: {_e(j['unparsed'])}</p>"
             + _table(["system", "mean grade (1-5)", "95% interval"], rows))
+
+
+def _rate(pair: dict, key: str) -> str:
+    return f"{_fmt(pair[key])} {_ci(pair.get(key + '_ci'))}" if pair.get(key) is not None else "-"
+
+
+def pairwise_section(j: dict) -> str:
+    """Win/tie/loss of tuned against each other system, rates with 95% intervals."""
+    from ..eval.pairwise import sentence
+
+    rows = []
+    for p in j["pairs"]:
+        rows.append([f"{_e(p['first'])} vs {_e(p['second'])}", str(p["wins"]), str(p["ties"]), str(p["losses"]),
+                     str(p["unparsed"]), _rate(p, "win_rate"), _rate(p, "score"), _fmt(p.get("p", float("nan"))),
+                     f"A {p['position_picks']['A']} / B {p['position_picks']['B']}"])
+    lines = "".join(f"<li>{_e(sentence(p))}</li>" for p in j["pairs"])
+    return (f"<h2>LLM judge (pairwise)</h2><p>{_e(j['model'])} at {_e(j['endpoint'])}</p><ul>{lines}</ul>"
+            + _table(["pair", "wins", "ties", "losses", "unparsed", "win rate", "score (tie = 1/2)", "p",
+                      "judge picked position"], rows)
+            + "<p class='meta'>For a seeded half of the questions the tuned answer was shown second (B), to "
+              "cancel the judge's position bias; verdicts were mapped back before counting. Rates are over "
+              "judged questions; p is a sign-flip test of wins against losses.</p>")
 
 
 def prompts_section(metrics: dict) -> str:
@@ -162,10 +186,15 @@ def prompts_section(metrics: dict) -> str:
 def write_eval_report(out: Path, title: str, metrics: dict, predictions: list[dict], train_metrics: list[dict]) -> Path:
     from .examples import sortable_examples
 
+    from .curves import GEN_PANELS, plot_curves
+
     curve = plot_loss_curve(train_metrics, out / "loss_curve.png") if train_metrics else None
     bars = plots.metric_bars(metrics["systems"], metrics.get("intervals", {}), BAR_METRICS, out / "metrics.png")
+    gen = plot_curves(train_metrics, out, GEN_PANELS)  # task metrics during training (eval_generate_samples)
     sections = [verdict_section(metrics),
                 f'<img src="{_e(bars)}" alt="metrics with 95% intervals">' if bars else "",
+                "<h2>Task metrics during training</h2>" + "".join(f'<img src="{_e(n)}" alt="{_e(n)}" width="720">'
+                                                                 for n in gen) if gen else "",
                 cost_section(metrics), forgetting_section(metrics), classification_section(metrics, out),
                 groups_section(metrics), bias_section(metrics, out), judge_section(metrics), prompts_section(metrics)]
     return write_report(out / "report.html", title, metrics, predictions, Path(curve).name if curve else None,

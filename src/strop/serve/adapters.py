@@ -35,8 +35,10 @@ def check_dir(name: str, raw: str) -> Path:
     return path.resolve()
 
 
-def parse(specs: list[str]) -> dict[str, Path]:
-    """``["NAME=DIR", ...]`` -> {name: adapter directory}, every entry checked."""
+def parse(specs: list[str], allow_pickle: bool = False) -> dict[str, Path]:
+    """``["NAME=DIR", ...]`` -> {name: adapter directory}, every entry checked (pickled weights refused)."""
+    from ..models import check_weights
+
     table: dict[str, Path] = {}
     for spec in specs:
         name, sep, raw = spec.partition("=")
@@ -45,6 +47,7 @@ def parse(specs: list[str]) -> dict[str, Path]:
         if check_name(name) in table:
             raise StropError(f"option --adapter: {name!r} is named twice")
         table[name] = check_dir(name, raw)
+        check_weights(table[name], allow_pickle)
     return table
 
 

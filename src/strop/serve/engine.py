@@ -34,11 +34,11 @@ def _run_settings(name: str) -> dict:
 class Engine:
     """A model + tokenizer with the chat conventions it was trained with."""
 
-    def __init__(self, name: str, dtype: str = "float32") -> None:
+    def __init__(self, name: str, dtype: str = "float32", *, allow_pickle: bool = False) -> None:
         import torch
 
         self.name = name
-        self.model, self.tok = models.load(name, dtype)
+        self.model, self.tok = models.load(name, dtype, models.LoadPolicy(allow_pickle=allow_pickle))
         self.system_prompt = _run_settings(name).get("system_prompt", "")
         self.lock = threading.Lock()  # generate() is not re-entrant on one model
         self._torch = torch

@@ -344,13 +344,13 @@ async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_pr
 # -- entry point --------------------------------------------------------------
 def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, *,
         adapters: list[str] | None = None, max_batch: int = 8, max_waiting: int = 64,
-        max_tokens_cap: int = 2048, drain_timeout: float = 30.0) -> None:
+        max_tokens_cap: int = 2048, drain_timeout: float = 30.0, allow_pickle: bool = False) -> None:
     """Load ``model`` and serve it (``strop serve``). SIGTERM/Ctrl-C: stop accepting,
     let in-flight requests finish for up to ``drain_timeout`` seconds, exit 0."""
     import uvicorn
 
-    table = adapter_table.parse(adapters or [])  # refuse bad names before the slow model load
-    engine = Engine(model)
+    table = adapter_table.parse(adapters or [], allow_pickle)  # refuse bad names before the slow model load
+    engine = Engine(model, allow_pickle=allow_pickle)
     app = create_app(engine, api_key=api_key, adapters=table, max_batch=max_batch, max_waiting=max_waiting,
                      max_tokens_cap=max_tokens_cap)
     shown = f"[{host}]" if ":" in host else host

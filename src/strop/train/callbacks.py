@@ -1,4 +1,4 @@
-"""Trainer callbacks: a readable progress bar and the metrics.jsonl log."""
+"""Trainer callbacks: a readable progress bar, the metrics.jsonl log and task metrics during training."""
 from __future__ import annotations
 
 import json
@@ -67,3 +67,77 @@ class Progress(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class GenerationMetrics(TrainerCallback):
+    """At each evaluation (or every ``every`` steps), answer held-out prompts greedily and log task metrics.
+
+    The row goes straight to metrics.jsonl ({"step", "epoch", "gen_bleu", "gen_rougeL", ...}): by the time
+    ``on_evaluate`` runs the Trainer has already logged its eval metrics, so there is no log call to join.
+    """
+
+    def __init__(self, path: Path, tok, convs: list, system_prompt: str = "", every: int = 0,
+                 max_new_tokens: int = 64, batch_size: int = 8) -> None:
+        from ..data.render import prompt_text
+
+        self.path = path
+        self.tok = tok
+        self.prompts = [prompt_text(tok, c.prompt_messages, system_prompt) for c in convs]
+        self.references = [c.reference for c in convs]
+        self.every = every
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.last_step = -1
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if self.every == 0:
+            self._run(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self._run(state, model)
+
+    def _run(self, state, model) -> None:
+        from .gen_metrics import score
+
+        if not state.is_world_process_zero or model is None or state.global_step == self.last_step:
+            return
+        self.last_step = state.global_step
+        t0 = time.monotonic()
+        answers = self.generate(model)
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **score(answers, self.references),
+               "gen_samples": len(answers), "gen_wall_s": round(time.monotonic() - t0, 2)}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def generate(self, model) -> list[str]:
+        """Greedy answers in left-padded batches; the model and tokenizer are left as they were found."""
+        import torch
+
+        was_training, side = model.training, self.tok.padding_side
+        model.eval()
+        self.tok.padding_side = "left"
+        answers: list[str] = []
+        try:
+            for i in range(0, len(self.prompts), self.batch_size):
+                enc = self.tok(self.prompts[i:i + self.batch_size], return_tensors="pt", padding=True,
+                               add_special_tokens=False).to(model.device)
+                with torch.inference_mode():
+                    out = model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens, use_cache=True,
+                                         pad_token_id=self.tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+                answers += [a.strip() for a in self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                     skip_special_tokens=True)]
+        finally:
+            self.tok.padding_side = side
+            model.train(was_training)
+        return answers
+
+
+def generation_callbacks(cfg, tok, metrics_path: Path) -> list[TrainerCallback]:
+    """[GenerationMetrics] when ``eval_generate_samples`` is set, else []."""
+    if not cfg.eval_generate_samples:
+        return []
+    from .gen_metrics import GEN_MAX_NEW_TOKENS, heldout_conversations
+
+    return [GenerationMetrics(metrics_path, tok, heldout_conversations(cfg), cfg.system_prompt,
+                              cfg.eval_generate_every, GEN_MAX_NEW_TOKENS)]

@@ -24,7 +24,8 @@ def _tokenize(tok, convs, cfg: TrainConfig, report: dict, part: str) -> list[dic
         if r.n_trainable == 0:
             dropped.append(conv.where)  # e.g. the prompt alone fills max_length
             continue
-        rows.append({"input_ids": r.input_ids, "labels": r.labels})
+        # sample_id names the example in samples.jsonl (train/samples.py); the model never sees it
+        rows.append({"input_ids": r.input_ids, "labels": r.labels, "sample_id": conv.where})
     report[part] = {
         "rows": len(rows),
         "dropped_no_trainable_tokens": len(dropped),

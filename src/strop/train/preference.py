@@ -15,22 +15,24 @@ from pathlib import Path
 from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
+from . import reliability
 from .callbacks import MetricsLog, Progress
 from .preference_data import build_rows
 from .rundir import RunDir
-from .sft import _check_output, _rewind_metrics, _tracker, common_args, run_summary, save_final
+from .sft import _check_output, _raise_if_stopped, _rewind_metrics, _tracker, common_args, run_summary, save_final
 
 
 def _policy(cfg: TrainConfig):
     method = methods.get(cfg.method)
-    return method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit), cfg)
+    return method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit,
+                                         policy=models.policy(cfg)), cfg)
 
 
 def _reference(cfg: TrainConfig):
     """None for adapters (TRL disables the adapter); a frozen copy of the base for full fine-tuning."""
     if methods.get(cfg.method).saves_adapter:
         return None
-    ref = models.load_model(cfg.base_model, cfg.dtype)
+    ref = models.load_model(cfg.base_model, cfg.dtype, policy=models.policy(cfg))
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -84,8 +86,9 @@ def reward_policy(cfg: TrainConfig, tok):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    path = models.resolve(cfg.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
-        models.resolve(cfg.base_model), num_labels=1, dtype=getattr(torch, cfg.dtype))
+        path, num_labels=1, dtype=getattr(torch, cfg.dtype), **models.policy(cfg).kwargs(path))
     model.config.pad_token_id = tok.pad_token_id  # the reward is read at the last non-pad token
     if cfg.method == "full":
         return model
@@ -131,11 +134,14 @@ def load_reward_model(name: str):
             from peft import PeftModel
 
             base = json.loads(base_file.read_text())["base_model"]
-            model = AutoModelForSequenceClassification.from_pretrained(models.resolve(base), num_labels=1,
-                                                                       dtype=torch.float32)
+            base_path = models.resolve(base)
+            model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32,
+                                                                       **models.LoadPolicy().kwargs(base_path))
+            models.check_weights(path, allow_pickle=False)
             model = PeftModel.from_pretrained(model, path)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32,
+                                                                       **models.LoadPolicy().kwargs(path))
     except (OSError, ValueError) as exc:
         raise StropError(f"reward model {name}: cannot load it as a reward model ({exc})") from None
     tok = models.load_tokenizer(name)
@@ -155,37 +161,50 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
 
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
+    if resume_from is not None:
+        reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg))
+        reliability.check_resume(resume_from, cfg)
     report_to = _tracker(cfg, run)
     if resume_from is not None:
         _rewind_metrics(run, resume_from)
+        reliability.drop_unsealed(run, resume_from)
     set_seed(cfg.seed)
-    tok = models.load_tokenizer(cfg.base_model)
+    tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
     train_rows, eval_rows, report = build_rows(cfg, tok)
     run.root.mkdir(parents=True, exist_ok=True)
     run.config.write_text(to_yaml(cfg))
     run.data_report.write_text(json.dumps(report, indent=2))
+    if resume_from is None:
+        run.fingerprint.write_text(json.dumps(reliability.fingerprint(cfg), indent=2))
     has_eval = bool(eval_rows) and cfg.objective != "grpo"
     data = {"train_dataset": datasets.Dataset.from_list(train_rows),
             "eval_dataset": datasets.Dataset.from_list(eval_rows) if has_eval else None}
-    callbacks = [MetricsLog(run.metrics)] + ([Progress()] if progress else [])
+    stop = reliability.GracefulStop()
+    guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
+    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
+    callbacks += [Progress()] if progress else []
     if has_eval and cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = TRAINERS[cfg.objective](cfg, common_args(cfg, run, report_to, has_eval), data, tok, callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
     t0 = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with reliability.disk_errors(run):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
+    _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
     save_final(trainer.model, tok, cfg, run)
-    _write_summary(cfg, run, trainer, result, wall)
+    _write_summary(cfg, run, trainer, result, wall, {"skipped_nonfinite_steps": guard.skipped_steps,
+                                                     "loss_spikes": sample_log.spikes})
     return run
 
 
-def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float) -> None:
+def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float, extra: dict) -> None:
     last = {}
     for row in run.read_metrics():  # the last value of every objective-specific metric
         last.update({k: v for k, v in row.items() if "/" in k or k.startswith(("reward", "kl", "accuracy", "margin"))})
-    summary = {"objective": cfg.objective} | run_summary(cfg, trainer, result, wall) | {"last_metrics": last}
+    summary = {"objective": cfg.objective} | run_summary(cfg, trainer, result, wall) | {"last_metrics": last} | extra
     run.summary.write_text(json.dumps(summary, indent=2))
 
 

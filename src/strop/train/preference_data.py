@@ -12,6 +12,7 @@ from ..data import Conversation, load, split
 from ..data.load import ANY_KIND
 from ..data.records import KINDS, Message
 from ..data.render import prompt_text, with_system
+from ..data.sandbox import render_chat
 from ..errors import StropError
 from .objectives import get
 
@@ -23,7 +24,7 @@ FORMAT_FIELDS = {"messages", "conversations", "prompt", "completion", "chosen", 
 def split_texts(tok, prompt: list[Message], answer: list[Message], system_prompt: str, where: str) -> tuple[str, str]:
     """(prompt text with generation prompt, completion text up to and including the end-of-turn token)."""
     head = prompt_text(tok, prompt, system_prompt)
-    full = tok.apply_chat_template(with_system(prompt + answer, system_prompt), tokenize=False)
+    full = render_chat(tok, with_system(prompt + answer, system_prompt), add_generation_prompt=False)
     if not full.startswith(head):
         raise StropError(f"{where}: the chat template does not render the prompt as a prefix of prompt + answer")
     completion = full[len(head):]
@@ -84,6 +85,9 @@ def build_rows(cfg: TrainConfig, tok) -> tuple[list[dict], list[dict], dict]:
         train_convs, eval_convs = split(ds.conversations, cfg.val_size, cfg.seed)
     builder = _prompt_row if cfg.objective == "grpo" else ROW_BUILDERS[ds.kind]
     train = [builder(tok, c, cfg) for c in train_convs]
+    if cfg.objective != "grpo":  # GRPO hands extra columns to reward functions; ids stay out of their way
+        for row, conv in zip(train, train_convs):
+            row["sample_id"] = conv.where  # for samples.jsonl (train/samples.py)
     evalr = [builder(tok, c, cfg) for c in eval_convs]
     if cfg.objective == "kto":
         _check_both_labels(train, cfg.data)

@@ -12,16 +12,23 @@
   ``abort`` policy stops without saving, ``skip`` drops that update (up to
   ``nan_max_consecutive_skips`` in a row); a checkpoint holding a non-finite
   tensor is deleted rather than kept.
+* ``harden`` gives any trainer strop builds pickle-free checkpoints
+  (checkpoint_io.py) and the per-step sample log (samples.py); a full disk
+  during a save ends the run with one line, keeping the last sealed checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 import signal
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from ..errors import StropError
+from ..pickle_guard import refuse_pickles
 from .manifest import sha256_file, write_manifest
 
 EXIT_STOPPED = 143  # the conventional 128 + SIGTERM, so schedulers see a clean stop
@@ -74,6 +81,7 @@ def fingerprint(cfg, world_size: int = 1) -> dict:
         "val_size": cfg.val_size,
         "seed": cfg.seed,
         "train_on_inputs": cfg.train_on_inputs,
+        "objective": cfg.objective,
     }
 
 
@@ -82,8 +90,67 @@ def check_fingerprint(path: Path, current: dict) -> None:
         raise StropError(f"{path}: missing, so this run cannot be checked for resume; start a new --output-dir")
     saved = json.loads(path.read_text())
     for key, value in current.items():
-        if saved.get(key) != value:
+        if key in saved and saved[key] != value:  # a key an older strop did not record is not checked
             raise StropError(f"cannot resume: {key} changed since the run started ({saved.get(key)!r} -> {value!r})")
+
+
+def _step(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
+def _number(checkpoint: Path) -> int:
+    tail = checkpoint.name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def check_resume(checkpoint: Path, cfg) -> None:
+    """Before anything loads: the checkpoint holds no pickle, unless the user allowed them.
+
+    Under FSDP or DeepSpeed the sharded optimizer state is in those libraries' own
+    (pickling) formats, written by this run; it is the one exception.
+    """
+    from .distributed import strategy
+
+    if strategy() not in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        refuse_pickles(checkpoint, cfg.allow_pickle)
+
+
+def drop_unsealed(run, checkpoint: Path) -> None:
+    """Remove saves newer than the checkpoint resume picked (rank 0 only)."""
+    for d in run.checkpoints.glob("checkpoint-*"):
+        if _number(d) > _number(checkpoint):  # newer than the newest sealed one: a save cut short
+            shutil.rmtree(d, ignore_errors=True)  # never trusted, and in the way of checkpoint rotation
+
+
+def harden(trainer, cfg, run, resume_from: Path | None):
+    """Pickle-free checkpoints and the per-step sample log, for any trainer strop builds. Returns the log."""
+    from . import checkpoint_io, samples
+
+    checkpoint_io.install(trainer, cfg.allow_pickle)
+    history = []
+    if resume_from is not None:
+        history = samples.rewind(run.samples, _step(resume_from), write=trainer.is_world_process_zero())
+    log = samples.SampleLog(run.samples, cfg.loss_spike_factor, history)
+    samples.track(trainer, log)
+    trainer.add_callback(log)
+    return log
+
+
+@contextlib.contextmanager
+def disk_errors(run):
+    """A full disk mid-save ends the run with one line; the last sealed checkpoint is untouched."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        for d in run.checkpoints.glob("checkpoint-*"):
+            if not (d / "manifest.json").is_file():
+                shutil.rmtree(d, ignore_errors=True)  # the partial save: give its space back
+        good = run.latest_checkpoint()
+        kept = f"the last complete checkpoint is {good.name}" if good else "no complete checkpoint was written yet"
+        raise StropError(f"disk full while writing to {run.root} ({exc.strerror}); {kept}; free space, then "
+                         "continue with --resume", exit_code=4) from None
 
 
 # -- stopping on signals -----------------------------------------------------

@@ -47,6 +47,10 @@ class RunDir:
     def fingerprint(self) -> Path:
         return self.root / "fingerprint.json"
 
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
     def latest_checkpoint(self) -> Path | None:
         """Newest checkpoint whose manifest verifies; a save cut short has none."""
         from .manifest import verify_manifest

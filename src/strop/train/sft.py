@@ -15,8 +15,8 @@ from pathlib import Path
 from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
-from . import reliability
-from .callbacks import MetricsLog, Progress
+from . import distributed, reliability
+from .callbacks import MetricsLog, Progress, generation_callbacks
 from .precision import use_bf16
 from .data import prepare
 from .rundir import RunDir
@@ -105,8 +105,28 @@ def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: b
         dataloader_num_workers=0,
         bf16=use_bf16(cfg),
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
+        **distributed.trainer_args(),
+        # TRL turns checkpointing on by default; strop decides from memory (auto).
+        gradient_checkpointing=checkpointing(cfg)[0],
         **_schedule(cfg, has_eval),
     )
+
+
+def checkpointing(cfg: TrainConfig) -> tuple[bool, str]:
+    """Gradient checkpointing for this run and why (``plan.estimate.checkpointing_choice``)."""
+    from ..plan.estimate import checkpointing_choice
+    from ..plan.hardware import get_device
+    from ..plan.shape import read_shape
+
+    method = methods.get(cfg.method)
+    model_dir = models.resolve(cfg.base_model)
+    if not method.gradient_checkpointing:
+        return checkpointing_choice(cfg, None, None, False)
+    if cfg.gradient_checkpointing == "auto" and (isinstance(model_dir, str) or not (model_dir / "config.json").is_file()):
+        return True, "on: no config.json to size the model from"
+    import torch
+
+    return checkpointing_choice(cfg, read_shape(model_dir), get_device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
@@ -118,6 +138,7 @@ def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
     return {
         "method": cfg.method,
         "base_model": cfg.base_model,
+        "gradient_checkpointing": trainer.args.gradient_checkpointing,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "best_eval_loss": trainer.state.best_metric,
@@ -130,6 +151,7 @@ def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
         "wall_s": round(wall, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        **distributed.global_figures(cfg, trainer),  # world size, effective batch, LR schedule
     }
 
 
@@ -168,26 +190,33 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     method = methods.get(cfg.method)
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
+    world = distributed.world()  # one process, or one rank of `strop train --nproc N`
     if resume_from is not None:
-        reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg))
+        distributed.check_resume_world(run.fingerprint, world.size)
+        reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg, world.size))
+        reliability.check_resume(resume_from, cfg)  # no pickles unless --allow-pickle
     report_to = _tracker(cfg, run)
-    if resume_from is not None:
+    if resume_from is not None and world.is_main:
         _rewind_metrics(run, resume_from)
+        reliability.drop_unsealed(run, resume_from)
     set_seed(cfg.seed)
-    tok = models.load_tokenizer(cfg.base_model)
+    tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
     prepared = prepare(cfg, tok)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(to_yaml(cfg))
-    run.data_report.write_text(json.dumps(prepared.report, indent=2))
-    if resume_from is None:
-        run.fingerprint.write_text(json.dumps(reliability.fingerprint(cfg), indent=2))
     from ..plan.hooks import check_licenses, write_env
 
+    if world.is_main:  # the other ranks only read the run directory
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(to_yaml(cfg))
+        run.data_report.write_text(json.dumps(prepared.report, indent=2))
+        if resume_from is None:
+            record = reliability.fingerprint(cfg, world.size) | {"world_size": world.size}
+            run.fingerprint.write_text(json.dumps(record, indent=2))
+        write_env(run.root)
     licenses = check_licenses(cfg)  # stops on a known conflict with intended_use
-    write_env(run.root)
     has_eval = bool(prepared.eval)
 
-    model = method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit), cfg)
+    model = method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit,
+                                          policy=models.policy(cfg)), cfg)
     args = SFTConfig(
         **common_args(cfg, run, report_to, has_eval),
         # strop truncates while rendering; TRL refuses a max_length with padding-free rows.
@@ -196,14 +225,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         # so "non_padding" would wrongly skip real end-of-turn tokens there.
         include_num_input_tokens_seen="all" if cfg.padding_free else "non_padding",
         padding_free=cfg.padding_free,
-        # TRL turns this on by default; prefix tuning's key/value prefixes live in the
-        # cache, which checkpointed layers drop, so the table says per method.
-        gradient_checkpointing=method.gradient_checkpointing,
     )
     stop = reliability.GracefulStop()
     guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
-    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
+    # SaveBarrier before the manifest, StopTogether after the two stop deciders (train/distributed.py)
+    callbacks = [MetricsLog(run.metrics), distributed.SaveBarrier(), reliability.CheckpointManifest(), stop, guard,
+                 distributed.StopTogether(stop, guard)]
     callbacks += [Progress()] if progress else []
+    callbacks += generation_callbacks(cfg, tok, run.metrics)  # BLEU/ROUGE/exact match on held-out prompts
     if has_eval and cfg.early_stopping_patience > 0 and cfg.keep_best:  # the callback needs the best-model tracking
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
@@ -218,16 +247,22 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
 
     trainer.remove_callback(PrinterCallback)  # our Progress replaces the default printers
     trainer.remove_callback(ProgressCallback)
+    sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
     t0 = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    from .lm_head import labelled_positions_only
+
+    with labelled_positions_only(cfg.score_labelled_only), reliability.disk_errors(run):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
-    save_final(trainer.model, tok, cfg, run)
+    distributed.save_final_once(trainer, tok, cfg, run, save_final)
     summary = run_summary(cfg, trainer, result, wall) | {
         "licenses": licenses,
         "skipped_nonfinite_steps": guard.skipped_steps,
+        "loss_spikes": sample_log.spikes,
     }
-    run.summary.write_text(json.dumps(summary, indent=2))
+    if world.is_main:
+        run.summary.write_text(json.dumps(summary, indent=2))
     return run
 
 
@@ -239,15 +274,20 @@ def param_counts(model) -> tuple[int, int]:
             sum(p.numel() for p in model.parameters()))
 
 
-def save_final(model, tok, cfg: TrainConfig, run: RunDir) -> None:
-    """Write final/ atomically: adapter or full weights, tokenizer, base pointer."""
+def save_final(model, tok, cfg: TrainConfig, run: RunDir, *, weights_written: bool = False) -> None:
+    """Write final/ atomically: adapter or full weights, tokenizer, base pointer.
+
+    ``weights_written``: final.tmp already holds the weights (gathered from
+    FSDP/ZeRO-3 shards by the Trainer, see distributed.save_final_once).
+    """
     method = methods.get(cfg.method)
     tmp = run.root / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if method.save is not None:
-        method.save(model, tmp)  # only the weights this method trains
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
+    if not weights_written:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if method.save is not None:
+            method.save(model, tmp)  # only the weights this method trains
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if method.saves_adapter:
         # The alias or path the user named, so a copied run resolves on another machine.

@@ -1,0 +1,54 @@
+"""Task metrics during training: greedy answers to a few held-out prompts, scored as `strop eval` does.
+
+Loss says the model fits the tokens; BLEU, ROUGE-L and exact match say the
+answers are getting right. The callback that calls this is
+``callbacks.GenerationMetrics``; this module stays torch-free so config
+validation can use ``check_gen_options``.
+"""
+from __future__ import annotations
+
+from ..errors import StropError
+
+GEN_METRICS = ("bleu", "rouge", "exact_match")  # names in eval/metrics.py::METRICS
+GEN_PREFIX = "gen_"  # metrics.jsonl keys: gen_bleu, gen_rougeL, gen_exact_match, ...
+GEN_MAX_NEW_TOKENS = 64
+
+
+def check_gen_options(cfg) -> None:
+    """One-line errors for the eval_generate_* keys; runs in TrainConfig.validate."""
+    for key in ("eval_generate_samples", "eval_generate_every"):
+        if getattr(cfg, key) < 0:
+            raise StropError(f"option {key}: must be >= 0, got {getattr(cfg, key)}")
+    if not cfg.eval_generate_samples:
+        if cfg.eval_generate_every:
+            raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
+        return
+    if cfg.objective != "sft":
+        raise StropError(f"option eval_generate_samples: only used with --objective sft, not {cfg.objective} "
+                         "(preference runs: strop eval RUN --judge URL)")
+    if not cfg.eval_data and cfg.val_size == 0:
+        raise StropError("option eval_generate_samples: needs held-out rows (eval_data, or val_size > 0)")
+
+
+def heldout_conversations(cfg) -> list:
+    """The first ``eval_generate_samples`` held-out conversations: eval_data, else training's own split."""
+    from ..data import load, split
+
+    if cfg.eval_data:
+        convs = load(cfg.eval_data).conversations
+    else:
+        _, convs = split(load(cfg.data).conversations, cfg.val_size, cfg.seed)
+    convs = [c for c in convs if c.reference.strip()]
+    if not convs:
+        raise StropError("option eval_generate_samples: the held-out rows have no reference answers to score")
+    return convs[:cfg.eval_generate_samples]
+
+
+def score(predictions: list[str], references: list[str]) -> dict:
+    """The GEN_METRICS of eval/metrics.py, keys prefixed with ``gen_``."""
+    from ..eval.metrics import METRICS
+
+    out: dict = {}
+    for name in GEN_METRICS:
+        out.update(METRICS[name](predictions, references))
+    return {GEN_PREFIX + k: v for k, v in out.items()}

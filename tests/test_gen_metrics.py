@@ -1,0 +1,61 @@
+"""Task metrics during training: greedy answers to held-out prompts, scored into metrics.jsonl."""
+from __future__ import annotations
+
+import pytest
+
+from strop.config import load_train_config
+from strop.errors import StropError
+from strop.train.sft import train
+
+
+def _cfg(tiny_model_dir, chat_file, out, **kw):
+    values = {"base_model": str(tiny_model_dir), "data": str(chat_file), "output_dir": str(out),
+              "report_to": "none", "learning_rate": 5e-3, "micro_batch_size": 4, "logging_steps": 1}
+    return load_train_config(None, values | kw)
+
+
+def _gen_rows(run):
+    return [r for r in run.read_metrics() if "gen_bleu" in r]
+
+
+def test_generation_metrics_at_each_evaluation(tiny_model_dir, chat_file, tmp_path):
+    run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", max_steps=4, val_size=3, eval_steps=2,
+                     eval_generate_samples=2), progress=False)
+    rows = _gen_rows(run)
+    assert [r["step"] for r in rows] == [2, 4]
+    evals = [r["step"] for r in run.read_metrics() if "eval_loss" in r]
+    assert evals == [2, 4]  # one generation row per evaluation
+    for r in rows:
+        assert r["gen_samples"] == 2
+        assert {"gen_bleu", "gen_rougeL", "gen_exact_match"} <= set(r)
+        assert 0 <= r["gen_rougeL"] <= 1 and 0 <= r["gen_exact_match"] <= 1 and 0 <= r["gen_bleu"] <= 100
+
+
+def test_generation_metrics_every_n_steps(tiny_model_dir, chat_file, tmp_path):
+    run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", max_steps=3, val_size=2, eval_generate_samples=1,
+                     eval_generate_every=1), progress=False)
+    assert [r["step"] for r in _gen_rows(run)] == [1, 2, 3]
+
+
+def test_callback_leaves_model_and_tokenizer_as_found(tiny_model_dir, chat_file):
+    from strop import models
+    from strop.train.callbacks import GenerationMetrics
+    from strop.data import load
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_model(str(tiny_model_dir))
+    model.train()
+    cb = GenerationMetrics(chat_file.with_suffix(".log"), tok, load(str(chat_file)).conversations[:3], max_new_tokens=4)
+    answers = cb.generate(model)
+    assert len(answers) == 3 and model.training and tok.padding_side == "right"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"eval_generate_samples": -1}, "option eval_generate_samples: must be >= 0"),
+    ({"eval_generate_every": 5}, "option eval_generate_every: set eval_generate_samples too"),
+    ({"eval_generate_samples": 4, "val_size": 0}, "option eval_generate_samples: needs held-out rows"),
+    ({"eval_generate_samples": 4, "objective": "dpo"}, "option eval_generate_samples: only used with --objective sft"),
+])
+def test_config_errors(values, message):
+    with pytest.raises(StropError, match=message):
+        load_train_config(None, {"data": "x.jsonl"} | values)
