@@ -2,6 +2,10 @@
 
     python benchmarks/chaos.py --trials 30 --steps 12 --json chaos.json
 
+A kill point is a random step k (1 .. steps-1) and a random fraction of a
+step's duration after step k is logged, so kills land mid-step, between
+steps and during checkpoint saves (every 2 steps).
+
 Uses a tiny random Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer,
 float32, no dropout, so the uninterrupted and resumed runs must agree exactly.
 Reports: trials, kills that landed before the run finished, how many of those
@@ -72,16 +76,26 @@ def skipped_repeated(ref: list, got: list) -> tuple[int, int]:
     return sum((want - seen).values()), sum((seen - want).values())
 
 
-def timed_run(argv: list[str], metrics: Path) -> float:
-    """Run to completion; seconds from the first logged step to the end (the span kills are drawn from)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None and not metrics.is_file():
-        time.sleep(0.02)
-    t0 = time.monotonic()
-    _, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"reference run failed: {err[-2000:]}")
-    return time.monotonic() - t0
+def rows(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.is_file() else 0
+
+
+def kill_at(proc, samples: Path, step: int, frac: float) -> str:
+    """SIGKILL ``frac`` of a step's duration after step ``step`` is logged: between steps, or during a save.
+
+    Drawing the point in steps rather than seconds keeps it meaningful on a
+    machine whose speed changes under other people's load.
+    """
+    last, before = time.monotonic(), 0
+    while proc.poll() is None and (n := rows(samples)) < step:
+        if n != before:
+            last, before = time.monotonic(), n
+        time.sleep(0.01)
+    step_s = time.monotonic() - last if before else 0.5  # how long the step just logged took
+    time.sleep(frac * step_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return f"{step}+{frac:.2f}"
 
 
 def machine() -> str:
@@ -109,24 +123,20 @@ def main() -> int:
         model = tiny_model(work)
         data = ROOT / "src" / "strop" / "demo_data" / "persona_train.jsonl"
         ref = work / "ref"
-        span = timed_run(cmd(model, data, ref, args.steps), ref / "metrics.jsonl")
+        subprocess.run(cmd(model, data, ref, args.steps), check=True, capture_output=True)
         ref_w, ref_l, ref_s = load_file(ref / "final" / "adapter_model.safetensors"), losses(ref), sample_steps(ref)
         report = {"trials": args.trials, "steps": args.steps, "machine": machine(), "killed_before_end": 0,
                   "resumed_from_checkpoint": 0, "exact_resumes": 0, "samples_skipped": 0, "samples_repeated": 0,
                   "partial_checkpoints_picked": 0, "non_finite_checkpoints": 0, "pickle_files_in_checkpoints": 0,
-                  "training_span_s": round(span, 2), "kill_points_s": []}
+                  "kill_points": []}
         for i in range(args.trials):
             out = work / f"t{i}"
-            delay = rng.uniform(0.0, 1.0) * span  # anywhere from the first step to the end of training
+            step, frac = rng.randint(1, args.steps - 1), rng.random()
             proc = subprocess.Popen(cmd(model, data, out, args.steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # wait for training to start (first metrics row), then a random slice of the run
-            while proc.poll() is None and not ((out / "metrics.jsonl").is_file()):
-                time.sleep(0.02)
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            report["kill_points_s"].append(round(delay, 2))
+            point = kill_at(proc, out / "samples.jsonl", step, frac)
+            report["kill_points"].append(point)
             if (out / "final").exists():
+                print(f"trial {i}: killed at step {point}, after the run had finished", flush=True)
                 continue
             report["killed_before_end"] += 1
             picked = RunDir(out).latest_checkpoint()
@@ -148,7 +158,7 @@ def main() -> int:
             report["samples_repeated"] += repeated
             if all(torch.equal(w[k], ref_w[k]) for k in ref_w) and losses(out) == ref_l and got_s == ref_s:
                 report["exact_resumes"] += 1
-            print(f"trial {i}: killed after {delay:.2f}s, resumed from {picked.name if picked else 'scratch'}", flush=True)
+            print(f"trial {i}: killed at step {point}, resumed from {picked.name if picked else 'scratch'}", flush=True)
     report["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(report, indent=2))
     if args.json:

@@ -212,3 +212,29 @@ def test_pairwise_needs_base_and_tuned(tmp_path):
     with pytest.raises(StropError, match="--judge-mode: 'best' is not one of rubric, pairwise"):
         _check_judge(Options(judge_endpoint="http://x/v1", judge_mode="best"), [Spec("model", "m")])
     _check_judge(Options(judge_endpoint="http://x/v1", judge_mode="pairwise"), [Spec("base", "b"), Spec("tuned", "t")])
+
+
+class AlwaysA(FakePairwiseJudge):
+    """A judge with pure position bias."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_position_bias_cancels_out():
+    from strop.eval.pairwise import compare
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), AlwaysA)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = compare(_pairs(), f"http://127.0.0.1:{server.server_address[1]}/v1", "biased", resamples=100)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out["position_picks"] == {"A": 10, "B": 0}
+    assert (out["wins"], out["losses"]) == (5, 5) and out["score"] == 0.5 and out["p"] == 1.0

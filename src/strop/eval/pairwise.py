@@ -87,8 +87,8 @@ def compare(items: list[dict], endpoint: str, model: str, api_key: str | None = 
             reply = ask(endpoint, model, prompt, api_key, timeout)
         except JudgeDown as exc:
             for it in items:
-                it.pop("outcome", None)
-                it.pop("shown_as", None)
+                for key in ("outcome", "shown_as", "verdict"):
+                    it.pop(key, None)
             where = "" if i == 0 else f" after {i} comparisons"
             return {"mode": "pairwise", "first": first, "second": second, "prompt": PAIRWISE_PROMPT,
                     "skipped": f"judge endpoint {endpoint} failed{where}: {exc}"}

@@ -1,8 +1,8 @@
 """Training curves over steps, read from a run's metrics.jsonl (beyond the loss curve of html.py).
 
 Which keys exist depends on the objective (TRL names them): DPO, ORPO, SimPO,
-CPO and KTO log ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``
-and ``rewards/accuracies``; KTO and GRPO log ``kl``; GRPO logs ``reward`` and
+CPO and KTO log ``rewards/chosen``, ``rewards/rejected`` and
+``rewards/margins``, all but KTO ``rewards/accuracies``; KTO and GRPO log ``kl``; GRPO logs ``reward`` and
 ``rewards/<function>/mean``; a reward model logs ``accuracy`` and ``margin``;
 SFT with ``eval_generate_samples`` logs ``gen_bleu``, ``gen_rougeL`` ...
 (train/gen_metrics.py). Each panel is drawn when at least one of its keys was
