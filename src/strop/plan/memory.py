@@ -15,10 +15,11 @@ from .sharding import per_device
 MB = 2**20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Resident size of a Python process after importing torch, transformers, peft
-# and trl, plus the tokenizer and allocator slack, on CPU (measured: 573 MB
-# after the imports alone). On a GPU the process memory is host RAM and the
-# device instead holds the CUDA context and kernels.
-RUNTIME_MB = {"cpu": 700.0, "cuda": 600.0}
+# and trl, plus the tokenizer and allocator slack, on CPU (measured on this
+# project's machine, 2026-11-26: 545 MB after the imports alone). On a GPU the
+# process memory is host RAM and the device instead holds the CUDA context and
+# kernels.
+RUNTIME_MB = {"cpu": 600.0, "cuda": 600.0}
 # TRL 1.16 computes the loss with a chunked LM head (trl/kernels/chunked_logprob.py):
 # logits are never materialised whole; it projects tiles of at most 4096
 # tokens x 32768 vocabulary entries. On a device without Triton (CPU) every
@@ -32,7 +33,12 @@ LM_HEAD_TILES_LIVE = {"cpu": 6.0, "cuda": 2.0}
 # (norm inputs and outputs, q/k/v, rotary copies, attention output, the MLP's
 # gate, up, activation and product) with SDPA attention (no T x T matrix).
 ACT_COEF = (10.0, 4.0, 4.0)
-# LoRA-style dropout keeps its own copy of each adapted layer's input.
+# LoRA-style dropout keeps its own copy of each adapted layer's input: the
+# mask, the dropped-out values and, under autocast, their bf16 cast for the
+# adapter's first matmul. Bytes per element of that input, fitted to
+# benchmarks/plan_accuracy.py (LoRA at max_length 128 and 512, 2026-11-26);
+# the structure-only count (the activation width in bytes) missed 15-23%.
+DROPOUT_BYTES = {"autocast": 7.0, "plain": 5.0}
 DROPOUT_COEF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h", "down_proj": "i"}
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 OPTIM_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
@@ -113,9 +119,11 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
         b = 3.0 if s.autocast else 4.0
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
     per_layer = ACT_COEF[0] * h + ACT_COEF[1] * kv + ACT_COEF[2] * i
+    dropout = 0.0  # bytes per token per layer
     if s.method in ADAPTER_METHODS and s.lora_dropout > 0:
         width = {"h": h, "q": shape.q_dim, "i": i}
-        per_layer += sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
+        per_elem = b if b == 2.0 else DROPOUT_BYTES["autocast" if s.autocast else "plain"]
+        dropout = per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
     if s.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed at a time.
         return tokens * b * (shape.layers * h + per_layer)
