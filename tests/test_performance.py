@@ -114,3 +114,39 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
         assert grads.keys() == grads_plain.keys()
         for name in grads_plain:
             torch.testing.assert_close(grads[name], grads_plain[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokenizer, monkeypatch):
+    """train/varlen.py: a padding-free row cut at each position reset == the padded batch, to 1e-5."""
+    from transformers.integrations import sdpa_attention
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from strop.train.varlen import per_example_attention
+
+    convs = load(DEMO_DATA / "persona_train.jsonl").conversations
+    picked = sorted(convs[:12], key=lambda c: len(c.reference))[::4][:3]
+    rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in (render(smol_tokenizer, c, 512) for c in picked)]
+    pad_id = smol_tokenizer.pad_token_id
+    padded = DataCollatorForLanguageModeling(pad_token_id=pad_id)(rows)
+    flat = DataCollatorForLanguageModeling(pad_token_id=pad_id, padding_free=True)(rows)
+    model = models.load_model(str(tiny_model_dir), "float32")
+    model.config._attn_implementation = "sdpa"
+    loss_a, grads_a = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
+
+    lengths = []  # query lengths SDPA sees while the swap is on
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda m, q, *a, **kw: lengths.append(q.shape[2]) or real(m, q, *a, **kw))
+    with per_example_attention(model) as active:
+        assert active and model.config._attn_implementation != "sdpa"
+        loss_b, grads_b = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
+        # a padded batch under the swap still uses its mask (falls through to plain SDPA)
+        loss_c, _ = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
+    assert model.config._attn_implementation == "sdpa"  # restored
+    per_layer = [len(r["input_ids"]) for r in rows]
+    layers = model.config.num_hidden_layers
+    assert lengths[: layers * len(rows)] == per_layer * layers  # each example alone, in every layer
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(loss_c, loss_a, rtol=0, atol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-5, msg=name)

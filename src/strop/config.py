@@ -83,6 +83,7 @@ class TrainConfig:
     # device's memory, on otherwise; true/false force it (docs/performance.md)
     gradient_checkpointing: str = "auto"
     score_labelled_only: bool = True  # the LM head scores only positions with a label (train/lm_head.py)
+    per_example_attention: bool = True  # padding-free rows: attention per example, not one masked square (train/varlen.py)
     system_prompt: str = ""  # prepended to conversations that have no system turn
     # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
     intended_use: str = ""  # "", commercial, research

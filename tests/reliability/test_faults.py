@@ -279,6 +279,29 @@ def test_disk_full_during_save_keeps_last_checkpoint_and_says_so(tiny_model_dir,
     _same_run(reference, out)
 
 
+def test_disk_full_while_writing_final_leaves_no_half_model(tiny_model_dir, sft_data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from strop.cli import main
+    from strop.train import sft
+
+    real = sft.save_final
+
+    def full(model, tok, cfg, run, **kw):
+        (run.root / "final.tmp").mkdir(exist_ok=True)
+        (run.root / "final.tmp" / "adapter_model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sft, "save_final", full)
+    out = tmp_path / "fullfinal"
+    assert main(_cli_args(tiny_model_dir, sft_data, out, **STEPS)) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("strop: disk full"), err
+    assert not (out / "final").exists() and not (out / "final.tmp").exists()
+    assert RunDir(out).latest_checkpoint() is not None  # training's checkpoints survive
+    monkeypatch.setattr(sft, "save_final", real)
+
+
 def test_second_ctrl_c_aborts_at_once(tiny_model_dir, sft_data, tmp_path):
     out = tmp_path / "intr"
     proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, max_steps=400, save_steps=1000)),

@@ -126,8 +126,8 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
         dropout = per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
     if s.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed at a time.
-        return tokens * b * (shape.layers * h + per_layer)
-    return tokens * b * shape.layers * per_layer
+        return tokens * (b * (shape.layers * h + per_layer) + dropout)
+    return tokens * shape.layers * (b * per_layer + dropout)
 
 
 def lm_head_bytes(shape: ModelShape, s: Setup) -> float:

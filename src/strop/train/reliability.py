@@ -147,6 +147,7 @@ def disk_errors(run):
         for d in run.checkpoints.glob("checkpoint-*"):
             if not (d / "manifest.json").is_file():
                 shutil.rmtree(d, ignore_errors=True)  # the partial save: give its space back
+        shutil.rmtree(run.root / "final.tmp", ignore_errors=True)  # a final/ cut short is never renamed into place
         good = run.latest_checkpoint()
         kept = f"the last complete checkpoint is {good.name}" if good else "no complete checkpoint was written yet"
         raise StropError(f"disk full while writing to {run.root} ({exc.strerror}); {kept}; free space, then "

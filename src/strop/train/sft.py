@@ -250,12 +250,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
     t0 = time.monotonic()
     from .lm_head import labelled_positions_only
+    from .varlen import per_example_attention
 
-    with labelled_positions_only(cfg.score_labelled_only), reliability.disk_errors(run):
+    with labelled_positions_only(cfg.score_labelled_only), reliability.disk_errors(run), \
+            per_example_attention(trainer.model, cfg.padding_free and cfg.per_example_attention):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
-    distributed.save_final_once(trainer, tok, cfg, run, save_final)
+    with reliability.disk_errors(run):  # final/ is written via final.tmp, so a full disk leaves no half model
+        distributed.save_final_once(trainer, tok, cfg, run, save_final)
     summary = run_summary(cfg, trainer, result, wall) | {
         "licenses": licenses,
         "skipped_nonfinite_steps": guard.skipped_steps,
