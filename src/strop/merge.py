@@ -32,7 +32,9 @@ def run_method(target: str) -> str:
 def probe_ids(tok):
     import torch
 
-    text = tok.apply_chat_template(PROBE, tokenize=False)
+    from .data.sandbox import render_chat
+
+    text = render_chat(tok, PROBE, add_generation_prompt=False)
     return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])  # (1, T)
 
 

@@ -49,7 +49,9 @@ def modelfile(gguf_name: str, tok, system_prompt: str) -> str:
 def _default_system(tok) -> str:
     """The system text the chat template adds by itself when a chat has none (SmolLM2's does);
     Ollama templates have no such default, so the Modelfile states it."""
-    text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    from ..data.sandbox import render_chat
+
+    text = render_chat(tok, [{"role": "user", "content": "x"}], add_generation_prompt=False)
     head = "<|im_start|>system\n"
     return text[len(head):text.index("<|im_end|>")] if text.startswith(head) else ""
 
