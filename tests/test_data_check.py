@@ -168,3 +168,63 @@ def test_cli_check_reports(path, tmp_path, capsys):
     report = json.loads(js.read_text())
     assert f"{report['rows']} conversations" in out and report["rows"] == len(load(path))
     assert "<svg" in page.read_text() and sum(report["tokens"]["histogram"]["counts"]) == report["rows"]
+
+
+def _fake_rewriter_endpoint():
+    """An OpenAI-compatible /chat/completions that paraphrases as 'P<...>' and translates as 'FR<...>' / 'EN<...>'."""
+    import re
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompt = body["messages"][-1]["content"]
+            seen.append(prompt)
+            text = prompt.split("\n\n", 1)[1]
+            if prompt.startswith("Rewrite"):
+                reply = f"P<{text}>"
+            elif "into French" in prompt:
+                reply = f"FR<{text}>"
+            else:
+                reply = re.sub(r"^FR<(.*)>$", r"EN<\1>", text, flags=re.S) if "EMPTY" not in text else ""
+            out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}]}
+            data = json.dumps(out).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_augment_paraphrase_and_backtranslate_through_an_endpoint(tmp_path, capsys):
+    src = tmp_path / "src.jsonl"
+    rows = [_chat("How tall is the tower?", "About 300 metres."), _chat("Where is it?", "In Paris."),
+            _chat("EMPTY please", "Nothing.")]
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    server, seen = _fake_rewriter_endpoint()
+    out = tmp_path / "aug.jsonl"
+    try:
+        rc = main(["data", "augment", str(src), "--output", str(out), "--ops", "paraphrase,backtranslate",
+                   "--per-row", "2", "--model", "judge", "--endpoint", f"http://127.0.0.1:{server.server_port}/v1"])
+    finally:
+        server.shutdown()
+    assert rc == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    aug = [r for r in got if "strop_augmented" in r]
+    users = {r["strop_augmented"]["op"] + ":" + r["messages"][0]["content"] for r in aug}
+    assert users == {"paraphrase:P<How tall is the tower?>", "backtranslate:EN<How tall is the tower?>",
+                     "paraphrase:P<Where is it?>", "backtranslate:EN<Where is it?>", "paraphrase:P<EMPTY please>"}
+    assert all(r["messages"][1]["content"] in ("About 300 metres.", "In Paris.", "Nothing.") for r in aug)  # answers kept
+    assert any("into French" in p for p in seen) and any("into English" in p for p in seen)  # two hops
+    assert "1 empty rewrites dropped" in capsys.readouterr().out  # the blank back-translation became no row

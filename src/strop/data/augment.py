@@ -121,12 +121,16 @@ def augment(path: str, output: str, ops: list[str], per_row: int = 1, seed: int 
     ds = load(path, kinds=ANY_KIND)
     rng = random.Random(seed)
     seen = {dedup.exact_key(_row_text(row_of(c))) for c in ds.conversations}
-    new_rows, dropped = [], 0
+    new_rows, dropped, empty = [], 0, 0
     for conv in ds.conversations:
         for k in range(per_row):
             op = ops[(k + conv.line) % len(ops)]
             fn = (lambda t, op=op: TEXT_OPS[op](t, rng)) if op in TEXT_OPS else (lambda t, op=op: rewriter(op, t))
-            row = _rewrite_row(conv, fn, target)
+            try:
+                row = _rewrite_row(conv, _non_empty(fn), target)
+            except _EmptyRewrite:
+                empty += 1  # a model that answered nothing: no row rather than a blank turn
+                continue
             key = dedup.exact_key(_row_text(row))
             if key in seen:
                 dropped += 1  # identical to an original or an earlier augmentation
@@ -138,7 +142,20 @@ def augment(path: str, output: str, ops: list[str], per_row: int = 1, seed: int 
     rows = ([row_of(c) for c in ds.conversations] if include_original else []) + new_rows
     write_rows(out, rows)
     return {"input": str(path), "output": str(out), "originals": len(ds), "augmented": len(new_rows),
-            "dropped_duplicates": dropped}
+            "dropped_duplicates": dropped, "dropped_empty": empty}
+
+
+class _EmptyRewrite(Exception):
+    pass
+
+
+def _non_empty(fn: Callable[[str], str]) -> Callable[[str], str]:
+    def checked(text: str) -> str:
+        out = fn(text)
+        if not out.strip():
+            raise _EmptyRewrite
+        return out
+    return checked
 
 
 def _row_text(row: dict) -> str:

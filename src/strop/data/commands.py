@@ -114,7 +114,8 @@ def augment_cmd(args) -> int:
     r = augment(args.file, args.output, ops, per_row=args.per_row, seed=args.seed, target=args.target,
                 rewriter=rewriter, include_original=not args.only_new)
     print(f"{r['input']}: {r['originals']} rows, {r['augmented']} augmented rows added "
-          f"({r['dropped_duplicates']} duplicates dropped) -> {r['output']}")
+          f"({r['dropped_duplicates']} duplicates dropped"
+          + (f", {r['dropped_empty']} empty rewrites dropped" if r["dropped_empty"] else "") + f") -> {r['output']}")
     return 0
 
 
