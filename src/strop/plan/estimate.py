@@ -108,7 +108,11 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     ckpt, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
     s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths), ckpt)
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
+        from ..train.lm_head import VOCAB_TILE
+
         s.scored_share = counted.trainable_tokens / counted.tokens
+        if device.kind == "cpu":  # strop narrows the tiles on CPU only
+            s.vocab_tile = VOCAB_TILE
     nproc = opts.get("nproc", 1)
     s = dataclasses.replace(s, nproc=nproc, strategy=opts.get("distributed", "ddp"))  # per device from here on
     mem = breakdown(shape, s)

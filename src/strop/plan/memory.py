@@ -41,6 +41,7 @@ ACT_COEF = (10.0, 4.0, 4.0)
 DROPOUT_BYTES = {"autocast": 7.0, "plain": 5.0}
 DROPOUT_COEF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h", "down_proj": "i"}
 ADAPTER_METHODS = ("lora", "dora", "qlora")
+FROZEN_BODY_METHODS = ("prompt_tuning", "prefix_tuning")  # trained state sits outside the decoder layers
 OPTIM_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 
 
@@ -65,6 +66,7 @@ class Setup:
     # Share of the batch's positions the LM head scores: the labelled ones
     # (score_labelled_only, train/lm_head.py), or all of them (1.0).
     scored_share: float = 1.0
+    vocab_tile: int = 32768  # LM-head tile width: TRL's 32,768, or strop's narrower one (train/lm_head.py)
     nproc: int = 1  # processes the run is split over (strop train --nproc), per device figures
     strategy: str = "ddp"  # ddp, fsdp, deepspeed-zero2, deepspeed-zero3 (plan/sharding.py)
 
@@ -119,6 +121,10 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
         b = 3.0 if s.autocast else 4.0
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
     per_layer = ACT_COEF[0] * h + ACT_COEF[1] * kv + ACT_COEF[2] * i
+    if s.method in FROZEN_BODY_METHODS:
+        # Nothing inside the layers trains, so the linear layers keep no input for
+        # a weight gradient: the q/k/v, o, gate/up inputs (3 hidden) and down's (1 intermediate).
+        per_layer -= 3 * h + i
     dropout = 0.0  # bytes per token per layer
     if s.method in ADAPTER_METHODS and s.lora_dropout > 0:
         width = {"h": h, "q": shape.q_dim, "i": i}
@@ -133,7 +139,7 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
 def lm_head_bytes(shape: ModelShape, s: Setup) -> float:
     tokens = batch_tokens(s)
     n = min(max(1, round(tokens * s.scored_share)), LM_HEAD_TILE[0])
-    tile = n * min(shape.vocab, LM_HEAD_TILE[1]) * 4  # the tile math runs in fp32 (tile.float())
+    tile = n * min(shape.vocab, s.vocab_tile) * 4  # the tile math runs in fp32 (tile.float())
     grad_hidden = tokens * shape.hidden * 4
     return tile * LM_HEAD_TILES_LIVE[s.device_kind] + grad_hidden
 

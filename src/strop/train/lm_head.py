@@ -14,13 +14,21 @@ and gradients are the same sums over the same positions; tests/test_performance.
 checks them against the full path to 1e-5 in fp32. ``score_labelled_only:
 false`` turns it off.
 
-It relies on one name in ``trl.trainer.utils`` (``_use_triton``); when a TRL
+It also narrows the head's vocabulary tiles (``VOCAB_TILE``): the same sums in
+smaller pieces. It relies on names in ``trl.trainer.utils`` (``_use_triton``,
+``_CHUNKED_LOGPROB_CHUNK_SIZE``); when a TRL
 version lacks it the run goes on unpatched and says so once.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
+
+# Vocabulary entries per LM-head tile. TRL uses 32,768; off Triton each tile
+# makes several fp32 temporaries of (scored tokens x tile), a gigabyte or
+# more of a CPU run's peak at 2,048 tokens (docs/planning.md). A quarter of it
+# costs more loop iterations of the same matmul and nothing else. CPU only.
+VOCAB_TILE = 4096
 
 
 @contextlib.contextmanager
@@ -43,7 +51,15 @@ def labelled_positions_only(enabled: bool = True):
         return device.type in ("cpu", "cuda") or original(device)
 
     tu._use_triton = compact_everywhere
+    import torch
+
+    # On CUDA the Triton kernel folds each tile in place: TRL's wide tiles are the right size there.
+    tile = None if torch.cuda.is_available() else getattr(tu, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+    if tile is not None:
+        tu._CHUNKED_LOGPROB_CHUNK_SIZE = min(tile, VOCAB_TILE)
     try:
         yield True
     finally:
         tu._use_triton = original
+        if tile is not None:
+            tu._CHUNKED_LOGPROB_CHUNK_SIZE = tile
