@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer."""
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -57,6 +61,40 @@ def chat_file(tmp_path) -> Path:
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def fake_chat_endpoint(reply, seen: list | None = None):
+    """A local OpenAI-compatible ``/v1/chat/completions``; ``reply(body) -> str`` writes each answer.
+
+    Yields the base URL; every request lands in ``seen`` as {"path", "auth", "body"}.
+    """
+    seen = [] if seen is None else seen
+    seen.clear()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            message = {"role": "assistant", "content": reply(body)}
+            data = json.dumps({"id": "fake", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
+                               "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

@@ -170,41 +170,17 @@ def test_cli_check_reports(path, tmp_path, capsys):
     assert "<svg" in page.read_text() and sum(report["tokens"]["histogram"]["counts"]) == report["rows"]
 
 
-def _fake_rewriter_endpoint():
-    """An OpenAI-compatible /chat/completions that paraphrases as 'P<...>' and translates as 'FR<...>' / 'EN<...>'."""
+def _rewrite(body: dict) -> str:
+    """Paraphrases as 'P<...>' and translates as 'FR<...>' / 'EN<...>'; an 'EMPTY' text comes back blank."""
     import re
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][-1]["content"]
-            seen.append(prompt)
-            text = prompt.split("\n\n", 1)[1]
-            if prompt.startswith("Rewrite"):
-                reply = f"P<{text}>"
-            elif "into French" in prompt:
-                reply = f"FR<{text}>"
-            else:
-                reply = re.sub(r"^FR<(.*)>$", r"EN<\1>", text, flags=re.S) if "EMPTY" not in text else ""
-            out = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}]}
-            data = json.dumps(out).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, seen
+    prompt = body["messages"][-1]["content"]
+    text = prompt.split("\n\n", 1)[1]
+    if prompt.startswith("Rewrite"):
+        return f"P<{text}>"
+    if "into French" in prompt:
+        return f"FR<{text}>"
+    return re.sub(r"^FR<(.*)>$", r"EN<\1>", text, flags=re.S) if "EMPTY" not in text else ""
 
 
 def test_augment_paraphrase_and_backtranslate_through_an_endpoint(tmp_path, capsys):
@@ -212,13 +188,14 @@ def test_augment_paraphrase_and_backtranslate_through_an_endpoint(tmp_path, caps
     rows = [_chat("How tall is the tower?", "About 300 metres."), _chat("Where is it?", "In Paris."),
             _chat("EMPTY please", "Nothing.")]
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    server, seen = _fake_rewriter_endpoint()
+    from conftest import fake_chat_endpoint
+
+    requests = []
     out = tmp_path / "aug.jsonl"
-    try:
+    with fake_chat_endpoint(_rewrite, requests) as url:
         rc = main(["data", "augment", str(src), "--output", str(out), "--ops", "paraphrase,backtranslate",
-                   "--per-row", "2", "--model", "judge", "--endpoint", f"http://127.0.0.1:{server.server_port}/v1"])
-    finally:
-        server.shutdown()
+                   "--per-row", "2", "--model", "judge", "--endpoint", url])
+    seen = [r["body"]["messages"][-1]["content"] for r in requests]
     assert rc == 0
     got = [json.loads(x) for x in out.read_text().splitlines()]
     aug = [r for r in got if "strop_augmented" in r]

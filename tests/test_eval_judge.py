@@ -1,49 +1,28 @@
 """LLM-as-judge against a small local fake OpenAI-compatible server, and a down endpoint."""
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from strop.eval.judge import RUBRIC_PROMPT, judge, parse_grade
 
-from conftest import free_port
+from conftest import fake_chat_endpoint, free_port
 
 
-class FakeJudge(BaseHTTPRequestHandler):
+JUDGE_SEEN: list[dict] = []
+
+
+def _grade(body: dict) -> str:
     """Grades 5 when the answer repeats the reference, else 2; 'garbled' answers get prose."""
-
-    seen: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeJudge.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        prompt = body["messages"][0]["content"]
-        reference = prompt.split("Reference answer:\n")[1].split("\n\n")[0]
-        answer = prompt.split("Assistant's answer:\n")[1].split("\n\n")[0]
-        reply = "I refuse to grade" if answer == "garbled" else ("5" if answer == reference else "Grade: 2")
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    prompt = body["messages"][0]["content"]
+    reference = prompt.split("Reference answer:\n")[1].split("\n\n")[0]
+    answer = prompt.split("Assistant's answer:\n")[1].split("\n\n")[0]
+    return "I refuse to grade" if answer == "garbled" else ("5" if answer == reference else "Grade: 2")
 
 
 @pytest.fixture
 def fake_endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FakeJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    FakeJudge.seen = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with fake_chat_endpoint(_grade, JUDGE_SEEN) as url:
+        yield url
 
 
 def _rows():
@@ -65,7 +44,7 @@ def test_judge_grades_through_an_openai_compatible_endpoint(fake_endpoint):
     assert out["mean"] == {"base": 2.0, "tuned": 5.0}
     assert out["unparsed"] == {"base": 1}
     assert out["prompt"] == RUBRIC_PROMPT
-    first = FakeJudge.seen[0]
+    first = JUDGE_SEEN[0]
     assert first["path"] == "/v1/chat/completions" and first["auth"] == "Bearer k"
     assert first["body"]["model"] == "fake-judge" and first["body"]["temperature"] == 0
 
@@ -80,43 +59,25 @@ def test_down_endpoint_is_a_marked_skip_not_a_crash():
 
 # ---- pairwise mode -------------------------------------------------------------------------------
 
-class FakePairwiseJudge(BaseHTTPRequestHandler):
+PAIR_SEEN: list[dict] = []
+
+
+def _prefer_longer(body: dict) -> str:
     """Prefers the longer answer, says TIE on equal length, prose for 'garbled'; 'A' answered as 'Answer A'."""
-
-    seen: list[str] = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][0]["content"]
-        FakePairwiseJudge.seen.append(prompt)
-        a = prompt.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
-        b = prompt.split("Answer B:\n")[1].split("\n\nWhich answer")[0]
-        if "garbled" in (a, b):
-            reply = "I cannot decide between a and b"
-        elif len(a) == len(b):
-            reply = "TIE"
-        else:
-            reply = "Answer A" if len(a) > len(b) else "B"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    prompt = body["messages"][0]["content"]
+    a = prompt.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
+    b = prompt.split("Answer B:\n")[1].split("\n\nWhich answer")[0]
+    if "garbled" in (a, b):
+        return "I cannot decide between a and b"
+    if len(a) == len(b):
+        return "TIE"
+    return "Answer A" if len(a) > len(b) else "B"
 
 
 @pytest.fixture
 def pairwise_endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FakePairwiseJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    FakePairwiseJudge.seen = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with fake_chat_endpoint(_prefer_longer, PAIR_SEEN) as url:
+        yield url
 
 
 def _pairs():
@@ -155,7 +116,7 @@ def test_pairwise_counts_and_undoes_position_swaps(pairwise_endpoint):
     assert out["n"] == 10 and out["judged"] == 9 and out["swapped"] == 5
     assert [it["outcome"] for it in items] == ["win"] * 5 + ["loss"] * 2 + ["tie"] * 2 + [None]
     # swapped items really showed the tuned answer second
-    for item, prompt in zip(items, FakePairwiseJudge.seen):
+    for item, prompt in zip(items, (r["body"]["messages"][0]["content"] for r in PAIR_SEEN)):
         shown_a = prompt.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
         assert shown_a == (item["second"] if item["shown_as"] == "B" else item["first"])
     assert {it["shown_as"] for it in items} == {"A", "B"}
@@ -214,27 +175,10 @@ def test_pairwise_needs_base_and_tuned(tmp_path):
     _check_judge(Options(judge_endpoint="http://x/v1", judge_mode="pairwise"), [Spec("base", "b"), Spec("tuned", "t")])
 
 
-class AlwaysA(FakePairwiseJudge):
-    """A judge with pure position bias."""
-
-    def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 def test_position_bias_cancels_out():
     from strop.eval.pairwise import compare
 
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), AlwaysA)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        out = compare(_pairs(), f"http://127.0.0.1:{server.server_address[1]}/v1", "biased", resamples=100)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_chat_endpoint(lambda body: "A") as url:  # a judge with pure position bias
+        out = compare(_pairs(), url, "biased", resamples=100)
     assert out["position_picks"] == {"A": 10, "B": 0}
     assert (out["wins"], out["losses"]) == (5, 5) and out["score"] == 0.5 and out["p"] == 1.0

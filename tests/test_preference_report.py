@@ -59,11 +59,8 @@ def test_preference_report_page(tmp_path):
 
 def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
     """A tiny DPO run evaluated with a fake judge: win rate in preference.json, curves in report.html."""
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    from conftest import DEMO_DATA, free_port
-    from test_eval_judge import FakePairwiseJudge
+    from conftest import DEMO_DATA, fake_chat_endpoint
+    from test_eval_judge import _prefer_longer
 
     from strop.config import load_train_config
     from strop.eval.preference import evaluate_run
@@ -77,14 +74,8 @@ def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
                                    "output_dir": str(tmp_path / "run"), "report_to": "none", "max_steps": 2,
                                    "val_size": 0, "micro_batch_size": 4, "learning_rate": 1e-3})
     run = train(cfg, progress=False)
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), FakePairwiseJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with fake_chat_endpoint(_prefer_longer) as url:
         result = evaluate_run(run.root, str(heldout), judge={"endpoint": url, "model": "fake", "mode": "pairwise"})
-    finally:
-        server.shutdown()
-        server.server_close()
     j = result["judge"]
     assert j["n"] == 4 and j["wins"] + j["ties"] + j["losses"] + j["unparsed"] == 4 and j["swapped"] == 2
     assert len(j["examples"]) == 4 and j["examples"][0]["question"] == "What is the capital of Greece?"
