@@ -80,8 +80,12 @@ def _fused_loss_and_grads(model, batch):
     return loss.detach(), grads
 
 
-def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_model_dir, smol_tokenizer, monkeypatch):
-    """The compact LM head (train/lm_head.py) against TRL's every-position path and the plain full-logits loss."""
+@pytest.mark.parametrize("head", ["frozen", "trained"])
+def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_model_dir, smol_tokenizer, monkeypatch, head):
+    """The compact LM head (train/lm_head.py) against TRL's every-position path and the plain full-logits loss.
+
+    A frozen head (adapter methods) takes strop's CPU backward; a trained one (full fine-tuning) TRL's own.
+    """
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
 
@@ -96,10 +100,22 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
 
     import trl.trainer.utils as tu
 
+    from strop.train import lm_head
+
     scored = []  # rows each LM-head call projects
-    real_apply = tu._ChunkedLogProbFunction.apply
-    monkeypatch.setattr(tu._ChunkedLogProbFunction, "apply", lambda h, *a: scored.append(h.shape[0]) or real_apply(h, *a))
+
+    class Spy(tu._ChunkedLogProbFunction):
+        @classmethod
+        def apply(cls, hidden, *args):
+            scored.append(hidden.shape[0])
+            return super().apply(hidden, *args)
+
+    monkeypatch.setattr(tu, "_ChunkedLogProbFunction", Spy)
+    cpu_backward_calls = []
+    real_backward = lm_head._cpu_backward
+    monkeypatch.setattr(lm_head, "_cpu_backward", lambda *a: cpu_backward_calls.append(1) or real_backward(*a))
     model = models.load_model(str(tiny_model_dir), "float32")
+    model.get_output_embeddings().weight.requires_grad_(head == "trained")
     loss_plain, grads_plain = _loss_and_grads(model, batch)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     loss_every, grads_every = _fused_loss_and_grads(model, batch)
@@ -107,7 +123,8 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
     with labelled_positions_only(True) as active:
         assert active
         loss_compact, grads_compact = _fused_loss_and_grads(model, batch)
-    assert tu._use_triton is before  # restored after the run
+    assert tu._use_triton is before and tu._ChunkedLogProbFunction is Spy  # restored after the run
+    assert cpu_backward_calls == ([1] if head == "frozen" else [])  # which backward the compact run took
     assert scored == [batch["labels"].numel() - 1, labelled]  # every position, then only the labelled ones
     for loss, grads in ((loss_every, grads_every), (loss_compact, grads_compact)):
         torch.testing.assert_close(loss, loss_plain, rtol=0, atol=1e-5)
@@ -116,12 +133,19 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
             torch.testing.assert_close(grads[name], grads_plain[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokenizer, monkeypatch):
-    """train/varlen.py: a padding-free row cut at each position reset == the padded batch, to 1e-5."""
+@pytest.mark.parametrize("kernel", ["matmul", "sdpa"])
+def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokenizer, monkeypatch, kernel):
+    """train/varlen.py: a padding-free row cut at each position reset == the padded batch, to 1e-5.
+
+    ``matmul`` is the written-out attention CPU runs use; ``sdpa`` is the per-example SDPA path CUDA uses.
+    """
     from transformers.integrations import sdpa_attention
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    from strop.train import varlen
     from strop.train.varlen import per_example_attention
+
+    monkeypatch.setattr(varlen, "CPU_MATMUL", kernel == "matmul")
 
     convs = load(DEMO_DATA / "persona_train.jsonl").conversations
     picked = sorted(convs[:12], key=lambda c: len(c.reference))[::4][:3]
@@ -133,10 +157,15 @@ def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokeniz
     model.config._attn_implementation = "sdpa"
     loss_a, grads_a = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
 
-    lengths = []  # query lengths SDPA sees while the swap is on
-    real = sdpa_attention.sdpa_attention_forward
-    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
-                        lambda m, q, *a, **kw: lengths.append(q.shape[2]) or real(m, q, *a, **kw))
+    lengths = []  # query lengths each example's attention sees while the swap is on
+    if kernel == "sdpa":
+        real = sdpa_attention.sdpa_attention_forward
+        monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                            lambda m, q, *a, **kw: lengths.append(q.shape[2]) or real(m, q, *a, **kw))
+    else:
+        real_cpu = varlen._cpu_causal
+        monkeypatch.setattr(varlen, "_cpu_causal",
+                            lambda q, k, v, spans, s: lengths.extend(b - a for a, b in spans) or real_cpu(q, k, v, spans, s))
     with per_example_attention(model) as active:
         assert active and model.config._attn_implementation != "sdpa"
         loss_b, grads_b = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
@@ -150,3 +179,27 @@ def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokeniz
     torch.testing.assert_close(loss_c, loss_a, rtol=0, atol=1e-5)
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_cpu_lm_head_backward_under_bf16_autocast_matches_trl():
+    """Under bf16 autocast strop's CPU backward (one bf16 product per block of rows) stays within bf16
+    rounding of TRL's (a float32 product per tile), and runs the same forward."""
+    import trl.trainer.utils as tu
+
+    from strop.train.lm_head import _cpu_backward_function
+
+    torch.manual_seed(0)
+    hidden = torch.randn(300, 64)
+    weight = torch.randn(5000, 64) * 0.2
+    targets = torch.randint(0, 5000, (300,))
+    grads = []
+    for function in (tu._ChunkedLogProbFunction, _cpu_backward_function(tu._ChunkedLogProbFunction)):
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logprobs = function.apply(h, weight, None, targets, 1.0, 1024, None, 1.0, ())[0]
+        (-logprobs.mean()).backward()
+        grads.append((logprobs.detach(), h.grad))
+    (lp_trl, g_trl), (lp_strop, g_strop) = grads
+    torch.testing.assert_close(lp_strop, lp_trl, rtol=0, atol=0)  # same forward
+    rel = (g_strop - g_trl).norm() / g_trl.norm()
+    assert 0 <= rel < 1e-2, rel

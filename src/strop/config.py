@@ -75,7 +75,9 @@ class TrainConfig:
     trust_remote_code: bool = False  # run the model's own Python code; needs model_revision
     model_revision: str = ""  # hub commit hash, or the code hash strop prints for a local directory
     # misc
-    dtype: str = "float32"  # precision the weights are loaded and kept in
+    # precision the base weights are loaded in: auto = bf16 for a frozen base under bf16 autocast
+    # (adapters and master weights stay float32, train/precision.py), float32 otherwise
+    dtype: str = "auto"
     # Speed levers (see docs/performance.md); all switchable off for debugging.
     mixed_precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU does bf16 natively; bf16; no
     padding_free: bool = True  # flatten each micro-batch into one row, no pad tokens
@@ -123,8 +125,8 @@ class TrainConfig:
         self.gradient_checkpointing = str(self.gradient_checkpointing).lower()
         if self.gradient_checkpointing not in ("auto", "true", "false"):
             raise StropError(f"option gradient_checkpointing: {self.gradient_checkpointing!r} is not one of auto, true, false")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise StropError(f"option dtype: {self.dtype!r} is not one of float32, bfloat16")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise StropError(f"option dtype: {self.dtype!r} is not one of auto, float32, bfloat16")
         positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",
                     "num_virtual_tokens", "adapter_reduction_factor")
         for name in positive:

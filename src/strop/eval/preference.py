@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import TrainConfig, build, load_yaml
 from ..errors import StropError
+from ..train.precision import load_dtype
 
 
 def run_config(run: Path) -> TrainConfig:
@@ -168,7 +169,8 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
         result["reward_model"] = reward_pair_accuracy(load_reward_model(str(run)), tok, _rows(cfg, tok, data, "reward"))
     else:
         rows = _rows(cfg, tok, data, "grpo" if cfg.objective == "grpo" else "dpo")
-        base, tuned = models.load_model(cfg.base_model, cfg.dtype), models.load_model(str(run), cfg.dtype)
+        dtype = load_dtype(cfg)
+        base, tuned = models.load_model(cfg.base_model, dtype), models.load_model(str(run), dtype)
         base.eval()
         tuned.eval()
         if cfg.objective == "grpo":

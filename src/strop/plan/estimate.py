@@ -60,8 +60,11 @@ def worst_batch_tokens(cfg, lengths: list[int]) -> int:
 def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0,
               checkpointing: bool = False) -> Setup:
     # Keys other methods add to the config are read when present.
-    return Setup(method=cfg.method, dtype=cfg.dtype, micro_batch=cfg.micro_batch_size, seq_len=seq_len,
-                 tokens=tokens, autocast=autocast_for(cfg, device_kind),
+    from ..train.precision import weights_dtype  # torch-free
+
+    autocast = autocast_for(cfg, device_kind)
+    return Setup(method=cfg.method, dtype=weights_dtype(cfg, autocast), micro_batch=cfg.micro_batch_size, seq_len=seq_len,
+                 tokens=tokens, autocast=autocast,
                  optim=optim, gradient_checkpointing=checkpointing,
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
                  num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),

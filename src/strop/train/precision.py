@@ -4,6 +4,13 @@ bf16 autocast keeps float32 master weights and optimizer state but runs the
 matmuls in bfloat16. It pays only where the hardware does bf16 natively:
 CPUs with AVX-512 BF16 or AMX, and CUDA GPUs that report bf16 support.
 Elsewhere autocast emulates bf16 and is slower than float32.
+
+Under autocast a float32 weight that does not train is cast to bf16 at every
+use, forward and backward, and kept in memory at both widths. With ``dtype:
+auto`` (the default) an adapter run therefore loads the frozen base in bf16
+directly, while everything that trains (LoRA matrices, prompts, bottleneck
+adapters) stays float32, so the optimizer still updates float32 master
+weights. Full fine-tuning and QLoRA keep their float32 load.
 """
 from __future__ import annotations
 
@@ -32,6 +39,34 @@ def native_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool(cpu_bf16_flags())
+
+
+# Methods whose base weights train (full) or are already quantized (qlora): auto keeps float32.
+TRAINS_OR_QUANTIZES_BASE = ("full", "qlora")
+
+
+def weights_dtype(cfg, autocast: bool) -> str:
+    """The dtype the base weights are loaded in for training: ``cfg.dtype``, or for auto the choice above."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if autocast and cfg.method not in TRAINS_OR_QUANTIZES_BASE else "float32"
+
+
+def load_dtype(cfg) -> str:
+    """The dtype to load a finished run's models in for evaluation: float32 unless the config names one."""
+    return "float32" if cfg.dtype == "auto" else cfg.dtype
+
+
+def float32_trainables(model) -> int:
+    """Upcast every trainable floating parameter that is not float32; returns how many were."""
+    import torch
+
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+            changed += 1
+    return changed
 
 
 def use_bf16(cfg: TrainConfig) -> bool:

@@ -17,22 +17,21 @@ from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from . import reliability
 from .callbacks import MetricsLog, Progress
+from .precision import load_dtype, use_bf16, weights_dtype
 from .preference_data import build_rows
 from .rundir import RunDir
-from .sft import _check_output, _raise_if_stopped, _rewind_metrics, _tracker, common_args, run_summary, save_final
+from .sft import _check_output, _raise_if_stopped, _rewind_metrics, _tracker, common_args, load_trainable, run_summary, save_final
 
 
 def _policy(cfg: TrainConfig):
-    method = methods.get(cfg.method)
-    return method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit,
-                                         policy=models.policy(cfg)), cfg)
+    return load_trainable(cfg)
 
 
 def _reference(cfg: TrainConfig):
     """None for adapters (TRL disables the adapter); a frozen copy of the base for full fine-tuning."""
     if methods.get(cfg.method).saves_adapter:
         return None
-    ref = models.load_model(cfg.base_model, cfg.dtype, policy=models.policy(cfg))
+    ref = models.load_model(cfg.base_model, weights_dtype(cfg, use_bf16(cfg)), policy=models.policy(cfg))
     ref.eval()
     ref.requires_grad_(False)
     return ref
@@ -88,7 +87,7 @@ def reward_policy(cfg: TrainConfig, tok):
 
     path = models.resolve(cfg.base_model)
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=getattr(torch, cfg.dtype), **models.policy(cfg).kwargs(path))
+        path, num_labels=1, dtype=getattr(torch, load_dtype(cfg)), **models.policy(cfg).kwargs(path))
     model.config.pad_token_id = tok.pad_token_id  # the reward is read at the last non-pad token
     if cfg.method == "full":
         return model

@@ -17,7 +17,7 @@ from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from . import distributed, reliability
 from .callbacks import MetricsLog, Progress, generation_callbacks
-from .precision import use_bf16
+from .precision import float32_trainables, use_bf16, weights_dtype
 from .data import prepare
 from .rundir import RunDir
 
@@ -110,6 +110,17 @@ def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: b
         gradient_checkpointing=checkpointing(cfg)[0],
         **_schedule(cfg, has_eval),
     )
+
+
+def load_trainable(cfg: TrainConfig):
+    """The base model in the dtype this run trains in, wrapped by its method, trainable weights in float32."""
+    method = methods.get(cfg.method)
+    dtype = weights_dtype(cfg, use_bf16(cfg))
+    model = method.wrap(models.load_model(cfg.base_model, dtype, load_in_4bit=method.load_in_4bit,
+                                          policy=models.policy(cfg)), cfg)
+    if dtype != "float32" and cfg.method != "full":
+        float32_trainables(model)  # the optimizer updates float32 master weights
+    return model
 
 
 def checkpointing(cfg: TrainConfig) -> tuple[bool, str]:
@@ -215,8 +226,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     licenses = check_licenses(cfg)  # stops on a known conflict with intended_use
     has_eval = bool(prepared.eval)
 
-    model = method.wrap(models.load_model(cfg.base_model, cfg.dtype, load_in_4bit=method.load_in_4bit,
-                                          policy=models.policy(cfg)), cfg)
+    model = load_trainable(cfg)
     args = SFTConfig(
         **common_args(cfg, run, report_to, has_eval),
         # strop truncates while rendering; TRL refuses a max_length with padding-free rows.

@@ -11,6 +11,14 @@ row at each position reset and runs causal SDPA on each example alone, and
 falls back to plain SDPA (with its mask) for any other batch, so padded
 batches, evaluation and generation behave as before.
 
+On a CPU each example's attention is written out as two batched matmuls
+and a float32 softmax instead of a call to SDPA: PyTorch's CPU flash kernel
+works in small blocks that suit long sequences, and at the few hundred
+tokens of a fine-tuning example its backward pass alone took longer than the
+matmuls of a whole layer here (docs/performance.md has the figures). Under
+autocast the matmuls run in bf16 and the softmax in float32. CUDA keeps
+SDPA's fused kernels.
+
 The maths is the same attention over the same pairs; tests/test_performance.py
 checks loss and every gradient against padded batches to 1e-5 in fp32.
 ``per_example_attention: false`` turns it off.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 
 NAME = "strop_per_example_sdpa"
+CPU_MATMUL = True  # CPU tensors: written-out attention (_cpu_causal); False: SDPA per example, as on CUDA
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -33,13 +42,97 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
         if starts and starts[0] == 0 and len(starts) > 1:
             bounds = starts + [length]
+            spans = list(zip(bounds[:-1], bounds[1:]))
+            if CPU_MATMUL and query.device.type == "cpu" and not (dropout and module.training):
+                return _cpu_causal(query, key, value, spans, scaling), None
             pieces = [
                 sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
                                        dropout=dropout, scaling=scaling, is_causal=True)[0]
-                for a, b in zip(bounds[:-1], bounds[1:])
+                for a, b in spans
             ]
             return torch.cat(pieces, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _cpu_causal(query, key, value, spans, scaling):
+    """Causal attention of each (start, end) span alone; returns (batch, tokens, heads, head_dim)."""
+    import torch
+
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+    else:
+        dtype = torch.promote_types(query.dtype, value.dtype)
+    with torch.autocast("cpu", enabled=False):
+        out = _span_attention().apply(query[0].to(dtype), key[0].to(dtype), value[0].to(dtype), tuple(spans), scale)
+    return out.unsqueeze(0).transpose(1, 2)
+
+
+def _span_probs(q, k, a, b, scale, biases, groups):
+    """Softmax weights of one span, shape (kv_heads, groups * n, n), and the stacked queries."""
+    import torch
+
+    n = b - a
+    kv_heads, d = k.shape[0], k.shape[-1]
+    qg = q[:, a:b].reshape(kv_heads, groups * n, d)  # the query heads that share a kv head, stacked
+    if n not in biases:  # 0 on and below the diagonal, -inf above: causal
+        causal = torch.zeros(n, n, dtype=q.dtype, device=q.device).masked_fill_(
+            torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+        biases[n] = causal.repeat(groups, 1)
+    scores = torch.baddbmm(biases[n], qg, k[:, a:b].transpose(1, 2), alpha=scale)
+    return torch.softmax(scores, dim=-1), qg
+
+
+_FUNCTION = None
+
+
+def _span_attention():
+    """Flash-style at example granularity: keeps q, k and v only and recomputes each example's
+    softmax in backward instead of storing (heads x n x n) weights for every layer."""
+    global _FUNCTION
+    if _FUNCTION is not None:
+        return _FUNCTION
+    import torch
+
+    class SpanAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, spans, scale):
+            heads, tokens, d = q.shape
+            kv_heads = k.shape[0]
+            groups = heads // kv_heads
+            out = q.new_empty(kv_heads, groups, tokens, d)
+            biases: dict = {}
+            for a, b in spans:
+                probs, _ = _span_probs(q, k, a, b, scale, biases, groups)
+                out[:, :, a:b] = torch.bmm(probs, v[:, a:b]).view(kv_heads, groups, b - a, d)
+            out = out.view(heads, tokens, d)
+            ctx.save_for_backward(q, k, v)
+            ctx.spans, ctx.scale = spans, scale
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            q, k, v = ctx.saved_tensors
+            heads, tokens, d = q.shape
+            kv_heads = k.shape[0]
+            groups = heads // kv_heads
+            grad_out = grad_out.to(q.dtype).reshape(kv_heads, groups, tokens, d)
+            dq = torch.empty_like(q).view(kv_heads, groups, tokens, d)
+            dk, dv = torch.empty_like(k), torch.empty_like(v)
+            biases: dict = {}
+            for a, b in ctx.spans:
+                n = b - a
+                probs, qg = _span_probs(q, k, a, b, ctx.scale, biases, groups)  # recomputed, not stored
+                g = grad_out[:, :, a:b].reshape(kv_heads, groups * n, d)
+                dv[:, a:b] = torch.bmm(probs.transpose(1, 2), g)
+                dprobs = torch.bmm(g, v[:, a:b].transpose(1, 2))
+                dscores = torch.ops.aten._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)
+                dq[:, :, a:b] = torch.bmm(dscores, k[:, a:b]).view(kv_heads, groups, n, d)
+                dk[:, a:b] = torch.bmm(dscores.transpose(1, 2), qg)
+            return dq.view(heads, tokens, d), dk, dv, None, None
+
+    _FUNCTION = SpanAttention
+    return _FUNCTION
 
 
 def register() -> None:
