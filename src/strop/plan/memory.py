@@ -42,6 +42,12 @@ DROPOUT_BYTES = {"autocast": 7.0, "plain": 5.0}
 DROPOUT_COEF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gate_proj": "h", "up_proj": "h", "down_proj": "i"}
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 FROZEN_BODY_METHODS = ("prompt_tuning", "prefix_tuning")  # trained state sits outside the decoder layers
+# Bytes per activation value (units of ACT_COEF) with the base loaded in bf16 under autocast
+# (train/precision.py, the default for adapter methods on bf16 hardware). Fitted to
+# benchmarks/plan_accuracy.py (LoRA and prompt tuning at max_length 128 and 512, 2026-11-26,
+# after the CPU attention and LM-head changes); a structure-only count (2 bytes, all bf16) missed
+# 25-36%: the fp32 norm copies, the step's temporaries and allocator slack stay.
+BF16_BASE_ACT_BYTES = {"adapter": 3.8, "frozen_body": 2.6}
 OPTIM_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 
 
@@ -113,8 +119,12 @@ def batch_tokens(s: Setup) -> int:
 
 def activation_bytes(shape: ModelShape, s: Setup) -> float:
     tokens = batch_tokens(s)
-    if s.dtype == "bfloat16" or s.method == "qlora":
+    if s.method == "qlora":
         b = 2.0
+    elif s.dtype == "bfloat16":
+        # bf16 base under autocast (dtype auto): the matmuls keep bf16 values, but the norms still
+        # upcast to fp32 and the step's transients come on top; fitted, see BF16_BASE_ACT_BYTES.
+        b = BF16_BASE_ACT_BYTES["frozen_body" if s.method in FROZEN_BODY_METHODS else "adapter"]
     else:
         # Under autocast the matmul inputs and outputs are kept in bf16 while
         # the norms, rotary and residual stream stay in fp32: about half each.
@@ -128,7 +138,12 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
     dropout = 0.0  # bytes per token per layer
     if s.method in ADAPTER_METHODS and s.lora_dropout > 0:
         width = {"h": h, "q": shape.q_dim, "i": i}
-        per_elem = b if b == 2.0 else DROPOUT_BYTES["autocast" if s.autocast else "plain"]
+        if s.method == "qlora":
+            per_elem = b
+        elif s.dtype == "bfloat16":
+            per_elem = 3.0  # bf16 input: the dropped-out bf16 values and a one-byte mask, no extra cast
+        else:
+            per_elem = DROPOUT_BYTES["autocast" if s.autocast else "plain"]
         dropout = per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
     if s.gradient_checkpointing:
         # Only each layer's input is kept; one layer is recomputed at a time.
