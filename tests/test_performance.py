@@ -203,3 +203,33 @@ def test_cpu_lm_head_backward_under_bf16_autocast_matches_trl():
     torch.testing.assert_close(lp_strop, lp_trl, rtol=0, atol=0)  # same forward
     rel = (g_strop - g_trl).norm() / g_trl.norm()
     assert 0 <= rel < 1e-2, rel
+
+
+@pytest.mark.parametrize("method, autocast, expected", [
+    ("lora", True, "bfloat16"), ("prompt_tuning", True, "bfloat16"), ("adapter", True, "bfloat16"),
+    ("full", True, "float32"), ("qlora", True, "float32"), ("lora", False, "float32"),
+])
+def test_auto_dtype_loads_a_frozen_base_in_bf16_only_under_autocast(method, autocast, expected):
+    from types import SimpleNamespace
+
+    from strop.train.precision import load_dtype, weights_dtype
+
+    assert weights_dtype(SimpleNamespace(dtype="auto", method=method), autocast) == expected
+    assert weights_dtype(SimpleNamespace(dtype="float32", method=method), autocast) == "float32"  # the switch
+    assert load_dtype(SimpleNamespace(dtype="auto")) == "float32"  # evaluation keeps float32
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "adapter"])
+def test_bf16_base_trains_float32_master_weights(tiny_model_dir, chat_file, tmp_path, method):
+    """dtype bfloat16: frozen weights stay bf16, every trainable one is float32 (what the optimizer updates)."""
+    from strop.config import load_train_config
+    from strop.train.sft import load_trainable
+
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "method": method,
+                                   "dtype": "bfloat16", "output_dir": str(tmp_path / "run")})
+    model = load_trainable(cfg)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert trainable and frozen
+    assert {p.dtype for p in trainable} == {torch.float32}
+    assert {p.dtype for p in frozen} == {torch.bfloat16}
