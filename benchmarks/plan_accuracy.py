@@ -6,6 +6,8 @@ table for docs/planning.md. The CPU is shared with other work, so times vary;
 memory does not depend on load.
 
     .venv/bin/python benchmarks/plan_accuracy.py --methods full lora --lengths 128 512 --steps 4
+    .venv/bin/python benchmarks/plan_accuracy.py --methods lora --gradient-checkpointing true \
+        --out benchmarks/results/plan_accuracy_checkpointing.md
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ def strop(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def one(tmp: Path, data: Path, method: str, length: int, steps: int) -> dict:
-    keys = ["--data", str(data), "--method", method, "--max-length", str(length), "--val-size", "0", "--report-to", "none"]
+def one(tmp: Path, data: Path, method: str, length: int, steps: int, checkpointing: str = "auto") -> dict:
+    keys = ["--data", str(data), "--method", method, "--max-length", str(length), "--val-size", "0", "--report-to", "none",
+            "--gradient-checkpointing", checkpointing]
     out = tmp / f"{method}-{length}"
     strop("train", *keys, "--max-steps", str(steps), "--output-dir", str(out))
     measured = json.loads((out / "summary.json").read_text())["peak_rss_mb"]
@@ -56,6 +59,7 @@ def main() -> None:
     ap.add_argument("--lengths", nargs="+", type=int, default=[128, 512])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--out", default="benchmarks/results/plan_accuracy.md")
+    ap.add_argument("--gradient-checkpointing", default="auto", choices=["auto", "true", "false"])
     a = ap.parse_args()
     lines = ["| method | max_length | measured peak RSS MB | plain estimate (error) | --measure (error) |", "|---|---|---|---|---|"]
     rows = []
@@ -64,7 +68,7 @@ def main() -> None:
         long_data(tmp / "long.jsonl")
         for m in a.methods:
             for n in a.lengths:
-                r = one(tmp, tmp / "long.jsonl", m, n, a.steps)
+                r = one(tmp, tmp / "long.jsonl", m, n, a.steps, a.gradient_checkpointing)
                 rows.append(r)
                 err = lambda x: f"{x:,.0f} ({100 * (x - r['measured']) / r['measured']:+.0f}%)"  # noqa: E731
                 lines.append(f"| {m} | {n} | {r['measured']:,.0f} | {err(r['plain'])} | {err(r['measure'])} |")
