@@ -48,6 +48,11 @@ FROZEN_BODY_METHODS = ("prompt_tuning", "prefix_tuning")  # trained state sits o
 # after the CPU attention and LM-head changes); a structure-only count (2 bytes, all bf16) missed
 # 25-36%: the fp32 norm copies, the step's temporaries and allocator slack stay.
 BF16_BASE_ACT_BYTES = {"adapter": 3.8, "frozen_body": 2.6}
+# Layers' worth of activations resident at the peak of a checkpointed backward pass.
+# Fitted to benchmarks/plan_accuracy.py with --gradient-checkpointing true (LoRA, max_length
+# 128 and 512, 2026-11-26), where counting one recomputed layer came out 9% and 30% low;
+# checked against the training benchmark's checkpointed run (other data) in docs/planning.md.
+CHECKPOINT_LAYER_COPIES = 6.0
 OPTIM_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 
 
@@ -146,8 +151,13 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
             per_elem = DROPOUT_BYTES["autocast" if s.autocast else "plain"]
         dropout = per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
     if s.gradient_checkpointing:
-        # Only each layer's input is kept; one layer is recomputed at a time.
-        return tokens * (b * (shape.layers * h + per_layer) + dropout)
+        # Only each layer's input is kept; one layer is recomputed at a time, and while
+        # its backward runs, its activations, their gradients and the allocator's slack
+        # add up to several layers' worth (CHECKPOINT_LAYER_COPIES).
+        # Never more than keeping everything (a model with few layers).
+        copies = min(CHECKPOINT_LAYER_COPIES, shape.layers)
+        kept = tokens * (b * (shape.layers * h + copies * per_layer) + dropout)
+        return min(kept, tokens * shape.layers * (b * per_layer + dropout))
     return tokens * shape.layers * (b * per_layer + dropout)
 
 
