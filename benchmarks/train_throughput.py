@@ -3,7 +3,8 @@
 Both runs use the same model, data, LoRA settings, learning rate, effective
 batch (8 examples), optimizer steps and example order, each in a fresh
 subprocess. Reported per run: non-padding tokens/s after warm-up, peak RSS,
-per-step loss and final loss; then the ratios B/A.
+per-step loss and final loss; then the ratios B/A. With ``--device cuda`` also
+MFU (model FLOPs against the card's dense bf16 peak) and peak GPU memory.
 
     python benchmarks/train_throughput.py                    # CPU, 12 steps
     python benchmarks/train_throughput.py --steps 30 --json out.json
@@ -107,6 +108,24 @@ def run_strop(data: Path, steps: int, work: Path, extra: list[str]) -> dict:
     return {"timing": timing, "losses": losses, "peak_rss_mb": summary["peak_rss_mb"], "peak_gpu_mb": summary["peak_gpu_mb"]}
 
 
+def flops_per_token(model_dir: str) -> float:
+    """Model FLOPs per trained token for LoRA: forward (2N) + input gradients (2N) over the linear
+    layers and the LM head; the frozen weights get no gradient and LoRA's own matmuls are ignored."""
+    from strop.plan.shape import read_shape
+
+    shape = read_shape(Path(model_dir))
+    return 4.0 * (shape.linear_params() + shape.vocab * shape.hidden)
+
+
+def mfu(tokens_s: float, model_dir: str, device: str) -> float | None:
+    """Model FLOPs utilisation against the GPU's dense bf16 peak (strop's hardware table); None on CPU."""
+    if device != "cuda":
+        return None
+    from strop.plan.hardware import get_device
+
+    return round(tokens_s * flops_per_token(model_dir) / (get_device("cuda").bf16_tflops * 1e12), 4)
+
+
 def tokens_per_s(timing: list[dict], warmup: int) -> float:
     after = [r for r in timing if r["step"] >= warmup]
     first, last = after[0], after[-1]
@@ -139,11 +158,13 @@ def main() -> int:
         b = run_strop(args.data, args.steps, work, args.strop_args.split())
     result = {"machine": machine(), "steps": args.steps, "warmup_steps": args.warmup, "data": str(args.data)}
     for name, r in (("A_trl_baseline", a), ("B_strop", b)):
-        result[name] = {"tokens_per_s": round(tokens_per_s(r["timing"], args.warmup), 1), "peak_rss_mb": round(r["peak_rss_mb"]),
+        rate = round(tokens_per_s(r["timing"], args.warmup), 1)
+        result[name] = {"tokens_per_s": rate, "mfu": mfu(rate, model_dir, args.device), "peak_rss_mb": round(r["peak_rss_mb"]),
                         "peak_gpu_mb": r["peak_gpu_mb"], "final_loss": r["losses"][-1], "losses": r["losses"]}
     ra, rb = result["A_trl_baseline"], result["B_strop"]
     result["ratios"] = {"tokens_per_s": round(rb["tokens_per_s"] / ra["tokens_per_s"], 2),
                         "peak_rss": round(rb["peak_rss_mb"] / ra["peak_rss_mb"], 3),
+                        "peak_gpu": round(rb["peak_gpu_mb"] / ra["peak_gpu_mb"], 3) if ra["peak_gpu_mb"] else None,
                         "final_loss_rel_diff": round(abs(rb["final_loss"] - ra["final_loss"]) / ra["final_loss"], 4),
                         "mean_loss_rel_diff": round(abs(sum(rb["losses"]) - sum(ra["losses"])) / sum(ra["losses"]), 4)}
     print(json.dumps(result, indent=2))

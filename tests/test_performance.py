@@ -233,3 +233,34 @@ def test_bf16_base_trains_float32_master_weights(tiny_model_dir, chat_file, tmp_
     assert trainable and frozen
     assert {p.dtype for p in trainable} == {torch.float32}
     assert {p.dtype for p in frozen} == {torch.bfloat16}
+
+
+def test_throughput_benchmark_cuda_mode_skips_cleanly_without_a_gpu():
+    """benchmarks/train_throughput.py --device cuda must exit 0 with a one-line note where no GPU is visible."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the cuda mode would really run")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith("skipped:") and len(proc.stdout.strip().splitlines()) == 1
+
+
+def test_benchmark_flops_per_token_counts_linear_layers_and_head(tiny_model_dir):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import train_throughput
+    finally:
+        sys.path.pop(0)
+    from strop.plan.shape import read_shape
+
+    shape = read_shape(tiny_model_dir)
+    expected = 4 * (shape.linear_params() + shape.vocab * shape.hidden)
+    assert train_throughput.flops_per_token(str(tiny_model_dir)) == expected
+    assert train_throughput.mfu(1000.0, str(tiny_model_dir), "cpu") is None  # only against a GPU's peak
