@@ -118,6 +118,8 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
             s.vocab_tile = VOCAB_TILE
     nproc = opts.get("nproc", 1)
     s = dataclasses.replace(s, nproc=nproc, strategy=opts.get("distributed", "ddp"))  # per device from here on
+    if cfg.dtype == "auto" and s.strategy != "ddp":
+        s.dtype = "float32"  # as strop train: sharded strategies keep one dtype per flattened unit
     mem = breakdown(shape, s)
     budget = device.memory_gb * 1024
     measured = None
