@@ -264,3 +264,19 @@ def test_benchmark_flops_per_token_counts_linear_layers_and_head(tiny_model_dir)
     expected = 4 * (shape.linear_params() + shape.vocab * shape.hidden)
     assert train_throughput.flops_per_token(str(tiny_model_dir)) == expected
     assert train_throughput.mfu(1000.0, str(tiny_model_dir), "cpu") is None  # only against a GPU's peak
+
+
+def test_per_example_attention_leaves_sliding_windows_to_the_mask(monkeypatch):
+    """A sliding window is part of SDPA's mask; the per-example cut must not bypass it."""
+    from types import SimpleNamespace
+
+    from strop.train import varlen
+
+    monkeypatch.setattr(varlen, "_cpu_causal", lambda *a: (_ for _ in ()).throw(AssertionError("cut")))
+    q = torch.randn(1, 2, 6, 4)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    module = SimpleNamespace(is_causal=True, num_key_value_groups=1, training=False)
+    out, _ = varlen._attention(module, q, q, q, None, position_ids=positions, sliding_window=2)
+    assert out.shape == (1, 6, 2, 4)
+    with pytest.raises(AssertionError, match="cut"):  # without a window the row is cut
+        varlen._attention(module, q, q, q, None, position_ids=positions)

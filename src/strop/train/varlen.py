@@ -37,7 +37,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 
     position_ids = kwargs.get("position_ids")
     length = query.shape[2]
-    if (position_ids is not None and query.shape[0] == 1 and key.shape[2] == length
+    # A sliding window or attention sinks live in the mask SDPA gets; cutting the row would drop them.
+    plain_only = kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
+    if (position_ids is not None and not plain_only and query.shape[0] == 1 and key.shape[2] == length
             and position_ids.shape[-1] == length):
         starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
         if starts and starts[0] == 0 and len(starts) > 1:
