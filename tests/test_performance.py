@@ -145,7 +145,7 @@ def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokeniz
     from strop.train import varlen
     from strop.train.varlen import per_example_attention
 
-    monkeypatch.setattr(varlen, "CPU_MATMUL", kernel == "matmul")
+    monkeypatch.setattr(varlen, "CPU_MATMUL", "always" if kernel == "matmul" else "never")
 
     convs = load(DEMO_DATA / "persona_train.jsonl").conversations
     picked = sorted(convs[:12], key=lambda c: len(c.reference))[::4][:3]
@@ -272,6 +272,7 @@ def test_per_example_attention_leaves_sliding_windows_to_the_mask(monkeypatch):
 
     from strop.train import varlen
 
+    monkeypatch.setattr(varlen, "CPU_MATMUL", "always")
     monkeypatch.setattr(varlen, "_cpu_causal", lambda *a: (_ for _ in ()).throw(AssertionError("cut")))
     q = torch.randn(1, 2, 6, 4)
     positions = torch.tensor([[0, 1, 2, 0, 1, 2]])
@@ -280,3 +281,14 @@ def test_per_example_attention_leaves_sliding_windows_to_the_mask(monkeypatch):
     assert out.shape == (1, 6, 2, 4)
     with pytest.raises(AssertionError, match="cut"):  # without a window the row is cut
         varlen._attention(module, q, q, q, None, position_ids=positions)
+
+
+def test_cpu_attention_kernel_follows_the_compute_dtype():
+    """Written-out attention where the CPU computes in bf16; SDPA's flash kernel for float32 (as fast there)."""
+    from strop.train import varlen
+
+    q32 = torch.zeros(1, 2, 4, 4)
+    assert not varlen._use_matmul(q32)
+    assert varlen._use_matmul(q32.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert varlen._use_matmul(q32)

@@ -11,13 +11,13 @@ row at each position reset and runs causal SDPA on each example alone, and
 falls back to plain SDPA (with its mask) for any other batch, so padded
 batches, evaluation and generation behave as before.
 
-On a CPU each example's attention is written out as two batched matmuls
-and a float32 softmax instead of a call to SDPA: PyTorch's CPU flash kernel
-works in small blocks that suit long sequences, and at the few hundred
-tokens of a fine-tuning example its backward pass alone took longer than the
-matmuls of a whole layer here (docs/performance.md has the figures). Under
-autocast the matmuls run in bf16 and the softmax in float32. CUDA keeps
-SDPA's fused kernels.
+On a CPU computing in bf16 each example's attention is written out as two
+batched matmuls and a softmax instead of a call to SDPA: PyTorch's CPU flash
+kernel works in small blocks that suit long sequences, and at the few hundred
+tokens of a fine-tuning example its bf16 backward took 2.4x as long as the
+written-out one here (docs/performance.md has the figures). In float32 the
+flash kernel is as fast (the written-out version measured 9% slower), so
+float32 runs keep SDPA per example, as CUDA does.
 
 The maths is the same attention over the same pairs; tests/test_performance.py
 checks loss and every gradient against padded batches to 1e-5 in fp32.
@@ -28,7 +28,20 @@ from __future__ import annotations
 import contextlib
 
 NAME = "strop_per_example_sdpa"
-CPU_MATMUL = True  # CPU tensors: written-out attention (_cpu_causal); False: SDPA per example, as on CUDA
+# CPU tensors: "bf16" writes attention out (_cpu_causal) when it computes in 16 bits and leaves
+# float32 to SDPA's flash kernel, as fast there; "always" / "never" force one (tests).
+CPU_MATMUL = "bf16"
+
+
+def _use_matmul(query) -> bool:
+    import torch
+
+    if query.device.type != "cpu" or CPU_MATMUL == "never":
+        return False
+    if CPU_MATMUL == "always":
+        return True
+    half = (torch.bfloat16, torch.float16)
+    return (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in half) or query.dtype in half
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -45,7 +58,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         if starts and starts[0] == 0 and len(starts) > 1:
             bounds = starts + [length]
             spans = list(zip(bounds[:-1], bounds[1:]))
-            if CPU_MATMUL and query.device.type == "cpu" and not (dropout and module.training):
+            if _use_matmul(query) and not (dropout and module.training):
                 return _cpu_causal(query, key, value, spans, scaling), None
             pieces = [
                 sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
