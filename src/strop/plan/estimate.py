@@ -140,7 +140,9 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
         "fit": advice.fit(shape, s, budget),
         "time": cost.time_and_cost(shape, cfg, counted, device, utilisation=opts.get("utilisation"),
                                    tokens_per_s=rate, price_per_hour=opts.get("price_per_hour", 0.0),
-                                   checkpointing=s.gradient_checkpointing, nproc=nproc),
+                                   checkpointing=s.gradient_checkpointing, nproc=nproc,
+                                   # a CPU run without bf16 autocast gets the float32 peak
+                                   peak_tflops=hardware.cpu_peak_tflops(s.autocast) if device.kind == "cpu" else None),
         "advice": advice.method_advice(shape, s, counted.rows, counted.tokens, budget, opts.get("goal", "")),
         "measured": measured,
     }

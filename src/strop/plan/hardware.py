@@ -61,14 +61,25 @@ def available_ram_gb() -> float:
     return 0.0
 
 
+def cpu_peak_tflops(bf16: bool = True) -> float:
+    """Rough dense peak of this CPU: 2 FMA units x vector lanes x 2 flops x ~2.5 GHz per core in
+    float32; with AVX-512 BF16 or AMX and ``bf16``, twice that (a bf16 dot-product instruction does
+    two products per float32 lane; AMX can do more, counted the same to stay conservative)."""
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    flags = cpu_flags()
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fp32 = threads * 2 * lanes * 2 * 2.5e9 / 1e12
+    return fp32 * (2 if bf16 and flags & {"avx512_bf16", "amx_bf16"} else 1)
+
+
 def cpu_device() -> Device:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     flags = cpu_flags()
-    # Rough fp32 peak: 2 FMA units x vector lanes x 2 flops x ~2.5 GHz per core.
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    tflops = threads * 2 * lanes * 2 * 2.5e9 / 1e12
-    return Device("cpu", "cpu", round(available_ram_gb(), 1), round(tflops, 2), 20.0,
-                  f"this machine: {threads} threads, {'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'}, /proc/meminfo MemAvailable")
+    vector = "AVX-512" if lanes == 16 else "AVX2" if lanes == 8 else "SSE"
+    bf16 = " BF16" if flags & {"avx512_bf16", "amx_bf16"} else ""
+    return Device("cpu", "cpu", round(available_ram_gb(), 1), round(cpu_peak_tflops(), 2), 20.0,
+                  f"this machine: {threads} threads, {vector}{bf16}, /proc/meminfo MemAvailable")
 
 
 def get_device(name: str | None) -> Device:
