@@ -123,3 +123,12 @@ def test_estimate_within_20_percent_of_measured_peak(tiny_model_dir, chat_file, 
     assert plan.returncode == 0, plan.stderr
     estimate = json.loads((tmp_path / "p.json").read_text())["memory_mb"]["total"]
     assert abs(estimate - measured) / measured < 0.20, (estimate, measured)
+
+
+def test_cpu_peak_doubles_only_for_bf16_runs_on_bf16_hardware(monkeypatch):
+    from strop.plan import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert hardware.cpu_peak_tflops(True) == pytest.approx(2 * hardware.cpu_peak_tflops(False))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
+    assert hardware.cpu_peak_tflops(True) == hardware.cpu_peak_tflops(False)
