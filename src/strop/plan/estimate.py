@@ -87,12 +87,18 @@ def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tupl
     choice = str(getattr(cfg, "gradient_checkpointing", "auto")).lower()
     if choice in ("true", "false"):
         return choice == "true", f"{'on' if choice == 'true' else 'off'}: set by gradient_checkpointing"
-    s = setup_for(cfg, cfg.max_length, device.kind, tokens=cfg.micro_batch_size * cfg.max_length)
+    worst = cfg.micro_batch_size * cfg.max_length
+    s = setup_for(cfg, cfg.max_length, device.kind, tokens=worst)
+    if getattr(cfg, "score_labelled_only", False) and device.kind == "cpu":
+        from ..train.lm_head import VOCAB_TILE
+
+        s.vocab_tile = VOCAB_TILE  # every position may be labelled in the worst case, but the tiles are strop's
     need = breakdown(shape, s)["total"]
     budget = device.memory_gb * 1024 * AUTO_CHECKPOINTING_SHARE
+    sized = f"about {need:,.0f} MB without it at the worst case ({worst:,} tokens per micro-batch)"
     if need > budget:
-        return True, f"on: about {need:,.0f} MB without it exceeds 60% of {device.memory_gb:.1f} GB on {device.name}"
-    return False, f"off: about {need:,.0f} MB without it fits in 60% of {device.memory_gb:.1f} GB on {device.name}"
+        return True, f"on: {sized} exceeds 60% of {device.memory_gb:.1f} GB on {device.name}"
+    return False, f"off: {sized} fits in 60% of {device.memory_gb:.1f} GB on {device.name}"
 
 
 def make_plan(cfg, opts: dict | None = None) -> dict:
