@@ -5,6 +5,8 @@ import dataclasses
 
 from .. import models
 from ..errors import StropError
+from ..train.lm_head import VOCAB_TILE  # torch-free modules, like the planner
+from ..train.precision import weights_dtype
 from . import advice, cost, hardware
 from .memory import OPTIM_BYTES, Setup, breakdown
 from .shape import read_shape
@@ -60,10 +62,11 @@ def worst_batch_tokens(cfg, lengths: list[int]) -> int:
 def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0,
               checkpointing: bool = False) -> Setup:
     # Keys other methods add to the config are read when present.
-    from ..train.precision import weights_dtype  # torch-free
-
     autocast = autocast_for(cfg, device_kind)
+    # strop narrows the LM-head tiles on CPU only (train/lm_head.py)
+    tile = VOCAB_TILE if getattr(cfg, "score_labelled_only", False) and device_kind == "cpu" else Setup.vocab_tile
     return Setup(method=cfg.method, dtype=weights_dtype(cfg, autocast), micro_batch=cfg.micro_batch_size, seq_len=seq_len,
+                 vocab_tile=tile,
                  tokens=tokens, autocast=autocast,
                  optim=optim, gradient_checkpointing=checkpointing,
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
@@ -88,11 +91,7 @@ def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tupl
     if choice in ("true", "false"):
         return choice == "true", f"{'on' if choice == 'true' else 'off'}: set by gradient_checkpointing"
     worst = cfg.micro_batch_size * cfg.max_length
-    s = setup_for(cfg, cfg.max_length, device.kind, tokens=worst)
-    if getattr(cfg, "score_labelled_only", False) and device.kind == "cpu":
-        from ..train.lm_head import VOCAB_TILE
-
-        s.vocab_tile = VOCAB_TILE  # every position may be labelled in the worst case, but the tiles are strop's
+    s = setup_for(cfg, cfg.max_length, device.kind, tokens=worst)  # every position labelled: the worst case
     need = breakdown(shape, s)["total"]
     budget = device.memory_gb * 1024 * AUTO_CHECKPOINTING_SHARE
     sized = f"about {need:,.0f} MB without it at the worst case ({worst:,} tokens per micro-batch)"
@@ -117,15 +116,11 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     ckpt, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
     s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths), ckpt)
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
-        from ..train.lm_head import VOCAB_TILE
-
         s.scored_share = counted.trainable_tokens / counted.tokens
-        if device.kind == "cpu":  # strop narrows the tiles on CPU only
-            s.vocab_tile = VOCAB_TILE
     nproc = opts.get("nproc", 1)
-    s = dataclasses.replace(s, nproc=nproc, strategy=opts.get("distributed", "ddp"))  # per device from here on
-    if cfg.dtype == "auto" and s.strategy != "ddp":
-        s.dtype = "float32"  # as strop train: sharded strategies keep one dtype per flattened unit
+    strategy = opts.get("distributed", "ddp")
+    # per device from here on; the weights' dtype as strop train chooses it under this strategy
+    s = dataclasses.replace(s, nproc=nproc, strategy=strategy, dtype=weights_dtype(cfg, s.autocast, strategy))
     mem = breakdown(shape, s)
     budget = device.memory_gb * 1024
     measured = None

@@ -114,12 +114,12 @@ def labelled_positions_only(enabled: bool = True):
     tu._use_triton = compact_everywhere
     import torch
 
-    function = getattr(tu, "_ChunkedLogProbFunction", None)
-    if function is not None and not torch.cuda.is_available():
+    # On CUDA the Triton kernel folds each tile in place: TRL's wide tiles and its backward suit it there.
+    cpu = not torch.cuda.is_available()
+    function = getattr(tu, "_ChunkedLogProbFunction", None) if cpu else None
+    if function is not None:
         tu._ChunkedLogProbFunction = _cpu_backward_function(function)
-
-    # On CUDA the Triton kernel folds each tile in place: TRL's wide tiles are the right size there.
-    tile = None if torch.cuda.is_available() else getattr(tu, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+    tile = getattr(tu, "_CHUNKED_LOGPROB_CHUNK_SIZE", None) if cpu else None
     if tile is not None:
         tu._CHUNKED_LOGPROB_CHUNK_SIZE = min(tile, VOCAB_TILE)
     try:

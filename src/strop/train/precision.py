@@ -45,11 +45,17 @@ def native_bf16() -> bool:
 TRAINS_OR_QUANTIZES_BASE = ("full", "qlora")
 
 
-def weights_dtype(cfg, autocast: bool) -> str:
-    """The dtype the base weights are loaded in for training: ``cfg.dtype``, or for auto the choice above."""
+# Strategies that flatten each unit's weights into one buffer of one dtype: auto keeps float32.
+SHARDED_STRATEGIES = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
+
+
+def weights_dtype(cfg, autocast: bool, strategy: str = "none") -> str:
+    """The dtype the base weights are loaded in for training: ``cfg.dtype``, or for auto the choice above
+    (``strategy``: the distributed strategy, train/distributed.py)."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    return "bfloat16" if autocast and cfg.method not in TRAINS_OR_QUANTIZES_BASE else "float32"
+    frozen_base = cfg.method not in TRAINS_OR_QUANTIZES_BASE and strategy not in SHARDED_STRATEGIES
+    return "bfloat16" if autocast and frozen_base else "float32"
 
 
 def load_dtype(cfg) -> str:
@@ -57,16 +63,13 @@ def load_dtype(cfg) -> str:
     return "float32" if cfg.dtype == "auto" else cfg.dtype
 
 
-def float32_trainables(model) -> int:
-    """Upcast every trainable floating parameter that is not float32; returns how many were."""
+def float32_trainables(model) -> None:
+    """Upcast every trainable floating parameter that is not float32."""
     import torch
 
-    changed = 0
     for param in model.parameters():
         if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
             param.data = param.data.float()
-            changed += 1
-    return changed
 
 
 def use_bf16(cfg: TrainConfig) -> bool:

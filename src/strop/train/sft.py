@@ -115,9 +115,7 @@ def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: b
 def load_trainable(cfg: TrainConfig):
     """The base model in the dtype this run trains in, wrapped by its method, trainable weights in float32."""
     method = methods.get(cfg.method)
-    dtype = weights_dtype(cfg, use_bf16(cfg))
-    if cfg.dtype == "auto" and distributed.strategy() not in ("none", "ddp"):
-        dtype = "float32"  # FSDP/ZeRO flatten each unit's weights into one buffer of one dtype
+    dtype = weights_dtype(cfg, use_bf16(cfg), distributed.strategy())
     model = method.wrap(models.load_model(cfg.base_model, dtype, load_in_4bit=method.load_in_4bit,
                                           policy=models.policy(cfg)), cfg)
     if dtype != "float32" and cfg.method != "full":
