@@ -132,3 +132,48 @@ def test_cpu_peak_doubles_only_for_bf16_runs_on_bf16_hardware(monkeypatch):
     assert hardware.cpu_peak_tflops(True) == pytest.approx(2 * hardware.cpu_peak_tflops(False))
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     assert hardware.cpu_peak_tflops(True) == hardware.cpu_peak_tflops(False)
+
+
+def test_partial_checkpointing_sits_between_none_and_all():
+    from strop.plan.cost import flops_per_token
+    from strop.plan.estimate import recomputed_share
+
+    shape = read_shape_from_numbers()
+    s = Setup(method="lora", seq_len=2048, dtype="bfloat16", autocast=True, lean_layers=True)
+    totals = [breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True, "checkpoint_layers": n}))["activations"]
+              for n in (8, 16, 24, 31, 32)]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == 5  # each recomputed layer saves memory
+    assert totals[0] < breakdown(shape, s)["activations"]
+    assert totals[-1] == breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True}))["activations"]
+    half = Setup(**{**s.__dict__, "gradient_checkpointing": True, "checkpoint_layers": 16})
+    assert recomputed_share(half, shape) == 0.5 and recomputed_share(s, shape) == 0
+    assert flops_per_token(shape, "lora", 512, 0.5) == pytest.approx(
+        (flops_per_token(shape, "lora", 512, 0) + flops_per_token(shape, "lora", 512, 1)) / 2)
+
+
+def test_auto_checkpointing_recomputes_only_the_layers_it_must(tiny_model_dir, monkeypatch):
+    from types import SimpleNamespace
+
+    from strop.config import load_train_config
+    from strop.plan import estimate
+
+    shape = read_shape_from_numbers()
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": "x.jsonl", "max_length": 2048,
+                                   "micro_batch_size": 2})
+    cuda = SimpleNamespace(kind="cuda", name="test-gpu", memory_gb=0.0)
+    s = estimate.setup_for(cfg, 2048, "cuda", tokens=4096)
+    none = breakdown(shape, s)["total"]
+    every = breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True}))["total"]
+    cuda.memory_gb = (none + every) / 2 / 1024 / estimate.AUTO_CHECKPOINTING_SHARE  # room for about half
+    on, layers, why = estimate.checkpointing_choice(cfg, shape, cuda)
+    assert on and 0 < layers < shape.layers and f"first {layers} of 32 layers" in why
+    fits = breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True, "checkpoint_layers": layers}))["total"]
+    fewer = breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True, "checkpoint_layers": layers - 1}))["total"]
+    budget = cuda.memory_gb * 1024 * estimate.AUTO_CHECKPOINTING_SHARE
+    assert fits <= budget < fewer
+    cuda.memory_gb = 1000.0
+    assert estimate.checkpointing_choice(cfg, shape, cuda)[:2] == (False, 0)
+    cuda.memory_gb = 0.001
+    assert estimate.checkpointing_choice(cfg, shape, cuda)[:2] == (True, 0)  # nothing fits: every layer
+    with pytest.raises(StropError, match="checkpoint_layers: 40 is more than the model's 32 decoder layers"):
+        estimate.checkpointing_choice(SimpleNamespace(**{**cfg.__dict__, "checkpoint_layers": "40"}), shape, cuda)

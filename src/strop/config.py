@@ -84,8 +84,12 @@ class TrainConfig:
     # auto: off (faster) when the planner's estimate without it fits in 60% of the
     # device's memory, on otherwise; true/false force it (docs/performance.md)
     gradient_checkpointing: str = "auto"
+    # with checkpointing on: how many decoder layers recompute (the first N); the others keep their
+    # activations, trading memory back for speed. "all" or a count.
+    checkpoint_layers: str = "all"
     score_labelled_only: bool = True  # the LM head scores only positions with a label (train/lm_head.py)
     per_example_attention: bool = True  # padding-free rows: attention per example, not one masked square (train/varlen.py)
+    lean_layers: bool = True  # LoRA linears, SwiGLU and RMSNorm keep fewer tensors for backward (train/fused.py)
     system_prompt: str = ""  # prepended to conversations that have no system turn
     # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
     intended_use: str = ""  # "", commercial, research
@@ -125,6 +129,9 @@ class TrainConfig:
         self.gradient_checkpointing = str(self.gradient_checkpointing).lower()
         if self.gradient_checkpointing not in ("auto", "true", "false"):
             raise StropError(f"option gradient_checkpointing: {self.gradient_checkpointing!r} is not one of auto, true, false")
+        self.checkpoint_layers = str(self.checkpoint_layers).lower()
+        if self.checkpoint_layers != "all" and not (self.checkpoint_layers.isdigit() and int(self.checkpoint_layers) > 0):
+            raise StropError(f"option checkpoint_layers: {self.checkpoint_layers!r} is not 'all' or a positive number of layers")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise StropError(f"option dtype: {self.dtype!r} is not one of auto, float32, bfloat16")
         positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",

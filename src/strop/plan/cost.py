@@ -15,18 +15,18 @@ from .shape import ModelShape
 UTILISATION = {"cuda": 0.35, "cpu": 0.30}
 
 
-def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing: bool = False) -> float:
-    """Forward 2N, backward 4N for full training; frozen weights skip their weight gradient (2N)."""
+def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing: float = 0.0) -> float:
+    """Forward 2N, backward 4N for full training; frozen weights skip their weight gradient (2N).
+    ``checkpointing``: the share of layers run forward twice (True = all)."""
     n = shape.linear_params() + shape.vocab * shape.hidden  # the LM head multiplies too; lookups do not
     per_n = 6 if method == "full" else 4
-    if checkpointing:
-        per_n += 2  # one extra forward
+    per_n += 2 * float(checkpointing)  # one extra forward of the checkpointed layers
     attention = 6 * shape.layers * seq_len * shape.q_dim  # QK^T and AV, causal half, x3 for backward
     return per_n * n + attention
 
 
 def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float | None = None,
-                  tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: bool = False,
+                  tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: float = 0.0,
                   nproc: int = 1, peak_tflops: float | None = None) -> dict:
     """Steps, time per epoch and total, and cost; tokens_per_s (measured) overrides the FLOP model.
 

@@ -69,6 +69,8 @@ def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens:
                  vocab_tile=tile,
                  tokens=tokens, autocast=autocast,
                  optim=optim, gradient_checkpointing=checkpointing,
+                 checkpoint_layers=checkpoint_count(cfg),
+                 lean_layers=bool(getattr(cfg, "lean_layers", False)),
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
                  num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),
                  adapter_size=int(getattr(cfg, "adapter_size", 64)), device_kind=device_kind)
@@ -77,27 +79,56 @@ def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens:
 AUTO_CHECKPOINTING_SHARE = 0.6  # auto turns checkpointing on above this share of device memory
 
 
-def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tuple[bool, str]:
-    """Whether gradient checkpointing is on, and why; `strop train` and `strop plan` both ask here.
+def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tuple[bool, int, str]:
+    """(on, layers, why): whether gradient checkpointing is on, how many decoder layers recompute
+    (0: all of them) and why; `strop train` and `strop plan` both ask here.
 
     ``auto`` trades memory for speed only when it has to: it sizes the worst
     micro-batch (micro_batch_size x max_length tokens) without checkpointing
-    and turns it on when that estimate exceeds 60% of the device's memory
-    (available RAM on a CPU), leaving room for everything else running.
+    and, when that estimate exceeds 60% of the device's memory (available RAM
+    on a CPU, leaving room for everything else running), checkpoints the
+    fewest layers that bring it under (all of them if nothing does).
+    ``checkpoint_layers`` fixes the count instead.
     """
     if not method_allows:
-        return False, f"off: method {cfg.method} keeps trained state in the KV cache, which checkpointing drops"
+        return False, 0, f"off: method {cfg.method} keeps trained state in the KV cache, which checkpointing drops"
     choice = str(getattr(cfg, "gradient_checkpointing", "auto")).lower()
-    if choice in ("true", "false"):
-        return choice == "true", f"{'on' if choice == 'true' else 'off'}: set by gradient_checkpointing"
+    count = checkpoint_count(cfg)
+    if shape is not None and count > shape.layers:
+        raise StropError(f"option checkpoint_layers: {count} is more than the model's {shape.layers} decoder layers")
+    which = f" for the first {count} of {shape.layers if shape else '?'} layers (checkpoint_layers)" if count else ""
+    if choice == "false":
+        return False, 0, "off: set by gradient_checkpointing"
+    if choice == "true":
+        return True, count, f"on{which}: set by gradient_checkpointing"
     worst = cfg.micro_batch_size * cfg.max_length
     s = setup_for(cfg, cfg.max_length, device.kind, tokens=worst)  # every position labelled: the worst case
     need = breakdown(shape, s)["total"]
     budget = device.memory_gb * 1024 * AUTO_CHECKPOINTING_SHARE
     sized = f"about {need:,.0f} MB without it at the worst case ({worst:,} tokens per micro-batch)"
-    if need > budget:
-        return True, f"on: {sized} exceeds 60% of {device.memory_gb:.1f} GB on {device.name}"
-    return False, f"off: {sized} fits in 60% of {device.memory_gb:.1f} GB on {device.name}"
+    where = f"60% of {device.memory_gb:.1f} GB on {device.name}"
+    if need <= budget:
+        return False, 0, f"off: {sized} fits in {where}"
+    if not count:  # the fewest checkpointed layers that fit
+        for layers in range(1, shape.layers):
+            total = breakdown(shape, dataclasses.replace(s, gradient_checkpointing=True, checkpoint_layers=layers))["total"]
+            if total <= budget:
+                return True, layers, f"on for the first {layers} of {shape.layers} layers: {sized} exceeds {where}; " \
+                                     f"checkpointing {layers} brings it to about {total:,.0f} MB"
+    return True, count, f"on{which}: {sized} exceeds {where}"
+
+
+def checkpoint_count(cfg) -> int:
+    """Layers ``checkpoint_layers`` names, 0 for all of them."""
+    value = str(getattr(cfg, "checkpoint_layers", "all"))
+    return 0 if value == "all" else int(value)
+
+
+def recomputed_share(s: Setup, shape) -> float:
+    """Share of the decoder layers whose forward runs twice (0 without checkpointing)."""
+    if not s.gradient_checkpointing:
+        return 0.0
+    return min(s.checkpoint_layers or shape.layers, shape.layers) / shape.layers
 
 
 def make_plan(cfg, opts: dict | None = None) -> dict:
@@ -113,8 +144,9 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     seq_len = cfg.max_length if getattr(cfg, "packing", False) else counted.longest
     from ..methods import METHODS
 
-    ckpt, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
+    ckpt, ckpt_layers, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
     s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths), ckpt)
+    s.checkpoint_layers = ckpt_layers
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
         s.scored_share = counted.trainable_tokens / counted.tokens
     nproc = opts.get("nproc", 1)
@@ -136,12 +168,12 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
                  "longest": counted.longest, "truncated": counted.truncated,
                  "padded_tokens_per_epoch": counted.padded_tokens_per_epoch},
         "memory_mb": mem, "seq_len": seq_len, "batch_tokens": s.tokens, "autocast": s.autocast,
-        "gradient_checkpointing": {"on": ckpt, "why": ckpt_why},
+        "gradient_checkpointing": {"on": ckpt, "layers": ckpt_layers or (shape.layers if ckpt else 0), "why": ckpt_why},
         "processes": {"nproc": nproc, "distributed": s.strategy},
         "fit": advice.fit(shape, s, budget),
         "time": cost.time_and_cost(shape, cfg, counted, device, utilisation=opts.get("utilisation"),
                                    tokens_per_s=rate, price_per_hour=opts.get("price_per_hour", 0.0),
-                                   checkpointing=s.gradient_checkpointing, nproc=nproc,
+                                   checkpointing=recomputed_share(s, shape), nproc=nproc,
                                    # a CPU run without bf16 autocast gets the float32 peak
                                    peak_tflops=hardware.cpu_peak_tflops(s.autocast) if device.kind == "cpu" else None),
         "advice": advice.method_advice(shape, s, counted.rows, counted.tokens, budget, opts.get("goal", "")),

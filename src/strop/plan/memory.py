@@ -48,6 +48,13 @@ FROZEN_BODY_METHODS = ("prompt_tuning", "prefix_tuning")  # trained state sits o
 # after the CPU attention and LM-head changes); a structure-only count (2 bytes, all bf16) missed
 # 25-36%: the fp32 norm copies, the step's temporaries and allocator slack stay.
 BF16_BASE_ACT_BYTES = {"adapter": 3.8, "frozen_body": 2.6}
+# What lean LoRA layers keep (train/fused.py), units of (hidden, kv width, intermediate): the two
+# norm inputs, the input shared by q/k/v and the one shared by gate/up, q (with the attention
+# output, both hidden wide), k and v, gate and up; no dropout masks (drawn again in backward).
+LEAN_LORA_COEF = (6.0, 2.0, 2.0)
+# Bytes per such value for a bf16 base (2 structurally; the step's temporaries and allocator slack
+# on top). Fitted to benchmarks/plan_accuracy.py (LoRA at max_length 128 and 512, 2026-11-26).
+LEAN_LORA_BF16_BYTES = 3.0
 # Layers' worth of activations resident at the peak of a checkpointed backward pass.
 # Fitted to benchmarks/plan_accuracy.py with --gradient-checkpointing true (LoRA, max_length
 # 128 and 512, 2026-11-26), where counting one recomputed layer came out 9% and 30% low;
@@ -68,6 +75,8 @@ class Setup:
     autocast: bool = False  # bf16 autocast over float32 weights (mixed_precision)
     optim: str = "adamw"
     gradient_checkpointing: bool = False
+    checkpoint_layers: int = 0  # with checkpointing: how many layers recompute (0: all); the rest keep activations
+    lean_layers: bool = False  # train/fused.py; modelled for LoRA on a bf16 base, stock counts elsewhere
     lora_r: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
@@ -141,7 +150,10 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
         # a weight gradient: the q/k/v, o, gate/up inputs (3 hidden) and down's (1 intermediate).
         per_layer -= 3 * h + i
     dropout = 0.0  # bytes per token per layer
-    if s.method in ADAPTER_METHODS and s.lora_dropout > 0:
+    if s.lean_layers and s.method == "lora" and s.dtype == "bfloat16":
+        b = LEAN_LORA_BF16_BYTES
+        per_layer = LEAN_LORA_COEF[0] * h + LEAN_LORA_COEF[1] * kv + LEAN_LORA_COEF[2] * i
+    elif s.method in ADAPTER_METHODS and s.lora_dropout > 0:
         width = {"h": h, "q": shape.q_dim, "i": i}
         if s.method == "qlora":
             per_elem = b
@@ -155,8 +167,10 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
         # its backward runs, its activations, their gradients and the allocator's slack
         # add up to several layers' worth (CHECKPOINT_LAYER_COPIES).
         # Never more than keeping everything (a model with few layers).
-        copies = min(CHECKPOINT_LAYER_COPIES, shape.layers)
-        kept = tokens * (b * (shape.layers * h + copies * per_layer) + dropout)
+        checkpointed = min(s.checkpoint_layers or shape.layers, shape.layers)
+        copies = min(CHECKPOINT_LAYER_COPIES, checkpointed)
+        kept = tokens * (b * (checkpointed * h + copies * per_layer)
+                         + (shape.layers - checkpointed) * (b * per_layer + dropout) + dropout)
         return min(kept, tokens * shape.layers * (b * per_layer + dropout))
     return tokens * shape.layers * (b * per_layer + dropout)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..errors import StropError
+
 
 class MetricsLog(TrainerCallback):
     """Append one JSON object per logged step (train and eval) to metrics.jsonl."""
@@ -23,6 +25,33 @@ class MetricsLog(TrainerCallback):
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+def checkpointed_layers(model) -> int:
+    """Decoder layers that recompute in backward right now."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return sum(1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
+
+
+class CheckpointFirstLayers(TrainerCallback):
+    """With gradient checkpointing on, only the first ``count`` decoder layers recompute in backward;
+    the others keep their activations (``checkpoint_layers``: memory traded back for speed).
+    transformers' ``every_n_layers`` can only checkpoint 1/1, 1/2, 1/3 ... of the layers."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        if not args.gradient_checkpointing or model is None:
+            return
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        if self.count > len(layers):
+            raise StropError(f"option checkpoint_layers: {self.count} is more than the model's {len(layers)} decoder layers")
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i < self.count
 
 
 class Progress(TrainerCallback):

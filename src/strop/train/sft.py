@@ -16,7 +16,7 @@ from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from . import distributed, reliability
-from .callbacks import MetricsLog, Progress, generation_callbacks
+from .callbacks import CheckpointFirstLayers, MetricsLog, Progress, checkpointed_layers, generation_callbacks
 from .precision import float32_trainables, use_bf16, weights_dtype
 from .data import prepare
 from .rundir import RunDir
@@ -123,9 +123,9 @@ def load_trainable(cfg: TrainConfig):
     return model
 
 
-def checkpointing(cfg: TrainConfig) -> tuple[bool, str]:
-    """Gradient checkpointing for this run and why (``plan.estimate.checkpointing_choice``)."""
-    from ..plan.estimate import checkpointing_choice
+def checkpointing(cfg: TrainConfig) -> tuple[bool, int, str]:
+    """Gradient checkpointing for this run: on, how many layers (0: all), why (``plan.estimate.checkpointing_choice``)."""
+    from ..plan.estimate import checkpoint_count, checkpointing_choice
     from ..plan.hardware import get_device
     from ..plan.shape import read_shape
 
@@ -134,7 +134,7 @@ def checkpointing(cfg: TrainConfig) -> tuple[bool, str]:
     if not method.gradient_checkpointing:
         return checkpointing_choice(cfg, None, None, False)
     if cfg.gradient_checkpointing == "auto" and (isinstance(model_dir, str) or not (model_dir / "config.json").is_file()):
-        return True, "on: no config.json to size the model from"
+        return True, checkpoint_count(cfg), "on: no config.json to size the model from"
     import torch
 
     return checkpointing_choice(cfg, read_shape(model_dir), get_device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -150,6 +150,7 @@ def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
         "method": cfg.method,
         "base_model": cfg.base_model,
         "gradient_checkpointing": trainer.args.gradient_checkpointing,
+        "checkpointed_layers": checkpointed_layers(trainer.model) if trainer.args.gradient_checkpointing else 0,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "best_eval_loss": trainer.state.best_metric,
@@ -242,6 +243,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     callbacks = [MetricsLog(run.metrics), distributed.SaveBarrier(), reliability.CheckpointManifest(), stop, guard,
                  distributed.StopTogether(stop, guard)]
     callbacks += [Progress()] if progress else []
+    checkpointed = checkpointing(cfg)[1]
+    callbacks += [CheckpointFirstLayers(checkpointed)] if checkpointed else []
     callbacks += generation_callbacks(cfg, tok, run.metrics)  # BLEU/ROUGE/exact match on held-out prompts
     if has_eval and cfg.early_stopping_patience > 0 and cfg.keep_best:  # the callback needs the best-model tracking
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
@@ -260,10 +263,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
     t0 = time.monotonic()
     from .lm_head import labelled_positions_only
+    from .fused import lean_layers
     from .varlen import per_example_attention
 
     with labelled_positions_only(cfg.score_labelled_only), reliability.disk_errors(run), \
-            per_example_attention(trainer.model, cfg.padding_free and cfg.per_example_attention):
+            per_example_attention(trainer.model, cfg.padding_free and cfg.per_example_attention), \
+            lean_layers(trainer.model, cfg.lean_layers):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
