@@ -55,6 +55,9 @@ LEAN_LORA_COEF = (6.0, 2.0, 2.0)
 # Bytes per such value for a bf16 base (2 structurally; the step's temporaries and allocator slack
 # on top). Fitted to benchmarks/plan_accuracy.py (LoRA at max_length 128 and 512, 2026-11-26).
 LEAN_LORA_BF16_BYTES = 3.0
+# Prompt/prefix tuning under lean layers (bf16 base; only the norms and SwiGLU are lean there):
+# BF16_BASE_ACT_BYTES["frozen_body"] came out 26% high, refitted on the same benchmark's rows.
+LEAN_FROZEN_BODY_BF16_BYTES = 1.9
 # Layers' worth of activations resident at the peak of a checkpointed backward pass.
 # Fitted to benchmarks/plan_accuracy.py with --gradient-checkpointing true (LoRA, max_length
 # 128 and 512, 2026-11-26), where counting one recomputed layer came out 9% and 30% low;
@@ -138,7 +141,10 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
     elif s.dtype == "bfloat16":
         # bf16 base under autocast (dtype auto): the matmuls keep bf16 values, but the norms still
         # upcast to fp32 and the step's transients come on top; fitted, see BF16_BASE_ACT_BYTES.
-        b = BF16_BASE_ACT_BYTES["frozen_body" if s.method in FROZEN_BODY_METHODS else "adapter"]
+        frozen_body = s.method in FROZEN_BODY_METHODS
+        b = BF16_BASE_ACT_BYTES["frozen_body" if frozen_body else "adapter"]
+        if s.lean_layers and frozen_body:
+            b = LEAN_FROZEN_BODY_BF16_BYTES
     else:
         # Under autocast the matmul inputs and outputs are kept in bf16 while
         # the norms, rotary and residual stream stay in fp32: about half each.

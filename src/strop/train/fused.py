@@ -20,7 +20,9 @@ the activation in backward. RMSNorm keeps its input in the input's dtype and
 one float32 scale per token. Liger kernels and Unsloth do this with Triton on
 GPUs; nothing in the CPU stack does, hence these. Anything unusual (a merged
 or disabled adapter, several adapters, DoRA, a LoRA bias, quantised bases,
-evaluation without gradients) keeps the stock forward.
+evaluation without gradients) keeps the stock forward, and so do FSDP and
+DeepSpeed runs, whose weights are gathered for a module's forward and
+released after it (the functions keep a reference for backward).
 
 tests/test_performance.py checks loss and every gradient against the stock
 modules to 1e-5 in fp32, and the dropout path against a reference that uses

@@ -264,11 +264,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     t0 = time.monotonic()
     from .lm_head import labelled_positions_only
     from .fused import lean_layers
+    from .precision import SHARDED_STRATEGIES
     from .varlen import per_example_attention
 
     with labelled_positions_only(cfg.score_labelled_only), reliability.disk_errors(run), \
             per_example_attention(trainer.model, cfg.padding_free and cfg.per_example_attention), \
-            lean_layers(trainer.model, cfg.lean_layers):
+            lean_layers(trainer.model, cfg.lean_layers and distributed.strategy() not in SHARDED_STRATEGIES):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
