@@ -177,3 +177,13 @@ def test_checkpoint_layers_option_end_to_end(tiny_model_dir, chat_file, tmp_path
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "strop: option checkpoint_layers: 3 is more than the model's 2 decoder layers"
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_dropout_mask_drops_at_rate_p_and_keeps_the_mean(p):
+    ones = torch.ones(400, 500)
+    dropped = fused._dropped(ones, p, seed=3)
+    assert abs((dropped == 0).float().mean().item() - p) < 0.005
+    assert abs(dropped.mean().item() - 1.0) < 0.01
+    assert torch.equal(dropped, fused._dropped(ones, p, seed=3))  # drawn again, identical
+    assert not torch.equal(dropped, fused._dropped(ones, p, seed=4))

