@@ -8,6 +8,7 @@ MFU (model FLOPs against the card's dense bf16 peak) and peak GPU memory.
 
     python benchmarks/train_throughput.py                    # CPU, 12 steps
     python benchmarks/train_throughput.py --steps 30 --json out.json
+    python benchmarks/train_throughput.py --strop-args "--gradient-checkpointing true --checkpoint-layers 20"
     python benchmarks/train_throughput.py --device cuda      # skipped cleanly without a GPU
 """
 from __future__ import annotations
