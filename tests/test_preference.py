@@ -227,3 +227,13 @@ def test_cli_reports_bad_objective_data_in_one_line(tmp_path, capsys):
                  "--report-to", "none"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("strop: ") and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_layers_is_refused_for_preference_objectives(tiny_model_dir, tmp_path):
+    """TRL's DPO trainer re-enables checkpointing on every layer around its reference pass, so a partial
+    count would be silently dropped; strop says so instead."""
+    data = _subset(PAIRS, tmp_path / "pairs.jsonl", 4)
+    cfg = _cfg(tiny_model_dir, tmp_path, data, objective="dpo", max_steps=1, gradient_checkpointing="true",
+               checkpoint_layers=1)
+    with pytest.raises(StropError, match="checkpoint_layers: works with objective sft only"):
+        _train(cfg)

@@ -94,8 +94,8 @@ def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tupl
         return False, 0, f"off: method {cfg.method} keeps trained state in the KV cache, which checkpointing drops"
     choice = str(getattr(cfg, "gradient_checkpointing", "auto")).lower()
     count = checkpoint_count(cfg)
-    if shape is not None and count > shape.layers:
-        raise StropError(f"option checkpoint_layers: {count} is more than the model's {shape.layers} decoder layers")
+    if shape is not None:
+        check_checkpoint_layers(count, shape.layers)
     which = f" for the first {count} of {shape.layers if shape else '?'} layers (checkpoint_layers)" if count else ""
     if choice == "false":
         return False, 0, "off: set by gradient_checkpointing"
@@ -122,6 +122,11 @@ def checkpoint_count(cfg) -> int:
     """Layers ``checkpoint_layers`` names, 0 for all of them."""
     value = str(getattr(cfg, "checkpoint_layers", "all"))
     return 0 if value == "all" else int(value)
+
+
+def check_checkpoint_layers(count: int, layers: int) -> None:
+    if count > layers:
+        raise StropError(f"option checkpoint_layers: {count} is more than the model's {layers} decoder layers")
 
 
 def recomputed_share(s: Setup, shape) -> float:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..errors import StropError
-
 
 class MetricsLog(TrainerCallback):
     """Append one JSON object per logged step (train and eval) to metrics.jsonl."""
@@ -45,11 +43,12 @@ class CheckpointFirstLayers(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         from transformers.modeling_layers import GradientCheckpointingLayer
 
+        from ..plan.estimate import check_checkpoint_layers
+
         if not args.gradient_checkpointing or model is None:
             return
         layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        if self.count > len(layers):
-            raise StropError(f"option checkpoint_layers: {self.count} is more than the model's {len(layers)} decoder layers")
+        check_checkpoint_layers(self.count, len(layers))  # a model without config.json is sized only here
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < self.count
 

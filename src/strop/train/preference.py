@@ -20,7 +20,8 @@ from .callbacks import MetricsLog, Progress
 from .precision import load_dtype, use_bf16, weights_dtype
 from .preference_data import build_rows
 from .rundir import RunDir
-from .sft import _check_output, _raise_if_stopped, _rewind_metrics, _tracker, common_args, load_trainable, run_summary, save_final
+from .sft import (_check_output, _raise_if_stopped, _rewind_metrics, _tracker, checkpointing, common_args,
+                  load_trainable, run_summary, save_final)
 
 
 def _policy(cfg: TrainConfig):
@@ -182,9 +183,14 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
     callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
     callbacks += [Progress()] if progress else []
+    on, layers, why = checkpointing(cfg)
+    if layers and cfg.checkpoint_layers != "all":
+        raise StropError(f"option checkpoint_layers: works with objective sft only; TRL's {cfg.objective} trainer "
+                         "switches checkpointing back on for every layer (leave it at all)")
+    checkpoint = (on, 0, why)  # where auto would recompute only some layers, these objectives recompute all
     if has_eval and cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = TRAINERS[cfg.objective](cfg, common_args(cfg, run, report_to, has_eval), data, tok, callbacks)
+    trainer = TRAINERS[cfg.objective](cfg, common_args(cfg, run, report_to, has_eval, checkpoint), data, tok, callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl

@@ -80,8 +80,9 @@ def _rewind_metrics(run: RunDir, checkpoint: Path) -> None:
     run.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool) -> dict:
-    """TrainingArguments every objective shares (SFT, DPO, GRPO ...)."""
+def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool, checkpoint: tuple) -> dict:
+    """TrainingArguments every objective shares (SFT, DPO, GRPO ...); ``checkpoint`` is :func:`checkpointing`'s
+    decision, taken once per run (the free memory it reads changes)."""
     import torch
 
     return dict(
@@ -107,7 +108,7 @@ def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: b
         use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is a CPU run
         **distributed.trainer_args(),
         # TRL turns checkpointing on by default; strop decides from memory (auto).
-        gradient_checkpointing=checkpointing(cfg)[0],
+        gradient_checkpointing=checkpoint[0],
         **_schedule(cfg, has_eval),
     )
 
@@ -138,6 +139,12 @@ def checkpointing(cfg: TrainConfig) -> tuple[bool, int, str]:
     import torch
 
     return checkpointing_choice(cfg, read_shape(model_dir), get_device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def checkpoint_callbacks(checkpoint: tuple) -> list:
+    """The callback that leaves the later layers un-checkpointed when only some recompute."""
+    on, layers, _ = checkpoint
+    return [CheckpointFirstLayers(layers)] if on and layers else []
 
 
 def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
@@ -228,8 +235,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     has_eval = bool(prepared.eval)
 
     model = load_trainable(cfg)
+    checkpoint = checkpointing(cfg)
     args = SFTConfig(
-        **common_args(cfg, run, report_to, has_eval),
+        **common_args(cfg, run, report_to, has_eval, checkpoint),
         # strop truncates while rendering; TRL refuses a max_length with padding-free rows.
         max_length=None if cfg.padding_free else cfg.max_length,
         # Padding-free rows hold no pad tokens, and the pad id doubles as <|im_end|>,
@@ -243,8 +251,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     callbacks = [MetricsLog(run.metrics), distributed.SaveBarrier(), reliability.CheckpointManifest(), stop, guard,
                  distributed.StopTogether(stop, guard)]
     callbacks += [Progress()] if progress else []
-    checkpointed = checkpointing(cfg)[1]
-    callbacks += [CheckpointFirstLayers(checkpointed)] if checkpointed else []
+    callbacks += checkpoint_callbacks(checkpoint)
     callbacks += generation_callbacks(cfg, tok, run.metrics)  # BLEU/ROUGE/exact match on held-out prompts
     if has_eval and cfg.early_stopping_patience > 0 and cfg.keep_best:  # the callback needs the best-model tracking
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
