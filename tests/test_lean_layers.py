@@ -187,3 +187,26 @@ def test_dropout_mask_drops_at_rate_p_and_keeps_the_mean(p):
     assert abs(dropped.mean().item() - 1.0) < 0.01
     assert torch.equal(dropped, fused._dropped(ones, p, seed=3))  # drawn again, identical
     assert not torch.equal(dropped, fused._dropped(ones, p, seed=4))
+
+
+def test_lean_lora_linear_with_a_bias_matches_peft():
+    """Qwen-style q/k/v projections carry a bias; a trained bias gets its gradient too."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 40, bias=True))
+    model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights=False))
+    model.base_model.model[0].base_layer.bias.requires_grad_(True)
+    model.train()
+    x = torch.randn(3, 7, 24, requires_grad=True)
+    outs = []
+    for lean in (False, True):
+        model.zero_grad()
+        x.grad = None
+        with lean_layers(model, lean) as patched:
+            assert patched == (1 if lean else 0)
+            y = model(x)
+            (y * torch.linspace(-1, 1, 40)).sum().backward()
+        outs.append([y.detach(), x.grad.clone()] + [p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
