@@ -171,6 +171,8 @@ def test_auto_checkpointing_recomputes_only_the_layers_it_must(tiny_model_dir, m
     fewer = breakdown(shape, Setup(**{**s.__dict__, "gradient_checkpointing": True, "checkpoint_layers": layers - 1}))["total"]
     budget = cuda.memory_gb * 1024 * estimate.AUTO_CHECKPOINTING_SHARE
     assert fits <= budget < fewer
+    dpo = SimpleNamespace(**{**cfg.__dict__, "objective": "dpo"})
+    assert estimate.checkpointing_choice(dpo, shape, cuda)[:2] == (True, 0)  # preference trainers: every layer
     cuda.memory_gb = 1000.0
     assert estimate.checkpointing_choice(cfg, shape, cuda)[:2] == (False, 0)
     cuda.memory_gb = 0.001

@@ -109,7 +109,8 @@ def checkpointing_choice(cfg, shape, device, method_allows: bool = True) -> tupl
     where = f"60% of {device.memory_gb:.1f} GB on {device.name}"
     if need <= budget:
         return False, 0, f"off: {sized} fits in {where}"
-    if not count:  # the fewest checkpointed layers that fit
+    # the fewest checkpointed layers that fit; TRL's preference trainers re-enable every layer
+    if not count and getattr(cfg, "objective", "sft") == "sft":
         for layers in range(1, shape.layers):
             total = breakdown(shape, dataclasses.replace(s, gradient_checkpointing=True, checkpoint_layers=layers))["total"]
             if total <= budget:
