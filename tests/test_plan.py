@@ -179,3 +179,13 @@ def test_auto_checkpointing_recomputes_only_the_layers_it_must(tiny_model_dir, m
     assert estimate.checkpointing_choice(cfg, shape, cuda)[:2] == (True, 0)  # nothing fits: every layer
     with pytest.raises(StropError, match="checkpoint_layers: 40 is more than the model's 32 decoder layers"):
         estimate.checkpointing_choice(SimpleNamespace(**{**cfg.__dict__, "checkpoint_layers": "40"}), shape, cuda)
+
+
+def test_fit_advice_recomputes_every_layer_when_only_some_do():
+    shape = read_shape_from_numbers()
+    s = Setup(method="lora", micro_batch=1, seq_len=8192, dtype="bfloat16", autocast=True, lean_layers=True,
+              gradient_checkpointing=True, checkpoint_layers=4, device_kind="cuda")
+    every = breakdown(shape, Setup(**{**s.__dict__, "checkpoint_layers": 0}))["total"]
+    result = fit(shape, s, every + 1)
+    assert result["fixed"] and result["fixes"][0]["setting"] == "gradient_checkpointing true, checkpoint_layers all"
+    assert result["fixes"][0]["total_mb"] == every

@@ -21,8 +21,9 @@ def _apply(fix: str, s: Setup) -> Setup | None:
     r = dataclasses.replace
     if fix == "micro_batch":
         return r(s, micro_batch=s.micro_batch // 2, tokens=s.tokens // 2) if s.micro_batch > 1 else None
-    if fix == "checkpointing":
-        return None if s.gradient_checkpointing else r(s, gradient_checkpointing=True)
+    if fix == "checkpointing":  # every layer (a run may recompute only some, checkpoint_layers)
+        every = s.gradient_checkpointing and not s.checkpoint_layers
+        return None if every else r(s, gradient_checkpointing=True, checkpoint_layers=0)
     if fix == "optim8":
         return r(s, optim="adamw_8bit") if s.optim == "adamw" and s.device_kind == "cuda" else None
     if fix == "lora":
@@ -53,7 +54,7 @@ def fit(shape: ModelShape, s: Setup, budget_mb: float) -> dict:
 
 
 def _setting(fix: str, s: Setup) -> str:
-    return {"micro_batch": f"micro_batch_size {s.micro_batch}", "checkpointing": "gradient_checkpointing true",
+    return {"micro_batch": f"micro_batch_size {s.micro_batch}", "checkpointing": "gradient_checkpointing true, checkpoint_layers all",
             "optim8": "optim adamw_8bit", "lora": "method lora", "qlora": "method qlora",
             "max_length": f"max_length {s.seq_len}"}[fix]
 
