@@ -2,7 +2,8 @@
 
 What a training step keeps for backward decides its peak memory. Measured on
 SmolLM2-135M with LoRA on every linear (bf16 base), the stock modules keep
-about 30 KB per token per decoder layer, and half of it is copies:
+about 25 KB per token per decoder layer (weights not counted), much of it
+copies:
 
 - peft's LoRA linear casts its input to the adapter's float32 and autocast
   casts it back to bf16, so q, k and v (and gate and up) each store their own
@@ -11,20 +12,22 @@ about 30 KB per token per decoder layer, and half of it is copies:
 - RMSNorm stores its input in float32 (twice the bf16 size).
 
 While a run trains, :func:`lean_layers` gives those modules a forward built on
-three autograd functions of strop's own. The LoRA one computes
+autograd functions of strop's own. The LoRA one computes
 ``x W^T + s * (drop(x) A^T) B^T`` as one matmul plus one accumulating matmul
 and keeps only ``x`` (shared by every projection that reads it) and the
 rank-r product; a dropout mask is drawn from a seed and drawn again in
 backward instead of being stored. SwiGLU keeps gate and up and recomputes
-the activation in backward. RMSNorm keeps its input in the input's dtype and
-one float32 scale per token. Liger kernels and Unsloth do this with Triton on
+the activation in backward (with a LoRA ``down_proj``, the down projection's
+input too). RMSNorm keeps its input in the input's dtype and
+one float32 scale per token. Together: about 14 KB per token per layer.
+Liger kernels and Unsloth do this with Triton on
 GPUs; nothing in the CPU stack does, hence these. Anything unusual (a merged
 or disabled adapter, several adapters, DoRA, a LoRA bias, quantised bases,
 evaluation without gradients) keeps the stock forward, and so do FSDP and
 DeepSpeed runs, whose weights are gathered for a module's forward and
 released after it (the functions keep a reference for backward).
 
-tests/test_performance.py checks loss and every gradient against the stock
+tests/test_lean_layers.py checks loss and every gradient against the stock
 modules to 1e-5 in fp32, and the dropout path against a reference that uses
 the same mask. ``lean_layers: false`` turns it off.
 """
