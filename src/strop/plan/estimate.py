@@ -60,7 +60,7 @@ def worst_batch_tokens(cfg, lengths: list[int]) -> int:
 
 
 def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens: int = 0,
-              checkpointing: bool = False) -> Setup:
+              checkpointing: bool = False, checkpoint_layers: int = 0) -> Setup:
     # Keys other methods add to the config are read when present.
     autocast = autocast_for(cfg, device_kind)
     # strop narrows the LM-head tiles on CPU only (train/lm_head.py)
@@ -69,7 +69,7 @@ def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens:
                  vocab_tile=tile,
                  tokens=tokens, autocast=autocast,
                  optim=optim, gradient_checkpointing=checkpointing,
-                 checkpoint_layers=checkpoint_count(cfg),
+                 checkpoint_layers=checkpoint_layers,
                  lean_layers=bool(getattr(cfg, "lean_layers", False)),
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
                  num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),
@@ -151,8 +151,8 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     from ..methods import METHODS
 
     ckpt, ckpt_layers, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
-    s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths), ckpt)
-    s.checkpoint_layers = ckpt_layers
+    s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), worst_batch_tokens(cfg, counted.lengths),
+                  ckpt, ckpt_layers)
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
         s.scored_share = counted.trainable_tokens / counted.tokens
     nproc = opts.get("nproc", 1)

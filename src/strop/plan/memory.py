@@ -134,51 +134,61 @@ def batch_tokens(s: Setup) -> int:
     return (s.tokens or s.micro_batch * s.seq_len) + virtual
 
 
-def activation_bytes(shape: ModelShape, s: Setup) -> float:
-    tokens = batch_tokens(s)
+def _bytes_per_value(s: Setup) -> float:
+    """Bytes per activation value (units of ACT_COEF) for the stock modules."""
     if s.method == "qlora":
-        b = 2.0
-    elif s.dtype == "bfloat16":
+        return 2.0
+    if s.dtype == "bfloat16":
         # bf16 base under autocast (dtype auto): the matmuls keep bf16 values, but the norms still
         # upcast to fp32 and the step's transients come on top; fitted, see BF16_BASE_ACT_BYTES.
-        frozen_body = s.method in FROZEN_BODY_METHODS
-        b = BF16_BASE_ACT_BYTES["frozen_body" if frozen_body else "adapter"]
-        if s.lean_layers and frozen_body:
-            b = LEAN_FROZEN_BODY_BF16_BYTES
+        if s.method in FROZEN_BODY_METHODS:
+            return LEAN_FROZEN_BODY_BF16_BYTES if s.lean_layers else BF16_BASE_ACT_BYTES["frozen_body"]
+        return BF16_BASE_ACT_BYTES["adapter"]
+    # Under autocast the matmul inputs and outputs are kept in bf16 while
+    # the norms, rotary and residual stream stay in fp32: about half each.
+    return 3.0 if s.autocast else 4.0
+
+
+def _dropout_bytes(shape: ModelShape, s: Setup, b: float) -> float:
+    """Bytes per token per layer that LoRA-style dropout keeps (peft's forward)."""
+    if s.method not in ADAPTER_METHODS or s.lora_dropout <= 0:
+        return 0.0
+    width = {"h": shape.hidden, "q": shape.q_dim, "i": shape.intermediate}
+    if s.method == "qlora":
+        per_elem = b
+    elif s.dtype == "bfloat16":
+        per_elem = 3.0  # bf16 input: the dropped-out bf16 values and a one-byte mask, no extra cast
     else:
-        # Under autocast the matmul inputs and outputs are kept in bf16 while
-        # the norms, rotary and residual stream stay in fp32: about half each.
-        b = 3.0 if s.autocast else 4.0
+        per_elem = DROPOUT_BYTES["autocast" if s.autocast else "plain"]
+    return per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
+
+
+def activation_bytes(shape: ModelShape, s: Setup) -> float:
+    tokens = batch_tokens(s)
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
-    per_layer = ACT_COEF[0] * h + ACT_COEF[1] * kv + ACT_COEF[2] * i
+    if s.lean_layers and s.method == "lora" and s.dtype == "bfloat16":
+        # what train/fused.py keeps; no dropout copies (its masks are drawn again in backward)
+        b, coef, dropout = LEAN_LORA_BF16_BYTES, LEAN_LORA_COEF, 0.0
+    else:
+        b, coef = _bytes_per_value(s), ACT_COEF
+        dropout = _dropout_bytes(shape, s, b)  # bytes per token per layer
+    per_layer = coef[0] * h + coef[1] * kv + coef[2] * i
     if s.method in FROZEN_BODY_METHODS:
         # Nothing inside the layers trains, so the linear layers keep no input for
         # a weight gradient: the q/k/v, o, gate/up inputs (3 hidden) and down's (1 intermediate).
         per_layer -= 3 * h + i
-    dropout = 0.0  # bytes per token per layer
-    if s.lean_layers and s.method == "lora" and s.dtype == "bfloat16":
-        b = LEAN_LORA_BF16_BYTES
-        per_layer = LEAN_LORA_COEF[0] * h + LEAN_LORA_COEF[1] * kv + LEAN_LORA_COEF[2] * i
-    elif s.method in ADAPTER_METHODS and s.lora_dropout > 0:
-        width = {"h": h, "q": shape.q_dim, "i": i}
-        if s.method == "qlora":
-            per_elem = b
-        elif s.dtype == "bfloat16":
-            per_elem = 3.0  # bf16 input: the dropped-out bf16 values and a one-byte mask, no extra cast
-        else:
-            per_elem = DROPOUT_BYTES["autocast" if s.autocast else "plain"]
-        dropout = per_elem * sum(width[DROPOUT_COEF[k]] for k in adapted(shape, s.lora_targets))
-    if s.gradient_checkpointing:
-        # Only each layer's input is kept; one layer is recomputed at a time, and while
-        # its backward runs, its activations, their gradients and the allocator's slack
-        # add up to several layers' worth (CHECKPOINT_LAYER_COPIES).
-        # Never more than keeping everything (a model with few layers).
-        checkpointed = min(s.checkpoint_layers or shape.layers, shape.layers)
-        copies = min(CHECKPOINT_LAYER_COPIES, checkpointed)
-        kept = tokens * (b * (checkpointed * h + copies * per_layer)
-                         + (shape.layers - checkpointed) * (b * per_layer + dropout) + dropout)
-        return min(kept, tokens * shape.layers * (b * per_layer + dropout))
-    return tokens * shape.layers * (b * per_layer + dropout)
+    everything = tokens * shape.layers * (b * per_layer + dropout)
+    if not s.gradient_checkpointing:
+        return everything
+    # Only each checkpointed layer's input is kept; one layer is recomputed at a time, and
+    # while its backward runs, its activations, their gradients and the allocator's slack add
+    # up to several layers' worth (CHECKPOINT_LAYER_COPIES). Layers past checkpoint_layers keep
+    # everything. Never more than keeping everything (a model with few layers).
+    checkpointed = min(s.checkpoint_layers or shape.layers, shape.layers)
+    copies = min(CHECKPOINT_LAYER_COPIES, checkpointed)
+    kept = tokens * (b * (checkpointed * h + copies * per_layer)
+                     + (shape.layers - checkpointed) * (b * per_layer + dropout) + dropout)
+    return min(kept, everything)
 
 
 def lm_head_bytes(shape: ModelShape, s: Setup) -> float:

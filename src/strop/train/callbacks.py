@@ -25,11 +25,16 @@ class MetricsLog(TrainerCallback):
             fh.write(json.dumps(row) + "\n")
 
 
-def checkpointed_layers(model) -> int:
-    """Decoder layers that recompute in backward right now."""
+def _decoder_layers(model) -> list:
+    """The repeated blocks transformers can checkpoint, in order."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    return sum(1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def checkpointed_layers(model) -> int:
+    """Decoder layers that recompute in backward right now."""
+    return sum(1 for layer in _decoder_layers(model) if layer.gradient_checkpointing)
 
 
 class CheckpointFirstLayers(TrainerCallback):
@@ -41,13 +46,11 @@ class CheckpointFirstLayers(TrainerCallback):
         self.count = count
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
         from ..plan.estimate import check_checkpoint_layers
 
         if not args.gradient_checkpointing or model is None:
             return
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        layers = _decoder_layers(model)
         check_checkpoint_layers(self.count, len(layers))  # a model without config.json is sized only here
         for i, layer in enumerate(layers):
             layer.gradient_checkpointing = i < self.count

@@ -141,12 +141,6 @@ def checkpointing(cfg: TrainConfig) -> tuple[bool, int, str]:
     return checkpointing_choice(cfg, read_shape(model_dir), get_device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def checkpoint_callbacks(checkpoint: tuple) -> list:
-    """The callback that leaves the later layers un-checkpointed when only some recompute."""
-    on, layers, _ = checkpoint
-    return [CheckpointFirstLayers(layers)] if on and layers else []
-
-
 def run_summary(cfg: TrainConfig, trainer, result, wall: float) -> dict:
     """The figures every run records in summary.json, whatever its objective."""
     import torch
@@ -251,7 +245,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     callbacks = [MetricsLog(run.metrics), distributed.SaveBarrier(), reliability.CheckpointManifest(), stop, guard,
                  distributed.StopTogether(stop, guard)]
     callbacks += [Progress()] if progress else []
-    callbacks += checkpoint_callbacks(checkpoint)
+    on, layers, _ = checkpoint
+    callbacks += [CheckpointFirstLayers(layers)] if on and layers else []  # only the first layers recompute
     callbacks += generation_callbacks(cfg, tok, run.metrics)  # BLEU/ROUGE/exact match on held-out prompts
     if has_eval and cfg.early_stopping_patience > 0 and cfg.keep_best:  # the callback needs the best-model tracking
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
