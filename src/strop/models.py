@@ -192,9 +192,19 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "strop_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)  # the Rust tokenizers library raises a plain Exception on a full disk
+        (tmp / "strop_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
+    except Exception as exc:
+        from .train.reliability import disk_full_reason
+
+        why = disk_full_reason(exc)
+        if why is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StropError(f"disk full while converting {gguf} into {target.parent} ({why}); free space and "
+                         "run again", exit_code=4) from None
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # the directory appears complete or not at all
 

@@ -279,6 +279,33 @@ def test_disk_full_during_save_keeps_last_checkpoint_and_says_so(tiny_model_dir,
     _same_run(reference, out)
 
 
+@pytest.mark.parametrize("where", ["checkpoint-4", "final.tmp"])
+def test_disk_full_in_tokenizer_save_is_one_line_exit_4(tiny_model_dir, sft_data, smol_tokenizer, tmp_path,
+                                                        monkeypatch, capsys, where):
+    """The Rust tokenizers library reports a full disk as a plain Exception, not an OSError."""
+    from strop.cli import main
+
+    cls = type(smol_tokenizer)
+    real = cls.save_pretrained
+
+    def full(self, save_directory, *a, **kw):
+        if str(save_directory).endswith(where):
+            raise Exception("No space left on device (os error 28)")
+        return real(self, save_directory, *a, **kw)
+
+    monkeypatch.setattr(cls, "save_pretrained", full)
+    out = tmp_path / "fulltok"
+    assert main(_cli_args(tiny_model_dir, sft_data, out, max_steps=4, save_steps=2)) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("strop: disk full") and "checkpoint-" in err[0], err
+    assert "Traceback" not in err[0]
+    assert not (out / "final").exists() and not (out / "final.tmp").exists()
+    assert not (out / "checkpoints" / "checkpoint-4").exists() or where == "final.tmp"
+    assert RunDir(out).latest_checkpoint().name == ("checkpoint-2" if where == "checkpoint-4" else "checkpoint-4")
+    for ckpt in (out / "checkpoints").glob("checkpoint-*"):
+        assert verify_manifest(ckpt), ckpt  # nothing partial left behind
+
+
 def test_disk_full_while_writing_final_leaves_no_half_model(tiny_model_dir, sft_data, tmp_path, monkeypatch, capsys):
     import errno
 

@@ -199,7 +199,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.monotonic() - t0
     _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
-    save_final(trainer.model, tok, cfg, run)
+    with reliability.disk_errors(run):  # final/ goes through final.tmp; a full disk leaves no half model
+        save_final(trainer.model, tok, cfg, run)
     _write_summary(cfg, run, trainer, result, wall, {"skipped_nonfinite_steps": guard.skipped_steps,
                                                      "loss_spikes": sample_log.spikes})
     return run

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -136,21 +137,53 @@ def harden(trainer, cfg, run, resume_from: Path | None):
     return log
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# The Rust tokenizers library (and other native code) reports a full disk as a plain
+# Exception carrying the OS text, e.g. "No space left on device (os error 28)".
+DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", f"os error {errno.ENOSPC})",
+                  f"os error {errno.EDQUOT})")
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """"No space left on device" when ``exc`` (or what it wraps) means a full disk or quota; else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.strerror or os.strerror(exc.errno)
+        if isinstance(exc, Exception) and not isinstance(exc, StropError):
+            text = str(exc)
+            low = text.lower()
+            if any(t in low for t in DISK_FULL_TEXT):
+                return "Disk quota exceeded" if "quota" in low or f"error {errno.EDQUOT})" in low \
+                    else "No space left on device"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def discard_partial_saves(run) -> None:
+    """Remove a checkpoint that never got its manifest and a final.tmp: a save cut short, giving its space back."""
+    for d in run.checkpoints.glob("checkpoint-*"):
+        if d.is_dir() and not (d / "manifest.json").is_file():
+            shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(run.root / "final.tmp", ignore_errors=True)  # a final/ cut short is never renamed into place
+
+
 @contextlib.contextmanager
 def disk_errors(run):
-    """A full disk mid-save ends the run with one line; the last sealed checkpoint is untouched."""
+    """A full disk mid-save ends the run with one line (exit 4); the last sealed checkpoint is untouched."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except StropError:
+        raise
+    except Exception as exc:
+        why = disk_full_reason(exc)
+        if why is None:
             raise
-        for d in run.checkpoints.glob("checkpoint-*"):
-            if not (d / "manifest.json").is_file():
-                shutil.rmtree(d, ignore_errors=True)  # the partial save: give its space back
-        shutil.rmtree(run.root / "final.tmp", ignore_errors=True)  # a final/ cut short is never renamed into place
+        discard_partial_saves(run)
         good = run.latest_checkpoint()
         kept = f"the last complete checkpoint is {good.name}" if good else "no complete checkpoint was written yet"
-        raise StropError(f"disk full while writing to {run.root} ({exc.strerror}); {kept}; free space, then "
+        raise StropError(f"disk full while writing to {run.root} ({why}); {kept}; free space, then "
                          "continue with --resume", exit_code=4) from None
 
 
