@@ -26,11 +26,11 @@ def rows(n: int = 12) -> str:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, tiny_model_dir):
     workdir = tmp_path_factory.mktemp("service")
     port = free_port()
     proc = subprocess.Popen(strop_cmd("service", "--port", str(port), "--workdir", str(workdir), "--api-key", KEY,
-                                      "--max-upload-mb", str(MAX_UPLOAD)),
+                                      "--max-upload-mb", str(MAX_UPLOAD), "--model-root", str(tiny_model_dir.parent)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -140,7 +140,7 @@ def test_bad_input_gets_openai_errors(client, service, train_file, tiny_model_di
         client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id,
                                        hyperparameters={"n_epochs": "many"})
     assert err.value.body["param"] == "hyperparameters.n_epochs"
-    with pytest.raises(openai.BadRequestError, match="not a built-in alias or a local model directory"):
+    with pytest.raises(openai.BadRequestError, match="not a built-in alias or a model directory this service offers"):
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train_file.id)
     with pytest.raises(openai.BadRequestError, match="unknown key 'lora_rank'"):
         client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id,

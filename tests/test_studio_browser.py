@@ -37,9 +37,10 @@ pytestmark = pytest.mark.skipif(_why_no_browser() is not None, reason=str(_why_n
 
 
 @pytest.fixture
-def studio(tmp_path):
+def studio(tmp_path, tiny_model_dir):
     port = free_port()
-    proc = subprocess.Popen(strop_cmd("studio", "--port", str(port), "--workdir", str(tmp_path / "wd"), "--concurrency", "2"),
+    proc = subprocess.Popen(strop_cmd("studio", "--port", str(port), "--workdir", str(tmp_path / "wd"), "--concurrency", "2",
+                                      "--model-root", str(tiny_model_dir.parent)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/health", proc)

@@ -19,7 +19,6 @@ routes only submit requests and turn the token ids they get back into text.
 """
 from __future__ import annotations
 
-import hmac
 import signal
 import json
 import sys
@@ -28,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,6 +39,7 @@ from ..errors import StropError
 from . import adapters as adapter_table
 from .batching import Batcher, QueueFull
 from .engine import Engine
+from .guard import API_CSP, BodyTooLarge, Guard, allowed_hosts
 from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
 from .metrics import Metrics
 
@@ -72,9 +72,9 @@ class Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, description="0 or omitted: greedy decoding")
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, le=2**63 - 1, description="OpenAI's range: a signed 64-bit integer")
     stop: str | list[str] | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=8)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -129,6 +129,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"error": APIError(413, str(exc.detail), code="request_too_large").body}, status_code=413)
+
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse({"error": exc.body}, status_code=exc.status, headers=exc.headers)
@@ -159,36 +163,12 @@ def model_id_for(name: str) -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
-def _auth(api_key: str | None):
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer KEY'",
-                           code="invalid_api_key")
-    return check
-
-
-def _body_limit(app: FastAPI, limit: int) -> None:
-    @app.middleware("http")
-    async def check(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        too_big = int(declared) > limit if declared and declared.isdigit() else len(await request.body()) > limit
-        if too_big:
-            err = APIError(413, f"request body over the {limit}-byte limit", code="request_too_large")
-            return JSONResponse({"error": err.body}, status_code=413)
-        response = await call_next(request)
-        app.state.metrics.request(request.url.path, response.status_code)
-        return response
-
-
 def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | None = None,
                max_tokens_cap: int = 2048, adapters: dict[str, Path] | None = None, max_batch: int = 8,
-               max_waiting: int = 64, max_body_bytes: int = 1 << 20) -> FastAPI:
+               max_waiting: int = 64, max_body_bytes: int = 1 << 20, bind_host: str | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` (plus any named ``adapters`` over the same base);
-    ``api_key`` (if set) guards every route but /health."""
+    ``api_key`` (if set) guards every route but /health. ``bind_host``: the address the server
+    listens on, whose names alone it answers to (guard.py); None (embedded use) checks no Host."""
     model_id = model_id or model_id_for(engine.name)
     served = _served(engine, model_id, adapters or {})
     batcher = Batcher(engine.model, engine.tok.eos_token_id, max_batch=max_batch, max_waiting=max_waiting,
@@ -198,22 +178,23 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
     app = FastAPI(title="strop", docs_url=None, redoc_url=None)
     app.state.model_id, app.state.batcher, app.state.metrics = model_id, batcher, Metrics()
     _install_error_handlers(app)
-    _body_limit(app, max_body_bytes)
-    guarded = [Depends(_auth(api_key))]
+    app.add_middleware(Guard, api_key=api_key, hosts=allowed_hosts(bind_host) if bind_host else None,
+                       public=lambda method, path: path == "/health", body_limit=lambda path: max_body_bytes,
+                       csp=lambda path: API_CSP, on_status=app.state.metrics.request)
 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/metrics", dependencies=guarded)
+    @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(app.state.metrics.render(batcher), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", dependencies=guarded)
+    @app.get("/v1/models")
     async def list_models() -> dict:
         return {"object": "list", "data": cards}
 
-    @app.get("/v1/models/{name:path}", dependencies=guarded)
+    @app.get("/v1/models/{name:path}")
     async def get_model(name: str) -> dict:
         _lookup(name, served)
         return next(c for c in cards if c["id"] == name)
@@ -221,9 +202,9 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
     async def run(req: Sampling, ids: list[int], meta: dict, kind: str):
         adapter = _lookup(req.model or model_id, served)[0]
         _check_length(len(ids), engine.context_length)
-        n = req.n or 1
-        if n < 1 or n > 8 or (req.stream and n != 1):
-            raise APIError(400, f"n={n}: use 1 to 8, and 1 when streaming", param="n")
+        n = 1 if req.n is None else req.n
+        if req.stream and n != 1:
+            raise APIError(400, f"n={n}: use 1 when streaming", param="n")
         gen = _gen_args(req, max_tokens_cap, engine.context_length - len(ids))
         try:
             reqs = submit_all(batcher, ids, gen, adapter, n)
@@ -232,23 +213,26 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
                            code="queue_full", headers={"Retry-After": "1"}) from None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(reqs[0], engine.tok, req.stops(), include_usage, meta, len(ids), kind,
-                                          app.state.metrics),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        done = [await collect(r, engine.tok, req.stops()) for r in reqs]
+            return Stream(_sse(reqs[0], engine.tok, req.stops(), include_usage, meta, len(ids), kind,
+                               app.state.metrics), reqs)
+        try:
+            done = [await collect(r, engine.tok, req.stops()) for r in reqs]
+        finally:  # one choice failing, or the client leaving, ends its siblings too
+            for r in reqs:
+                r.cancel()
         choices = [_choice(kind, i, text, out.finish_reason) for i, (text, out) in enumerate(done)]
         app.state.metrics.add("completion_tokens_total", sum(out.tokens for _, out in done))
         return {**meta, "object": OBJECT[kind], "choices": choices,
                 "usage": _usage(len(ids), sum(out.tokens for _, out in done))}
 
-    @app.post("/v1/chat/completions", dependencies=guarded)
+    @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         system = _lookup(req.model or model_id, served)[1]  # each adapter keeps its run's system prompt
         text = prompt_text(engine.tok, [m.as_dict() for m in req.messages], system)
         ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
         return await run(req, ids, _meta("chatcmpl", req.model or model_id), "chat")
 
-    @app.post("/v1/completions", dependencies=guarded)
+    @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         ids = engine.tok(req.text(), add_special_tokens=False)["input_ids"]
         return await run(req, ids, _meta("cmpl", req.model or model_id), "text")
@@ -308,6 +292,27 @@ def _usage(prompt: int, completion: int) -> dict:
 
 
 # -- streaming ----------------------------------------------------------------
+class Stream(StreamingResponse):
+    """An SSE response that cancels its requests the moment it ends, however it ends.
+
+    Starlette stops a stream on a client disconnect by cancelling it, often while
+    the generator waits at a ``yield``; the generator's own ``finally`` then runs
+    only when it is garbage-collected, and the batcher would decode for nobody.
+    """
+
+    def __init__(self, content, reqs) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.reqs = reqs
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for r in self.reqs:
+                r.cancel()
+            await self.body_iterator.aclose()
+
+
 def _event(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -342,21 +347,64 @@ async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_pr
 
 
 # -- entry point --------------------------------------------------------------
+DRAIN_CUT_OFF = 6  # exit status when SIGTERM's drain timed out and requests were cut off
+
+
 def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, *,
         adapters: list[str] | None = None, max_batch: int = 8, max_waiting: int = 64,
-        max_tokens_cap: int = 2048, drain_timeout: float = 30.0, allow_pickle: bool = False) -> None:
-    """Load ``model`` and serve it (``strop serve``). SIGTERM/Ctrl-C: stop accepting,
-    let in-flight requests finish for up to ``drain_timeout`` seconds, exit 0."""
-    import uvicorn
-
+        max_tokens_cap: int = 2048, drain_timeout: float = 30.0, allow_pickle: bool = False) -> int:
+    """Load ``model`` and serve it (``strop serve``). SIGTERM/Ctrl-C: stop accepting, let in-flight
+    requests finish for up to ``drain_timeout`` seconds; exit 0, or ``DRAIN_CUT_OFF`` if some did not."""
     table = adapter_table.parse(adapters or [], allow_pickle)  # refuse bad names before the slow model load
     engine = Engine(model, allow_pickle=allow_pickle)
     app = create_app(engine, api_key=api_key, adapters=table, max_batch=max_batch, max_waiting=max_waiting,
-                     max_tokens_cap=max_tokens_cap)
+                     max_tokens_cap=max_tokens_cap, bind_host=host)
     shown = f"[{host}]" if ":" in host else host
     print(f"strop: serving {app.state.model_id} on http://{shown}:{port}/v1", file=sys.stderr, flush=True)
+    try:
+        cut = serve_until_stopped(app, host, port, drain_timeout)
+    finally:
+        app.state.batcher.close()
+    return drained(cut, drain_timeout, "server")
+
+
+def drained(cut: int, drain_timeout: float, what: str) -> int:
+    """The one line and exit status that end a server: 0 when every request finished."""
+    if cut:
+        print(f"strop: {what} stopped; {cut} request(s) still running after the {drain_timeout:g} s drain "
+              f"(--drain-timeout) were cut off (exit {DRAIN_CUT_OFF})", file=sys.stderr, flush=True)
+        return DRAIN_CUT_OFF
+    print(f"strop: {what} stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+class _DrainLog:
+    """A logging filter on uvicorn.error: counts the tasks uvicorn cancels when the graceful
+    shutdown times out, and drops the tracebacks it would print for each of them."""
+
+    def __init__(self) -> None:
+        self.cut = 0
+
+    def filter(self, record) -> bool:
+        import asyncio
+
+        if record.getMessage().startswith("Cancel ") and "timeout graceful shutdown" in record.getMessage():
+            self.cut = int(record.args[0]) if record.args else 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (self.cut and isinstance(exc, asyncio.CancelledError))
+
+
+def serve_until_stopped(app, host: str, port: int, drain_timeout: float) -> int:
+    """uvicorn until SIGTERM/Ctrl-C; returns how many requests the drain had to cut off."""
+    import logging
+
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            timeout_graceful_shutdown=drain_timeout))
+    log, drain = logging.getLogger("uvicorn.error"), _DrainLog()
+    log.addFilter(drain)
     # uvicorn drains, restores the previous handler and re-raises the signal; a no-op
     # handler there makes a drained SIGTERM end in exit status 0, as process managers expect.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -364,5 +412,5 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | No
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    app.state.batcher.close()
-    print("strop: server stopped", file=sys.stderr, flush=True)
+        log.removeFilter(drain)
+    return drain.cut

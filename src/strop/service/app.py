@@ -5,26 +5,27 @@ studio's pages and JSON live in studio.py.
 """
 from __future__ import annotations
 
-import hmac
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import StropError
+from ..serve.guard import BodyTooLarge, Guard, allowed_hosts
 from ..serve.server import APIError
 from . import files, jobs
+from .policy import ClientPolicy
 from .serving import Delegate, Models
 from .store import ACTIVE, Store
 from .worker import Worker, run_dir
 
-COOKIE = "strop_key"
 DEFAULT_MAX_UPLOAD = 512 * 2**20
+MAX_JSON_BODY = 1 << 20  # every request but an upload: job forms, chat messages
+MULTIPART_SLACK = 1 << 16  # the multipart framing around an upload's bytes
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Service:
     worker: Worker | None
     api_key: str | None
     max_upload_bytes: int
+    policy: ClientPolicy = field(default_factory=ClientPolicy)
 
     @property
     def files_root(self) -> Path:
@@ -43,22 +45,6 @@ class Service:
     @property
     def runs_root(self) -> Path:
         return self.workdir / "runs"
-
-
-def authorized(request: Request, api_key: str | None) -> bool:
-    """A bearer key (API clients) or the studio's cookie; constant-time either way."""
-    if api_key is None:
-        return True
-    header = request.headers.get("authorization", "")
-    given = header[7:] if header[:7].lower() == "bearer " else unquote(request.cookies.get(COOKIE, ""))
-    return hmac.compare_digest(given.encode(), api_key.encode())
-
-
-def _guard(api_key: str | None):
-    async def check(request: Request) -> None:
-        if not authorized(request, api_key):
-            raise APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer KEY'", code="invalid_api_key")
-    return check
 
 
 def _errors(app: FastAPI) -> None:
@@ -73,6 +59,10 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(jobs.JobError)
     async def job_error(_: Request, exc: jobs.JobError) -> JSONResponse:
         return body(400, str(exc), exc.param, exc.code)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return body(413, str(exc.detail), None, "request_too_large")
 
     @app.exception_handler(files.TooLarge)
     async def too_large(_: Request, exc: files.TooLarge) -> JSONResponse:
@@ -95,28 +85,39 @@ def _errors(app: FastAPI) -> None:
 
 
 def create_service_app(workdir: str | Path, *, api_key: str | None = None, concurrency: int = 1,
-                       max_upload_bytes: int = DEFAULT_MAX_UPLOAD, start_worker: bool = True) -> FastAPI:
+                       max_upload_bytes: int = DEFAULT_MAX_UPLOAD, start_worker: bool = True,
+                       policy: ClientPolicy | None = None, bind_host: str | None = None) -> FastAPI:
+    """The service app. ``policy``: what API clients may set beyond the safe options (policy.py);
+    ``bind_host``: the address it listens on, whose names alone it answers to (serve/guard.py)."""
+    from .studio import csp_for, install, is_public
+
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = Store(workdir / "service.db")
     worker = Worker(store, workdir / "files", workdir / "runs", concurrency) if start_worker else None
-    svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes)
+    svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes,
+                  policy or ClientPolicy())
     app = FastAPI(title="strop service", docs_url=None, redoc_url=None)
     app.state.service = svc
     _errors(app)
-    guarded = [Depends(_guard(api_key))]
+    upload_limit = max_upload_bytes + MULTIPART_SLACK
+    app.add_middleware(Guard, api_key=api_key, hosts=allowed_hosts(bind_host) if bind_host else None,
+                       public=lambda method, path: path == "/health" or is_public(method, path),
+                       body_limit=lambda path: upload_limit if path == "/v1/files" else MAX_JSON_BODY,
+                       cookie=True, csp=csp_for, too_large=lambda path, limit: (
+                           f"upload larger than the limit of {max_upload_bytes} bytes (--max-upload-mb)"
+                           if path == "/v1/files" else f"request body over the {limit}-byte limit"))
 
     @app.get("/health")
     async def health() -> dict:
         alive = worker is None or worker.is_alive()
-        return {"status": "ok" if alive else "worker stopped", "worker": alive}
+        return {"status": "ok" if alive else "worker stopped", "worker": alive, "auth": api_key is not None,
+                **svc.policy.describe()}
 
-    _files_routes(app, svc, guarded)
-    _jobs_routes(app, svc, guarded)
-    _model_routes(app, svc, guarded)
-    from .studio import install
-
-    install(app, svc, guarded)
+    _files_routes(app, svc)
+    _jobs_routes(app, svc)
+    _model_routes(app, svc)
+    install(app, svc)
     if worker is not None:
         app.router.on_startup.append(worker.start)
         app.router.on_shutdown.append(worker.shutdown)
@@ -124,14 +125,10 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
 
 
 # -- files ---------------------------------------------------------------------
-def _files_routes(app: FastAPI, svc: Service, guarded) -> None:
-    @app.post("/v1/files", dependencies=guarded)
+def _files_routes(app: FastAPI, svc: Service) -> None:
+    @app.post("/v1/files")
     async def upload(request: Request):
-        length = request.headers.get("content-length")
-        if length is None:
-            raise APIError(411, "send the upload with a Content-Length header", code="length_required")
-        if int(length) > svc.max_upload_bytes + 2**16:  # refuse before reading; 64 KiB for the multipart framing
-            raise files.TooLarge(f"upload of {length} bytes is larger than the limit of {svc.max_upload_bytes} bytes")
+        # the guard has refused a declared length over the limit and stops a chunked body there
         form = await request.form(max_files=1, max_fields=4)
         part, purpose = form.get("file"), form.get("purpose")
         if part is None or isinstance(part, str):
@@ -142,21 +139,21 @@ def _files_routes(app: FastAPI, svc: Service, guarded) -> None:
                                       str(purpose or ""), svc.max_upload_bytes)
         return files.file_object(row)
 
-    @app.get("/v1/files", dependencies=guarded)
+    @app.get("/v1/files")
     async def list_files(purpose: str | None = None) -> dict:
         rows = [r for r in svc.store.list_files() if purpose in (None, r["purpose"])]
         return {"object": "list", "data": [files.file_object(r) for r in rows], "has_more": False}
 
-    @app.get("/v1/files/{file_id}", dependencies=guarded)
+    @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> dict:
         return files.file_object(_file(svc, file_id))
 
-    @app.get("/v1/files/{file_id}/content", dependencies=guarded)
+    @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str):
         row = _file(svc, file_id)
         return FileResponse(files.stored_path(svc.files_root, row["id"], row["filename"]), filename=row["filename"])
 
-    @app.delete("/v1/files/{file_id}", dependencies=guarded)
+    @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> dict:
         row = _file(svc, file_id)
         users = [j["id"] for j in svc.store.list_jobs(statuses=ACTIVE) if file_id in (j["training_file"], j["validation_file"])]
@@ -174,26 +171,26 @@ def _file(svc: Service, file_id: str) -> dict:
 
 
 # -- jobs ----------------------------------------------------------------------
-def _jobs_routes(app: FastAPI, svc: Service, guarded) -> None:
-    @app.post("/v1/fine_tuning/jobs", dependencies=guarded)
+def _jobs_routes(app: FastAPI, svc: Service) -> None:
+    @app.post("/v1/fine_tuning/jobs")
     async def create_job(req: jobs.JobRequest) -> dict:
         from starlette.concurrency import run_in_threadpool
 
-        job = await run_in_threadpool(jobs.create, svc.store, req, svc.files_root, svc.runs_root)
+        job = await run_in_threadpool(jobs.create, svc.store, req, svc.files_root, svc.runs_root, svc.policy)
         if svc.worker is not None:
             svc.worker.wake.set()
         return jobs.job_object(job)
 
-    @app.get("/v1/fine_tuning/jobs", dependencies=guarded)
+    @app.get("/v1/fine_tuning/jobs")
     async def list_jobs(after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
         rows = svc.store.list_jobs(after=after, limit=limit + 1)
         return {"object": "list", "data": [jobs.job_object(j) for j in rows[:limit]], "has_more": len(rows) > limit}
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}", dependencies=guarded)
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
     async def get_job(job_id: str) -> dict:
         return jobs.job_object(_job(svc, job_id))
 
-    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=guarded)
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> dict:
         job = _job(svc, job_id)
         if job["status"] != "cancelled":
@@ -205,13 +202,13 @@ def _jobs_routes(app: FastAPI, svc: Service, guarded) -> None:
                 svc.worker.wake.set()
         return jobs.job_object(svc.store.get_job(job_id))
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/events", dependencies=guarded)
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     async def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
         _job(svc, job_id)
         rows = svc.store.events(job_id, after, limit + 1)
         return {"object": "list", "data": [jobs.event_object(e) for e in rows[:limit]], "has_more": len(rows) > limit}
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", dependencies=guarded)
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
     async def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=100)) -> dict:
         from .checkpoints import list_checkpoints
 
@@ -232,19 +229,19 @@ def _job(svc: Service, job_id: str) -> dict:
 
 
 # -- models ----------------------------------------------------------------------
-def _model_routes(app: FastAPI, svc: Service, guarded) -> None:
-    @app.get("/v1/models", dependencies=guarded)
+def _model_routes(app: FastAPI, svc: Service) -> None:
+    @app.get("/v1/models")
     async def list_models() -> dict:
         return {"object": "list", "data": svc.models.names()}
 
-    @app.get("/v1/models/{name:path}", dependencies=guarded)
+    @app.get("/v1/models/{name:path}")
     async def get_model(name: str) -> dict:
         for card in svc.models.names():
             if card["id"] == name:
                 return card
         raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
 
-    @app.post("/v1/chat/completions", dependencies=guarded)
+    @app.post("/v1/chat/completions")
     async def chat(request: Request):
         import json
 
@@ -257,13 +254,20 @@ def _model_routes(app: FastAPI, svc: Service, guarded) -> None:
 
 
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          concurrency: int = 1, max_upload_mb: float = 512, studio: bool = False) -> None:
-    """Run the service until interrupted (``strop service`` / ``strop studio``)."""
-    import uvicorn
+          concurrency: int = 1, max_upload_mb: float = 512, studio: bool = False,
+          policy: ClientPolicy | None = None, drain_timeout: float = 30.0) -> int:
+    """Run the service until interrupted (``strop service`` / ``strop studio``); the exit status."""
+    from ..paths import check_output
+    from ..serve.server import drained, serve_until_stopped
 
+    check_output(workdir, kind="dir", label="--workdir")
+    policy = policy or ClientPolicy()
     app = create_service_app(workdir, api_key=api_key, concurrency=concurrency,
-                             max_upload_bytes=int(max_upload_mb * 2**20))
+                             max_upload_bytes=int(max_upload_mb * 2**20), policy=policy, bind_host=host)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/studio/" if studio else f"http://{shown}:{port}/v1"
     print(f"strop: service on {where} (workdir {Path(workdir).resolve()})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if policy.allowed:
+        print(f"strop: WARNING: API clients may set {', '.join(sorted(policy.allowed))} "
+              "(--allow-client-option), which can run code or read files on this host", file=sys.stderr, flush=True)
+    return drained(serve_until_stopped(app, host, port, drain_timeout), drain_timeout, "service")

@@ -11,11 +11,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StropError
+from .policy import ClientPolicy, JobError, scrub
 from .store import Store, new_id
 
 JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
-# Keys the API fields own; a strop extension may not set them behind the API's back.
-RESERVED = ("base_model", "data", "eval_data", "output_dir", "resume", "seed")
 Auto = Literal["auto"]
 
 
@@ -52,14 +51,6 @@ class JobRequest(BaseModel):
     strop: dict | None = Field(None, description="strop training keys beyond the hosted API (method, max_steps, lora_r...)")
 
 
-class JobError(StropError):
-    """A bad job request; ``param`` names the field, as the hosted API's errors do."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param, self.code = param, code
-
-
 def preference_available() -> bool:
     from ..config import field_names
 
@@ -77,19 +68,17 @@ def _method_and_hypers(req: JobRequest) -> tuple[str, Hyperparameters]:
     return kind, (body.hyperparameters if body and body.hyperparameters else req.hyperparameters or Hyperparameters())
 
 
-def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path) -> tuple[dict, str]:
-    """The TrainConfig mapping for a request: API fields first, then the ``strop`` extension."""
+def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path,
+                    policy: ClientPolicy) -> tuple[dict, str]:
+    """The TrainConfig mapping for a request: API fields first, then the ``strop`` extension
+    (only the keys ``policy`` lets a client set)."""
     from ..config import TrainConfig
 
     kind, hp = _method_and_hypers(req)
-    values = {"base_model": req.model, "data": str(files["training_file"]), "output_dir": str(run_dir),
+    values = {"base_model": policy.model_path(req.model), "data": str(files["training_file"]), "output_dir": str(run_dir),
               "eval_data": str(files["validation_file"]) if "validation_file" in files else "",
               "val_size": 0, "report_to": "none", "save_total_limit": 3, "seed": req.seed if req.seed is not None else 42}
-    extra = dict(req.strop or {})
-    for key in extra:
-        if key.replace("-", "_") in RESERVED:
-            raise JobError(f"strop.{key}: set through the API's own field, not the strop extension", param=f"strop.{key}")
-    values.update(extra)
+    values.update(policy.check_extension(dict(req.strop or {})))
     if isinstance(hp.n_epochs, int):
         values["num_epochs"] = hp.n_epochs
     if isinstance(hp.batch_size, int):
@@ -103,10 +92,10 @@ def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path) -> t
     return values, kind
 
 
-def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path):
+def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path, policy: ClientPolicy):
     from ..config import TrainConfig, build
 
-    values, _ = training_values(req, files, run_dir)
+    values, _ = training_values(req, files, run_dir, policy)
     try:
         return build(TrainConfig, values, origin="strop").validate()
     except JobError:
@@ -115,17 +104,9 @@ def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path):
         raise JobError(str(exc), param="strop") from None
 
 
-def check_model(name: str) -> None:
-    """Only models this machine holds: an alias or a local directory, never a download on demand."""
-    from .. import models
-
-    try:
-        found = models.resolve(name)
-    except StropError as exc:
-        raise JobError(str(exc), param="model", code="model_not_found") from None
-    if isinstance(found, str):
-        raise JobError(f"model {name!r} is not a built-in alias or a local model directory (`strop models` lists "
-                       "the aliases)", param="model", code="model_not_found")
+def check_model(name: str, policy: ClientPolicy) -> str:
+    """Only models the operator offers: an alias or a directory under the model root, never a download."""
+    return policy.model_path(name)
 
 
 def base_name(model: str) -> str:
@@ -152,7 +133,8 @@ def job_object(job: dict) -> dict:
     if float(hp["n_epochs"]).is_integer():
         hp["n_epochs"] = int(hp["n_epochs"])
     kind = job["method"]["type"]
-    return {"id": job["id"], "object": "fine_tuning.job", "created_at": job["created_at"], "error": job["error"],
+    error = job["error"] and {**job["error"], "message": scrub(job["error"].get("message"))}
+    return {"id": job["id"], "object": "fine_tuning.job", "created_at": job["created_at"], "error": error,
             "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"], "hyperparameters": hp,
             "model": job["model"], "organization_id": "strop", "result_files": [], "seed": job["seed"],
             "status": job["status"], "trained_tokens": job["trained_tokens"], "training_file": job["training_file"],
@@ -163,13 +145,13 @@ def job_object(job: dict) -> dict:
 
 def event_object(e: dict) -> dict:
     return {"id": e["id"], "object": "fine_tuning.job.event", "created_at": e["created_at"], "level": e["level"],
-            "message": e["message"], "type": e["type"], "data": e["data"]}
+            "message": scrub(e["message"]), "type": e["type"], "data": e["data"]}
 
 
-def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path) -> dict:
+def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path, policy: ClientPolicy) -> dict:
     from .files import stored_path
 
-    check_model(req.model)
+    check_model(req.model, policy)
     paths = {}
     for field in ("training_file", "validation_file"):
         file_id = getattr(req, field)
@@ -180,8 +162,8 @@ def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path) -> 
             raise JobError(f"{field}: no file with id {file_id!r}", param=field, code="invalid_file")
         paths[field] = stored_path(files_root, row["id"], row["filename"])
     job_id = new_id("ftjob")
-    _, kind = training_values(req, paths, runs_root / job_id)
-    cfg = build_config(req, paths, runs_root / job_id)  # every option error before the job exists
+    _, kind = training_values(req, paths, runs_root / job_id, policy)
+    cfg = build_config(req, paths, runs_root / job_id, policy)  # every option error before the job exists
     job = new_job(job_id, req, cfg, kind)
     store.add_job(job)
     store.add_event(job["id"], "Created fine-tuning job")

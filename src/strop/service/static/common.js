@@ -16,8 +16,12 @@ function header() {
     `<header><span class="brand">strop studio</span><nav aria-label="Studio pages"><ul>${links}</ul></nav></header>`);
 }
 
+// Every request says it comes from the studio: the service refuses a state-changing request
+// authenticated by the cookie alone without this header, which no other site's page can add.
+const STUDIO = {"X-Strop-Studio": "1"};
+
 async function api(path, options = {}) {
-  const res = await fetch(path, {credentials: "same-origin", ...options});
+  const res = await fetch(path, {credentials: "same-origin", ...options, headers: {...STUDIO, ...(options.headers || {})}});
   if (res.status === 401) { location.href = "login.html?next=" + encodeURIComponent(location.pathname + location.search); throw new Error("login needed"); }
   const body = res.headers.get("content-type")?.includes("json") ? await res.json() : await res.text();
   if (!res.ok) throw new Error(body?.error?.message || `HTTP ${res.status}`);
@@ -63,7 +67,7 @@ function lossPoints(rows, key = "loss") {
 // Stream a chat completion (SSE), calling onText with each piece; resolves to the full text.
 async function streamChat(model, messages, onText) {
   const res = await fetch("/v1/chat/completions", {method: "POST", credentials: "same-origin",
-    headers: {"Content-Type": "application/json"},
+    headers: {...STUDIO, "Content-Type": "application/json"},
     body: JSON.stringify({model, messages, stream: true, max_tokens: 64})});
   if (!res.ok) { const b = await res.json().catch(() => ({})); throw new Error(b?.error?.message || `HTTP ${res.status}`); }
   const reader = res.body.getReader(), decoder = new TextDecoder();
