@@ -105,6 +105,36 @@ def test_manifest_detects_tampering_and_torn_saves(tmp_path):
     assert RunDir(tmp_path).latest_checkpoint() == good
 
 
+def test_resume_sets_damaged_newer_checkpoints_aside_and_says_why(tmp_path):
+    from transformers.trainer_utils import get_last_checkpoint, sort_checkpoints
+
+    from strop.train import reliability
+
+    run = RunDir(tmp_path)
+    for n in (2, 4, 6):
+        d = run.checkpoints / f"checkpoint-{n}"
+        d.mkdir(parents=True)
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": n}))
+        (d / "a.safetensors").write_bytes(b"w" * 10)
+        if n != 6:
+            write_manifest(d)
+    (run.checkpoints / "checkpoint-4" / "a.safetensors").write_bytes(b"x" * 10)  # tampered after sealing
+    (run.checkpoints / "set-aside").mkdir()
+    (run.checkpoints / "set-aside" / "checkpoint-6").mkdir()  # set aside by an earlier resume: kept too
+    good = run.latest_checkpoint()
+    assert good.name == "checkpoint-2"
+    moved = reliability.set_aside_unsealed(run, good)
+    line = reliability.resume_line(run, good, moved)
+    assert line.startswith("strop: resuming from checkpoint-2 (step 2)") and "\n" not in line
+    assert "set aside checkpoint-4 (a.safetensors does not match its sha256" in line
+    assert "set aside checkpoint-6 (no manifest.json: a save cut short) as checkpoints/set-aside/checkpoint-6.1" in line
+    assert (run.checkpoints / "set-aside" / "checkpoint-4" / "a.safetensors").read_bytes() == b"x" * 10
+    assert (run.checkpoints / "set-aside" / "checkpoint-6.1" / "a.safetensors").is_file()
+    # the Trainer's rotation and resume see only the good one
+    assert [Path(p).name for p in sort_checkpoints(str(run.checkpoints))] == ["checkpoint-2"]
+    assert Path(get_last_checkpoint(str(run.checkpoints))).name == "checkpoint-2"
+
+
 def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, sft_data, reference, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, **STEPS)),
@@ -246,10 +276,19 @@ def test_kill_during_save_resumes_from_previous_checkpoint(tiny_model_dir, sft_d
     torn = out / "checkpoints" / "checkpoint-4"
     assert (torn / "optimizer.json").is_file() and not (torn / MANIFEST).exists()
     assert RunDir(out).latest_checkpoint().name == "checkpoint-2"
+    torn_files = sorted(p.name for p in torn.iterdir())
     resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, resume="true", **STEPS)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_run(reference, out)
+    # the torn save was moved aside, not deleted, and the user was told (one line) where and why
+    aside = out / "checkpoints" / "set-aside" / "checkpoint-4"
+    assert sorted(p.name for p in aside.iterdir()) == torn_files
+    said = [line for line in resumed.stderr.splitlines() if "resuming from" in line]
+    assert len(said) == 1, resumed.stderr[-2000:]
+    assert "checkpoint-2" in said[0] and "checkpoint-4" in said[0] and "set-aside" in said[0], said
+    assert "no manifest" in said[0], said
+    assert "Traceback" not in resumed.stderr
 
 
 def test_disk_full_during_save_keeps_last_checkpoint_and_says_so(tiny_model_dir, sft_data, reference, tmp_path,

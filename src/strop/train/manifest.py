@@ -40,18 +40,25 @@ def write_manifest(directory: Path) -> dict:
     return manifest
 
 
-def verify_manifest(directory: Path) -> bool:
+def manifest_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot be trusted, in a few words; None when its manifest verifies."""
     path = directory / MANIFEST
     if not path.is_file():
-        return False
+        return f"no {MANIFEST}: a save cut short"
     try:
         entries = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
     for rel, meta in entries.items():
         f = directory / rel
-        if not f.is_file() or f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
-            return False
-    return True
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != meta["bytes"] or sha256_file(f) != meta["sha256"]:
+            return f"{rel} does not match its sha256 in {MANIFEST}"
+    return None
+
+
+def verify_manifest(directory: Path) -> bool:
+    return manifest_problem(directory) is None
 
 

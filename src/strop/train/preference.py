@@ -167,7 +167,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     report_to = _tracker(cfg, run)
     if resume_from is not None:
         _rewind_metrics(run, resume_from)
-        reliability.drop_unsealed(run, resume_from)
+        reliability.resume_from_checkpoint(run, resume_from)
     set_seed(cfg.seed)
     tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
     train_rows, eval_rows, report = build_rows(cfg, tok)

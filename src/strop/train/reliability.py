@@ -116,11 +116,45 @@ def check_resume(checkpoint: Path, cfg) -> None:
         refuse_pickles(checkpoint, cfg.allow_pickle)
 
 
-def drop_unsealed(run, checkpoint: Path) -> None:
-    """Remove saves newer than the checkpoint resume picked (rank 0 only)."""
-    for d in run.checkpoints.glob("checkpoint-*"):
-        if _number(d) > _number(checkpoint):  # newer than the newest sealed one: a save cut short
-            shutil.rmtree(d, ignore_errors=True)  # never trusted, and in the way of checkpoint rotation
+SET_ASIDE = "set-aside"  # under checkpoints/, outside the checkpoint-* names the Trainer rotates and resumes from
+
+
+def set_aside_unsealed(run, checkpoint: Path) -> list[tuple[Path, Path, str]]:
+    """Move saves newer than the checkpoint resume picked into checkpoints/set-aside/ (rank 0 only).
+
+    They were never trusted (no manifest, or one that does not verify) and would upset
+    checkpoint rotation, but they are the user's files: moved, never deleted.
+    Returns (old path, new path, why) for each.
+    """
+    from .manifest import manifest_problem
+
+    moved = []
+    for d in sorted(run.checkpoints.glob("checkpoint-*"), key=_number):
+        if d.is_dir() and _number(d) > _number(checkpoint):
+            why = manifest_problem(d) or "newer than the checkpoint resumed from"
+            aside = run.checkpoints / SET_ASIDE
+            aside.mkdir(exist_ok=True)
+            target, n = aside / d.name, 1
+            while target.exists():  # set aside before, in an earlier resume
+                target, n = aside / f"{d.name}.{n}", n + 1
+            os.replace(d, target)
+            moved.append((d, target, why))
+    return moved
+
+
+def resume_line(run, checkpoint: Path, moved: list[tuple[Path, Path, str]]) -> str:
+    """The one line a resume prints: where it continues from, and what it set aside and why."""
+    line = f"strop: resuming from {checkpoint.name} (step {_step(checkpoint)})"
+    for old, new, why in moved:
+        line += f"; set aside {old.name} ({why}) as {new.relative_to(run.root)}"
+    return line
+
+
+def resume_from_checkpoint(run, checkpoint: Path) -> None:
+    """Set aside newer unsealed saves and say on stderr which checkpoint the run continues from."""
+    import sys
+
+    print(resume_line(run, checkpoint, set_aside_unsealed(run, checkpoint)), file=sys.stderr, flush=True)
 
 
 def harden(trainer, cfg, run, resume_from: Path | None):
