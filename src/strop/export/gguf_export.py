@@ -60,39 +60,72 @@ def _load_back(path: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    from functools import partial
+    from unittest import mock
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    # its per-tensor progress bar would bury a failed export's one-line message on stderr
+    with mock.patch.object(reader, "tqdm", partial(tqdm, disable=True)):
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tok
 
 
+def _load_base(run: Path, final: Path):
+    """The base model in float32 for the closer-to-the-base check, or None and why not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base = provenance.base_model_of(final)
+    if base is None:
+        return merged.full_run_base(run)
+    try:
+        return AutoModelForCausalLM.from_pretrained(models.resolve(base), dtype=torch.float32).eval(), None
+    except (OSError, ValueError, StropError) as exc:
+        return None, f"base model {base} could not be loaded ({str(exc).splitlines()[0][:120]})"
+
+
 def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path | None = None,
-                n_prompts: int = 8) -> dict:
+                n_prompts: int = 8, min_greedy: float = verify.MIN_GREEDY) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if quant not in gguf_file.QUANTS:
+        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(gguf_file.QUANTS)}")
     final = merged.final_dir(run)
     info = merged.run_info(final)
     merged_dir = merged_dir or run / "export" / "merged"
     if not (merged_dir / "strop_export.json").is_file():
-        merged.export_merged(run, merged_dir, n_prompts=n_prompts)
+        merged.export_merged(run, merged_dir, n_prompts=n_prompts, min_greedy=min_greedy)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     name = f"{run.resolve().name}-{quant}.gguf"
-    gguf_file.write(merged_dir, tmp / name, quant, name=run.resolve().name,
-                    pre=_pre_tokenizer(provenance.base_model_of(final)))
-    tok = AutoTokenizer.from_pretrained(merged_dir)
-    (tmp / "Modelfile").write_text(modelfile(name, tok, info.get("system_prompt", "")))
-    ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    back, back_tok = _load_back(tmp / name)
-    ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
-    check = verify.compare(ref, back, ids, tok.eos_token_id)
-    check["reference"] = "the merged model (export/merged) in float32"
-    check["tokenizer_identical"] = all(back_tok(tok.decode(i), add_special_tokens=False)["input_ids"] == i for i in ids)
-    check["chat_template_identical"] = back_tok.chat_template == tok.chat_template
-    report = provenance.record(run, final, "gguf", quant=quant, file=name, merged_from=str(merged_dir),
-                               verification=check)
-    (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    try:
+        tmp.mkdir(parents=True)
+        gguf_file.write(merged_dir, tmp / name, quant, name=run.resolve().name,
+                        pre=_pre_tokenizer(provenance.base_model_of(final)))
+        tok = AutoTokenizer.from_pretrained(merged_dir)
+        (tmp / "Modelfile").write_text(modelfile(name, tok, info.get("system_prompt", "")))
+        ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        back, back_tok = _load_back(tmp / name)
+        base_model, note = _load_base(run, final)
+        ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
+        check = verify.compare(ref, back, ids, tok.eos_token_id, base=base_model)
+        check["reference"] = "the merged model (export/merged) in float32"
+        check["quant"] = quant
+        check["tokenizer_identical"] = all(back_tok(tok.decode(i), add_special_tokens=False)["input_ids"] == i
+                                           for i in ids)
+        check["chat_template_identical"] = back_tok.chat_template == tok.chat_template
+        verify.judge(check, min_greedy, note)
+        kept = name if check["verified"] else name.removesuffix(".gguf") + ".unverified.gguf"
+        if not check["verified"]:
+            (tmp / "Modelfile").unlink()  # `ollama create` must not pick up a file that lost the fine-tune
+        report = provenance.record(run, final, "gguf", quant=quant, file=kept, merged_from=str(merged_dir),
+                                   verification=check)
+        (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
+        merged.publish(tmp, out, check, "the GGUF file", rename=None if check["verified"] else {name: kept})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone once published; never a half-written OUT.tmp/ on failure
     return report

@@ -50,7 +50,58 @@ def _load_unmerged(final: Path, base: str | None):
     return PeftModel.from_pretrained(model, final).eval()
 
 
-def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: int = 8) -> dict:
+def full_run_base(run: Path) -> tuple[object | None, str | None]:
+    """For a full fine-tune: its base model (from RUN/config.yaml) in float32, or None and why not."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    cfg = run / "config.yaml"
+    name = (yaml.safe_load(cfg.read_text()) or {}).get("base_model") if cfg.is_file() else None
+    if not name:
+        return None, "the run does not record its base model (no base_model in config.yaml)"
+    try:
+        path = models.resolve(str(name))
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), None
+    except (OSError, ValueError, StropError) as exc:
+        return None, f"base model {name} could not be loaded ({str(exc).splitlines()[0][:120]})"
+
+
+def publish(tmp: Path, out: Path, check: dict, what: str, rename: dict[str, str] | None = None) -> Path:
+    """Move the finished ``tmp`` to ``out``; when ``check`` failed, to a name that says so, and raise.
+
+    ``rename``: files inside tmp to rename on failure (the GGUF file); else the directory
+    itself is published as ``OUT.unverified``. The failure is one line, exit status 5.
+    """
+    target = out
+    if check["verified"]:
+        shutil.rmtree(out.with_name(out.name + ".unverified"), ignore_errors=True)  # an earlier failed try
+    else:
+        if rename:
+            for old, new in rename.items():
+                os.replace(tmp / old, tmp / new)
+        else:
+            target = out.with_name(out.name + ".unverified")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)  # a half-written export never sits under the final name
+    if not check["verified"]:
+        kept = target / next(iter(rename.values())) if rename else target
+        raise StropError(f"export failed verification: {'; '.join(check['problems'])}{hint(check)}; "
+                         f"{what} kept as {kept}", exit_code=verify.EXIT_UNVERIFIED)
+    return target
+
+
+def hint(check: dict) -> str:
+    quant = check.get("quant")
+    if quant == "q4_1" and check.get("base_check") == "compared" and check["kl_to_base_mean"] <= check["kl_mean"]:
+        return (" (q4_1 rounds small LoRA changes back onto the 4-bit grid of a base converted from a 4-bit file; "
+                "export --quant q8_0 or f16)")
+    return ""
+
+
+def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: int = 8,
+                  min_greedy: float = verify.MIN_GREEDY) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -67,19 +118,22 @@ def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: 
     models._fix_special_tokens(tok, merged)  # generation_config eos = <|im_end|> for ChatML models
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    merged.to(getattr(torch, out_dtype)).save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    shutil.copy(final / "strop_run.json", tmp / "strop_run.json")  # system prompt travels with the weights
-    del merged, model
-    ref = _load_unmerged(final, base)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-    ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
-    check = verify.compare(ref, reloaded, ids, tok.eos_token_id)
-    check["reference"] = "float32 base + adapter, unmerged" if base else "the run's full weights"
-    report = provenance.record(run, final, "merged", dtype=out_dtype, method=method, verification=check)
-    (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)  # a half-written export never sits under the final name
+    try:
+        tmp.mkdir(parents=True)
+        merged.to(getattr(torch, out_dtype)).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        shutil.copy(final / "strop_run.json", tmp / "strop_run.json")  # system prompt travels with the weights
+        del merged, model
+        ref = _load_unmerged(final, base)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        base_model, note = (verify.AdapterOff(ref), None) if base else full_run_base(run)
+        ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
+        check = verify.compare(ref, reloaded, ids, tok.eos_token_id, base=base_model)
+        check["reference"] = "float32 base + adapter, unmerged" if base else "the run's full weights"
+        verify.judge(check, min_greedy, note)
+        report = provenance.record(run, final, "merged", dtype=out_dtype, method=method, verification=check)
+        (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
+        publish(tmp, out, check, "the merged model")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone once published; never a half-written OUT.tmp/ on failure
     return report

@@ -1,6 +1,7 @@
 """Held-out prompts that exports are verified on: the run's eval data, else strop's built-in sets."""
 from __future__ import annotations
 
+from itertools import zip_longest
 from pathlib import Path
 
 import yaml
@@ -19,11 +20,13 @@ def _files(run: Path) -> list[Path]:
 
 
 def held_out(run: Path, n: int) -> list[list[dict]]:
-    """Up to ``n`` chats cut just before their first assistant turn."""
+    """Up to ``n`` chats cut just before their first assistant turn, taken in turn from each file
+    (so the built-in persona questions, where a fine-tune shows, are not crowded out by the general ones)."""
     from ..data.load import load
 
-    chats: list[list[dict]] = []
+    per_file: list[list[list[dict]]] = []
     for path in _files(run):
+        chats = []
         for conv in load(path, strict=False).conversations:
             msgs = []
             for m in conv.messages:
@@ -32,4 +35,6 @@ def held_out(run: Path, n: int) -> list[list[dict]]:
                 msgs.append({"role": m.role, "content": m.content})
             if msgs:
                 chats.append(msgs)
-    return chats[:n]
+        per_file.append(chats)
+    mixed = [c for row in zip_longest(*per_file) for c in row if c is not None]
+    return mixed[:n]
