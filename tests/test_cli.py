@@ -100,3 +100,45 @@ def test_train_generate_eval_on_tiny_model(tiny_model_dir, chat_file, tmp_path):
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["systems"]) == {"base", "tuned"}
     assert (out / "eval" / "report.html").is_file()
+
+
+def test_models_path_unknown_alias_fails_with_one_line():
+    proc = run("models", "path", "no-such-model-alias")
+    assert_one_line_error(proc, "no-such-model-alias")
+    assert proc.stdout == ""
+
+
+@pytest.fixture
+def pickled_model(tiny_model_dir, tmp_path):
+    """The tiny model with its weights as pytorch_model.bin only (what older tools write)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    d = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, d)
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    return d
+
+
+def test_generate_chat_eval_take_allow_pickle(pickled_model, chat_file, tmp_path, capsys, monkeypatch):
+    """The refusal names --allow-pickle, so every command that loads weights must take it."""
+    import io
+
+    from strop.cli import main
+
+    for cmd in (["generate", str(pickled_model), "--prompt", "hi", "--max-new-tokens", "2"],
+                ["chat", str(pickled_model), "--max-new-tokens", "2"],
+                ["eval", str(pickled_model), "--data", str(chat_file), "--max-new-tokens", "2",
+                 "--output", str(tmp_path / f"ev-{len(tmp_path.name)}"), "--resamples", "10"]):
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello\n\n"))
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pytorch_model.bin" in err[0] and "--allow-pickle" in err[0], err
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello\n\n"))
+        if cmd[0] == "eval":
+            cmd[cmd.index("--output") + 1] += "-allowed"
+        assert main([*cmd, "--allow-pickle"]) == 0, (cmd, capsys.readouterr().err)
+        capsys.readouterr()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import StropError
@@ -103,7 +104,7 @@ def _fmt(x) -> str:
 def cmd_generate(args, extra) -> int:
     from .serve.engine import Engine
 
-    engine = Engine(args.model)
+    engine = Engine(args.model, allow_pickle=args.allow_pickle)
     print(engine.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     return 0
 
@@ -111,7 +112,7 @@ def cmd_generate(args, extra) -> int:
 def cmd_chat(args, extra) -> int:
     from .serve.engine import Engine
 
-    engine = Engine(args.model)
+    engine = Engine(args.model, allow_pickle=args.allow_pickle)
     history: list[dict] = []
     print("chatting with", args.model, "- empty line or Ctrl-D to quit, /reset to forget the conversation")
     while True:
@@ -145,7 +146,8 @@ def cmd_eval(args, extra) -> int:
 
         judge = {"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key": args.judge_api_key,
                  "mode": args.judge_mode or "pairwise"} if args.judge_endpoint else None
-        print(describe(evaluate_run(args.model, args.data or "", output=args.output, seed=args.seed, judge=judge)))
+        print(describe(evaluate_run(args.model, args.data or "", output=args.output, seed=args.seed, judge=judge,
+                                      allow_pickle=args.allow_pickle)))
         return 0
 
     labels = [x for x in args.labels.split(",")] if args.labels else None
@@ -154,7 +156,8 @@ def cmd_eval(args, extra) -> int:
                       bias=args.bias, labels=labels, k_shot=args.k_shot, baseline_prompt=args.baseline_prompt,
                       judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
                       judge_api_key=args.judge_api_key, judge_mode=args.judge_mode or "rubric",
-                      group_column=args.group_column, resamples=args.resamples, seed=args.seed)
+                      group_column=args.group_column, resamples=args.resamples, seed=args.seed,
+                      allow_pickle=args.allow_pickle)
     print(format_table(result["systems"]))
     for line in result.get("verdicts", []):
         print(line)
@@ -205,13 +208,11 @@ def cmd_service(args, extra) -> int:
 def cmd_export(args, extra) -> int:
     from .export import export
 
-    from .export.verify import summary
-
-    report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts,
-                    min_greedy=args.min_greedy)  # exit 5, one line, when the export fails verification
+    report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts)
     v = report["verification"]
     print(f"exported {args.run} as {args.format} to {report['output']}")
-    print(f"verified on {v['prompts']} held-out prompts ({v['greedy_tokens']} greedy tokens each): {summary(v)}")
+    print(f"verification on {v['prompts']} held-out prompts: KL max {v['kl_max']:.2e}, mean {v['kl_mean']:.2e}; "
+          f"greedy identical {v['greedy_identical']}/{v['prompts']} ({v['greedy_tokens']} tokens each)")
     return 0
 
 
@@ -221,7 +222,12 @@ def cmd_models(args, extra) -> int:
     if args.action == "path":
         if not args.alias:
             raise StropError("usage: strop models path ALIAS")
-        print(models.resolve(args.alias))
+        path = models.resolve(args.alias)
+        if not isinstance(path, Path):  # resolve passes an unknown name on as a hub id
+            known = ", ".join(sorted(models.ALIASES))
+            raise StropError(f"{args.alias}: not a built-in alias, model directory, run or .gguf file "
+                             f"(aliases: {known})")
+        print(path)
         return 0
     for row in models.describe():
         state = "cached" if row["cached"] else "not yet converted"
@@ -289,6 +295,9 @@ def cmd_al(args, extra) -> int:
     return ACTIONS[args.al_action](args)
 
 
+PICKLE_HELP = "load .bin/.pt weights (pickle; read with weights_only=True) when no safetensors exist"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strop", description="Fine-tune, evaluate and serve language models.")
     p.add_argument("--version", action="version", version=f"strop {__version__}")
@@ -304,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     c.add_argument("model")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     c.set_defaults(func=cmd_chat)
 
     e = sub.add_parser("eval", help="perplexity and generation metrics on held-out conversations")
@@ -332,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
     e.add_argument("--judge-api-key", help="bearer key for the judge endpoint")
     e.add_argument("--resamples", type=int, default=1000, help="bootstrap / permutation resamples")
+    e.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_eval)
 
@@ -439,8 +451,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quant", choices=["f16", "q8_0", "q4_1"], default="q8_0", help="GGUF tensor type")
     x.add_argument("--dtype", help="merged weights dtype (default: the base model's own)")
     x.add_argument("--prompts", type=int, default=8, help="held-out prompts to verify on")
-    x.add_argument("--min-greedy", type=float, default=0.5, metavar="FRACTION",
-                   help="fail (exit 5) unless greedy output equals the tuned model's on this share of prompts")
     x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="built-in model aliases; `strop models path ALIAS` prints the local directory")

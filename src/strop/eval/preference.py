@@ -145,7 +145,7 @@ def _rows(cfg: TrainConfig, tok, data: str, objective: str) -> list[dict]:
 
 
 def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None = None, samples: int = 4,
-                 seed: int = 0, judge: dict | None = None) -> dict:
+                 seed: int = 0, judge: dict | None = None, allow_pickle: bool = False) -> dict:
     """Base vs tuned on held-out data for a preference / reward / GRPO run; writes eval/preference.json.
 
     ``judge`` ({endpoint, model, api_key, mode}) adds the judged win rate of tuned vs base
@@ -170,7 +170,9 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     else:
         rows = _rows(cfg, tok, data, "grpo" if cfg.objective == "grpo" else "dpo")
         dtype = load_dtype(cfg)
-        base, tuned = models.load_model(cfg.base_model, dtype), models.load_model(str(run), dtype)
+        policy = models.LoadPolicy(allow_pickle=allow_pickle)  # .bin/.pt only with --allow-pickle, weights_only
+        base = models.load_model(cfg.base_model, dtype, policy=policy)
+        tuned = models.load_model(str(run), dtype, policy=policy)
         base.eval()
         tuned.eval()
         if cfg.objective == "grpo":

@@ -36,6 +36,7 @@ class Options:
     group_column: str | None = None
     resamples: int = 1000
     seed: int = 0
+    allow_pickle: bool = False  # load .bin/.pt weights, read with weights_only=True
 
 
 def evaluate(target: str, data: str | None = None, output: str | None = None, max_new_tokens: int = 64,
@@ -149,7 +150,7 @@ def _score_all(specs: list[Spec], task: Task, opts: Options, with_general_text: 
 
     raw: dict = {"systems": {}, "general_text": {}, "bias": {}}
     for model_name in dict.fromkeys(s.model for s in specs):
-        engine = Engine(model_name)
+        engine = Engine(model_name, allow_pickle=opts.allow_pickle)
         try:
             for spec in (s for s in specs if s.model == model_name):
                 raw["systems"][spec.name] = score_system(engine, spec, task)
