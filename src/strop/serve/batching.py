@@ -13,6 +13,20 @@ We checked transformers' ContinuousBatchingManager first (it runs on CPU in
 ``model.generate``, so the server's greedy answers would stop matching
 ``strop.load(...)`` and ``strop generate``; the ordinary dense cache keeps them
 identical.
+
+Faults stay with their row. An exception while prefilling one request (an
+unknown adapter, a token id outside the vocabulary...) or while picking one
+row's next token ends that request alone, with ``Request.error`` set; the
+other rows keep decoding and get exactly the tokens they would have got alone.
+Only a failure of the batched forward itself, which no row can be blamed
+for, fails the rows in flight; the batcher goes on serving later requests.
+Sampling is safe for every temperature in [0, 2] and top_p in (0, 1]:
+temperatures below ``GREEDY_BELOW`` are greedy, and a row whose scores are not
+all finite is picked from its finite (or +inf) scores, or ends with an error.
+
+``close`` stops taking requests, lets those in flight finish for a while,
+fails what is left, ends the thread and drops the model, so an app that is
+unloaded frees its memory.
 """
 from __future__ import annotations
 
@@ -22,10 +36,16 @@ import time
 from dataclasses import dataclass, field
 
 DONE = None  # sentinel put on a request's queue after its last token
+GREEDY_BELOW = 1e-5  # a temperature under this samples like argmax anyway; dividing by it overflows
 
 
 class QueueFull(Exception):
     """Raised by ``submit`` when ``max_waiting`` requests are already waiting."""
+
+
+class Closed(QueueFull):
+    """Raised by ``submit`` once the batcher is closing (its model is being unloaded);
+    a QueueFull, so callers answer "busy, retry shortly", and the retry finds the model anew."""
 
 
 @dataclass
@@ -70,12 +90,16 @@ class Batcher:
         self.cache = self.mask = None  # (B, H, T, D) per layer; (B, T)
         self.stats = {"requests": 0, "tokens": 0, "steps": 0, "batched_rows": 0}
         self._wake = threading.Event()
-        self._stop = False
+        self._gate = threading.Lock()  # submit vs. close: nothing is queued after the loop's last look
+        self._closing = False
+        self._deadline = float("inf")
         self.thread = threading.Thread(target=self._loop, name="strop-batcher", daemon=True)
         self.thread.start()
 
     # -- public --------------------------------------------------------------
     def submit(self, req: Request) -> Request:
+        if self._closing:
+            raise Closed("the model is being unloaded")
         if self.waiting.qsize() >= self.max_waiting:
             raise QueueFull(f"{self.waiting.qsize()} requests already waiting")
         if req.seed is not None or req.temperature > 0:
@@ -83,7 +107,10 @@ class Batcher:
 
             req.generator = torch.Generator().manual_seed(req.seed if req.seed is not None else
                                                           int.from_bytes(__import__("os").urandom(4), "little"))
-        self.waiting.put(req)
+        with self._gate:
+            if self._closing:
+                raise Closed("the model is being unloaded")
+            self.waiting.put(req)
         self._wake.set()
         return req
 
@@ -91,30 +118,62 @@ class Batcher:
     def busy(self) -> int:
         return len(self.rows) + self.waiting.qsize()
 
-    def close(self) -> None:
-        self._stop = True
+    @property
+    def closed(self) -> bool:
+        return self._closing and not self.thread.is_alive()
+
+    def close(self, timeout: float = 5.0, *, wait: bool = True) -> None:
+        """Take no more requests; those already submitted keep decoding for up to ``timeout``
+        seconds, then any left end with an error. The thread then ends and lets go of the
+        model. ``wait``: block until it has."""
+        with self._gate:
+            if not self._closing:
+                self._closing, self._deadline = True, time.monotonic() + timeout
         self._wake.set()
-        self.thread.join(timeout=5)
+        if wait and threading.current_thread() is not self.thread:
+            self.thread.join(timeout + 5)
 
     # -- the loop ------------------------------------------------------------
     def _loop(self) -> None:
         import torch
 
-        while not self._stop:
-            if not self.rows and self.waiting.empty():
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            try:
-                with self.lock, torch.inference_mode():
-                    self._admit()
-                    if self.rows:
-                        self._step()
-            except Exception as exc:  # fail the rows in flight, keep serving the rest
-                for r in self.rows:
-                    r.error = exc
-                    r.tokens.put(DONE)
-                self.rows, self.cache, self.mask = [], None, None
+        try:
+            while True:
+                idle = not self.rows and self.waiting.empty()
+                if self._closing and (idle or time.monotonic() >= self._deadline):
+                    break
+                if idle:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                try:
+                    with self.lock, torch.inference_mode():
+                        self._admit()
+                        if self.rows:
+                            self._step()
+                except Exception as exc:  # the batched forward failed: fail the rows in flight, serve the rest
+                    self._fail_rows(exc)
+        finally:
+            with self._gate:  # nothing can be queued from here on
+                self._closing = True
+            gone = Closed("the model was unloaded before this request finished")
+            self._fail_rows(gone)
+            while True:
+                try:
+                    self._fail(self.waiting.get_nowait(), gone)
+                except queue.Empty:
+                    break
+            self.model = None  # the thread held the model; let it go with the app
+
+    @staticmethod
+    def _fail(req: Request, exc: BaseException) -> None:
+        req.error = exc
+        req.tokens.put(DONE)
+
+    def _fail_rows(self, exc: BaseException) -> None:
+        for r in self.rows:
+            self._fail(r, exc)
+        self.rows, self.cache, self.mask = [], None, None
 
     def _admit(self) -> None:
         while len(self.rows) < self.max_batch:
@@ -135,16 +194,35 @@ class Batcher:
         return out.logits[:, -1].float(), out.past_key_values  # (B, V)
 
     def _prefill(self, req: Request) -> None:
+        """Prefill ``req`` alone and give its first token; anything raised here ends ``req`` only
+        (the running batch is not touched until the merge, which builds the new batch before keeping it)."""
         import torch
         from transformers import DynamicCache
 
-        ids = torch.tensor([req.ids])  # (1, T)
-        mask = torch.ones_like(ids)
-        logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
-                                      [req.adapter] if req.adapter else [None])
-        self._merge(req, cache, mask)
+        try:
+            self._check_adapter(req.adapter)
+            ids = torch.tensor([req.ids])  # (1, T)
+            mask = torch.ones_like(ids)
+            logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
+                                          [req.adapter] if req.adapter else [None])
+        except Exception as exc:
+            self._fail(req, exc)
+            return
         self.stats["requests"] += 1
-        self._emit([req], logits)
+        if self._next(req, logits[0]):
+            try:
+                self._merge(req, cache, mask)
+            except Exception as exc:
+                self._fail(req, exc)
+
+    def _check_adapter(self, name: str | None) -> None:
+        """A model without that adapter would ignore the name and answer with the wrong weights."""
+        if name is None:
+            return
+        from .adapters import BASE
+
+        if name != BASE and name not in (getattr(self.model, "peft_config", None) or {}):
+            raise ValueError(f"unknown adapter {name!r}")
 
     def _merge(self, req: Request, cache, mask) -> None:
         import torch
@@ -157,8 +235,8 @@ class Batcher:
         layers = [(torch.cat([_pad_left(k0, length), _pad_left(k1, length)]),
                    torch.cat([_pad_left(v0, length), _pad_left(v1, length)]))
                   for (k0, v0, *_), (k1, v1, *_) in zip(self.cache, cache)]
-        self.cache = DynamicCache(ddp_cache_data=layers)
-        self.mask = torch.cat([_pad_left(self.mask, length, -1), _pad_left(mask, length, -1)])
+        merged = torch.cat([_pad_left(self.mask, length, -1), _pad_left(mask, length, -1)])
+        self.cache, self.mask = DynamicCache(ddp_cache_data=layers), merged
         self.rows.append(req)
 
     def _step(self) -> None:
@@ -170,29 +248,30 @@ class Batcher:
         logits, self.cache = self._forward(last, self.mask, self.cache, positions, [r.adapter for r in self.rows])
         self.stats["steps"] += 1
         self.stats["batched_rows"] += len(self.rows)
-        self._emit(self.rows, logits)
-
-    def _emit(self, rows: list[Request], logits) -> None:
-        """Pick each row's next token, hand it out, and drop rows that are done."""
-        keep = []
-        for i, r in enumerate(rows):
-            tok = _pick(logits[i], r)
-            if r.cancelled:
-                r.finish_reason = "cancelled"
-            elif tok == self.eos:
-                r.finish_reason = "stop"
-            else:
-                r.new.append(tok)
-                r.tokens.put(tok)
-                self.stats["tokens"] += 1
-                if len(r.new) < r.max_new_tokens:
-                    keep.append(i)
-                    continue
-            r.tokens.put(DONE)
-        if rows is self.rows and len(keep) < len(rows):
+        keep = [i for i, r in enumerate(self.rows) if self._next(r, logits[i])]
+        if len(keep) < len(self.rows):
             self._select(keep)
-        elif rows is not self.rows and not keep:  # a fresh row that finished at its first token
-            self._select([j for j, r in enumerate(self.rows) if r is not rows[0]])
+
+    def _next(self, r: Request, logits) -> bool:
+        """Pick ``r``'s next token from its (V,) scores and hand it out; False once ``r`` is done
+        (finished, cancelled, or failed: an error here ends this row alone)."""
+        try:
+            tok = _pick(logits, r)
+        except Exception as exc:
+            self._fail(r, exc)
+            return False
+        if r.cancelled:
+            r.finish_reason = "cancelled"
+        elif tok == self.eos:
+            r.finish_reason = "stop"
+        else:
+            r.new.append(tok)
+            r.tokens.put(tok)
+            self.stats["tokens"] += 1
+            if len(r.new) < r.max_new_tokens:
+                return True
+        r.tokens.put(DONE)
+        return False
 
     def _select(self, keep: list[int]) -> None:
         import torch
@@ -212,15 +291,37 @@ class Batcher:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
 
+def _finite(logits):
+    """Scores safe to sample from: NaN counts as -inf; if any score is +inf, only those can be picked."""
+    import torch
+
+    logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    top = torch.isposinf(logits)
+    if bool(top.any()):
+        return torch.where(top, 0.0, float("-inf"))
+    if not bool(torch.isfinite(logits).any()):
+        raise ValueError("the model gave no finite score for any token")
+    return logits
+
+
 def _pick(logits, r: Request) -> int:
     import torch
 
-    if r.temperature <= 0:
+    temperature, top_p = float(r.temperature), float(r.top_p)
+    if temperature != temperature or not 0 < top_p <= 1:  # NaN fails both
+        raise ValueError(f"temperature {r.temperature!r}, top_p {r.top_p!r}: use a number for temperature "
+                         "and 0 < top_p <= 1")
+    if not bool(torch.isfinite(logits).all()):
+        logits = _finite(logits)
+    if temperature < GREEDY_BELOW:  # 0, negative or tiny: greedy
         return int(logits.argmax())
-    probs = torch.softmax(logits / r.temperature, -1)
-    if r.top_p < 1.0:
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled).all()):  # overflowed (or -inf scores): shift the best score to 0 first,
+        scaled = (logits - logits.max()) / temperature  # so the softmax never meets inf - inf
+    probs = torch.softmax(scaled, -1)
+    if top_p < 1.0:
         sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > r.top_p  # keep the smallest set reaching top_p
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=r.generator))
