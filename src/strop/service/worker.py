@@ -43,6 +43,7 @@ class Running:
     last_step: int = 0
     stopping: bool = False
     seen: set = field(default_factory=set)
+    synced: bool = False  # the steps an earlier attempt of this job already logged have been read from the store
 
 
 class Worker(threading.Thread):
@@ -145,6 +146,13 @@ class Worker(threading.Thread):
             rows = RunDir(root).read_metrics()
         except ValueError:  # a row half-written this instant; read it next tick
             return
+        if not r.synced:  # a resumed job repeats the steps after its checkpoint; they are logged already
+            r.synced = True
+            for kind, step in _logged_steps(self.store, job_id):
+                if kind == "train":
+                    r.last_step = max(r.last_step, step)
+                else:
+                    r.seen.add(("eval", step))
         for row in rows:
             step = row.get("step", 0)
             if "loss" in row and step > r.last_step:
@@ -181,6 +189,17 @@ def _config(job: dict):
     from ..config import TrainConfig, build
 
     return build(TrainConfig, job["options"], origin=f"job {job['id']}")
+
+
+def _logged_steps(store: Store, job_id: str) -> list[tuple[str, int]]:
+    """("train" | "eval", step) of every metrics event already in the job's log."""
+    found, after = [], None
+    while page := store.events(job_id, after=after, limit=500):
+        for e in page:
+            if e["type"] == "metrics" and e["data"] and "step" in e["data"]:
+                found.append(("train" if "train_loss" in e["data"] else "eval", int(e["data"]["step"])))
+        after = page[-1]["id"]
+    return found
 
 
 def _checkpoint_step(run: RunDir) -> int:
