@@ -204,3 +204,9 @@ def test_close_finishes_or_fails_what_is_in_flight_and_refuses_more(engine, prom
     slow.thread.join(10)
     assert not slow.thread.is_alive()
     assert len(drain(stuck, timeout=5)) < N and isinstance(stuck.error, Closed)  # failed, not left hanging
+
+
+def test_engine_treats_tiny_temperature_as_greedy(engine, prompts):
+    """`strop generate` and `strop.load(...)` sample with model.generate: the same rule holds there."""
+    greedy = engine.complete_ids(prompts[0], N)
+    assert engine.complete_ids(prompts[0], N, temperature=1e-300, seed=1) == greedy

@@ -56,7 +56,9 @@ class Engine:
 
     # -- generation ------------------------------------------------------
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-        sample = temperature > 0
+        from .batching import GREEDY_BELOW
+
+        sample = temperature >= GREEDY_BELOW  # a tiny temperature is greedy, as in the server (dividing by it overflows)
         kw = {
             "max_new_tokens": max_new_tokens,
             "do_sample": sample,
