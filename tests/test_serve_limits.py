@@ -125,12 +125,56 @@ def test_disconnect_mid_stream_frees_the_slot(engine):
             lines = r.iter_lines()
             for _ in range(6):
                 next(lines)
+            sent = batcher.stats["tokens"]  # what had been decoded when the client left
         deadline = time.monotonic() + 20
         while batcher.rows and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not batcher.rows and batcher.stats["tokens"] < 1000
+        # decoding stopped within a few steps of the disconnect, not at max_tokens
+        assert not batcher.rows and batcher.stats["tokens"] <= sent + 8, (sent, batcher.stats["tokens"])
         r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 3}, timeout=30)
         assert r.status_code == 200  # the one slot is free again
+
+
+@pytest.mark.parametrize("field,value", [("seed", 2**64), ("seed", -2**63 - 1), ("n", 0), ("n", 9)])
+def test_out_of_range_seed_and_n_are_400s(engine, field, value):
+    with serving(_app(engine)) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2, field: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+
+
+def test_largest_seed_with_two_choices_answers_both(engine):
+    app = _app(engine)
+    with serving(app) as url:
+        r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+            "messages": MESSAGES, "max_tokens": 3, "n": 2, "seed": 2**63 - 1, "temperature": 1.0})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2
+        assert not app.state.batcher.rows and app.state.batcher.waiting.empty()
+
+
+def test_drain_timeout_cut_off_is_one_line_and_exit_6(tiny_model_dir):
+    port = free_port()
+    proc = subprocess.Popen(strop_cmd("serve", str(tiny_model_dir), "--port", str(port), "--drain-timeout", "0.2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", proc)
+        body = {"messages": MESSAGES, "max_tokens": 900, "stream": True, "temperature": 1.0, "seed": 5}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60) as s:
+            lines = s.iter_lines()
+            next(lines)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                for _ in lines:
+                    pass
+            except httpx.HTTPError:
+                pass  # the server cut the stream off
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert code == 6, err
+    assert "Traceback" not in err and "cut off" in err
+    assert [line for line in err.splitlines() if "stopped" in line] == [err.strip().splitlines()[-1]]
 
 
 # -- routes -------------------------------------------------------------------

@@ -195,7 +195,7 @@ class Guard:
         return wrapped
 
 
-def _limited(receive: Receive, limit: int, message: str) -> Receive:
+def _limited(receive: Receive, limit: int, refusal: str) -> Receive:
     seen = 0
 
     async def counted() -> Message:
@@ -204,7 +204,7 @@ def _limited(receive: Receive, limit: int, message: str) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge(limit, message)
+                raise BodyTooLarge(limit, refusal)
         return message
     return counted
 
