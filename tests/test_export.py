@@ -190,12 +190,10 @@ def _cli(capsys, *argv):
 def test_q4_1_export_that_rounds_the_lora_back_onto_the_base_fails(small_lora_run, tmp_path, capsys):
     """Before: exit 0 and "verified"; now exit 5, one line naming both distances, the file kept as
     .unverified.gguf, no Modelfile for `ollama create` to pick up, no .tmp directory."""
-    from strop.export.verify import EXIT_UNVERIFIED
-
     out = tmp_path / "q4"
     code, _, err = _cli(capsys, small_lora_run, "--format", "gguf", "--quant", "q4_1", "--prompts", "4",
                         "--output", out)
-    assert code == EXIT_UNVERIFIED == 5, err
+    assert code == 5, err  # verify.EXIT_UNVERIFIED; 2 is a usage error, 3/4 training failures, 1 a verdict
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("strop: export failed verification: KL to tuned "), err
     assert "closer to the base model; the fine-tune was lost" in lines[0] and "q4_1 rounds" in lines[0]
@@ -299,3 +297,39 @@ def test_failure_during_export_leaves_no_tmp_directory(lora_run, merged, tmp_pat
     with pytest.raises(OSError, match="No space"):
         export(str(lora_run), "gguf", output=str(tmp_path / "g"), quant="q8_0", n_prompts=2)
     assert not list(tmp_path.iterdir())
+
+
+def _full_run(base_dir, out, base_model):
+    """A full fine-tune's run directory: every weight changed, base named in config.yaml only."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from strop import models
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    final = out / "final"
+    model.save_pretrained(final)
+    models.load_tokenizer(str(base_dir)).save_pretrained(final)
+    (final / "strop_run.json").write_text(json.dumps({"system_prompt": "", "method": "full"}))
+    (out / "config.yaml").write_text(f"base_model: {base_model}\nmethod: full\n")
+    return out
+
+
+def test_full_fine_tune_is_checked_against_its_configured_base(tiny_model_dir, tmp_path):
+    from strop.export import export
+
+    run = _full_run(tiny_model_dir, tmp_path / "full", tiny_model_dir)
+    v = export(str(run), "merged", n_prompts=2)["verification"]
+    assert v["verified"] and v["base_check"] == "compared" and v["kl_to_base_mean"] > 100 * v["kl_mean"], v
+
+
+def test_full_fine_tune_with_a_missing_base_skips_only_the_base_check(tiny_model_dir, tmp_path):
+    from strop.export import export
+
+    run = _full_run(tiny_model_dir, tmp_path / "full", tmp_path / "gone")
+    v = export(str(run), "merged", n_prompts=2)["verification"]
+    assert v["verified"] and v["base_check"].startswith("skipped: base model") and "kl_to_base_mean" not in v, v

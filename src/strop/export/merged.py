@@ -95,8 +95,8 @@ def publish(tmp: Path, out: Path, check: dict, what: str, rename: dict[str, str]
 def hint(check: dict) -> str:
     quant = check.get("quant")
     if quant == "q4_1" and check.get("base_check") == "compared" and check["kl_to_base_mean"] <= check["kl_mean"]:
-        return (" (q4_1 rounds small LoRA changes back onto the 4-bit grid of a base converted from a 4-bit file; "
-                "export --quant q8_0 or f16)")
+        return (" (q4_1 rounds away most of a LoRA change that is small next to its 4-bit step, the more so on "
+                "a base converted from a 4-bit file; export --quant q8_0 or f16)")
     return ""
 
 
