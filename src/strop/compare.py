@@ -16,6 +16,7 @@ from pathlib import Path
 from . import methods
 from .config import DEFAULT_MODEL
 from .errors import StropError
+from .paths import check_output
 
 # Learning rates in the range each method's paper / peft examples use; the
 # soft-prompt methods need far larger steps than weight-space methods.
@@ -42,7 +43,7 @@ def parse_methods(text: str) -> list[str]:
 def compare(data: str, names: list[str], output: str, base_model: str = DEFAULT_MODEL, max_steps: int = 30,
             val_size: float = 0.1, seed: int = 42, micro_batch_size: int = 4, max_length: int = 512) -> dict:
     """Train every method in ``names`` for ``max_steps`` on one split; score each on the held-out part."""
-    out = Path(output)
+    out = check_output(output, kind="dir", label="--output")  # before the first of several trainings
     if out.exists() and any(out.iterdir()):
         raise StropError(f"option --output: {out} is not empty; choose a new directory")
     train_file, heldout_file = _split(data, out, val_size, seed)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..paths import check_output
+
 
 def warn(message: str) -> None:
     print(f"strop: {message}", file=sys.stderr)
@@ -12,6 +14,7 @@ def score(args) -> int:
     from ..shard import parse
     from .score import score_pool
 
+    check_output(args.output, kind="dir", label="--output")  # before the model loads and the pool is scored
     labels = [s.strip() for s in args.labels.split(",") if s.strip()] if args.labels else None
     table = score_pool(args.model, args.pool, args.output, labels=labels, train=args.train, samples=args.samples,
                        max_new_tokens=args.max_new_tokens, seed=args.seed, warn=warn, shard=parse(args.shard))
@@ -24,6 +27,10 @@ def select(args) -> int:
     from .score import load_scores
     from .select import select as pick, uncertainty, write_selection
 
+    from .select import output_paths
+
+    for path in output_paths(args.output):
+        check_output(path, label="--output")
     table = load_scores(args.scores)
     picked, unc = pick(table, args.budget, args.strategy, signal=args.signal, seed=args.seed,
                        dedup=args.dedup, warn=warn)
@@ -39,6 +46,7 @@ def select(args) -> int:
 def merge(args) -> int:
     from .merge import merge as do_merge
 
+    check_output(args.into, label="--into")
     r = do_merge(args.labelled, args.into, selection=args.selection, skip_unlabelled=args.skip_unlabelled, warn=warn)
     print(f"merged {r.merged} labelled rows into {r.into} ({r.corrected} corrected drafts, {r.accepted} accepted "
           f"as drafted); skipped {len(r.unlabelled)} unlabelled, {r.already_present} already present; "
@@ -51,6 +59,7 @@ def loop(args) -> int:
     from .loop import load_loop_config, run_loop
 
     cfg = load_loop_config(args.config, {"rounds": args.rounds, "budget": args.budget, "output_dir": args.output_dir})
+    check_output(cfg.output_dir, kind="dir", label="--output-dir")
     result = run_loop(cfg)
     print(format_summary(result["summary"]))
     print(f"curves: {cfg.output_dir}/curves.json  plot: {result['plot']}")
@@ -60,6 +69,7 @@ def loop(args) -> int:
 def score_merge(args) -> int:
     from .shards import merge_scores
 
+    check_output(args.output, kind="dir", label="--output")
     table = merge_scores(args.parts, args.output)
     print(f"merged {table.meta['merged_parts']} parts: {len(table)} pool inputs, signals {', '.join(table.signals)}; "
           f"written to {args.output}")

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 from ..errors import StropError
+from ..paths import check_output, check_outputs
 
 
 def check_cmd(args) -> int:
     from ..shard import parse
     from .check import check
 
+    check_outputs((args.json, "file", "--json"), (args.html, "file", "--html"))  # before minutes of checking
     shard = parse(args.shard)
     if shard is not None:  # one part of a fanned-out check (data/check_shards.py)
         if not args.json:
@@ -31,6 +33,7 @@ def check_cmd(args) -> int:
 def check_merge_cmd(args) -> int:
     from .check_shards import merge, read_parts
 
+    check_outputs((args.json, "file", "--json"))
     report = merge(read_parts(args.parts))
     args.html = None  # the HTML report needs the rows themselves; run `strop data check --html` for it
     print(f"merged {report['shards']['count']} parts; not exact: {'; '.join(report['shards']['approximate'])}")
@@ -65,6 +68,8 @@ def _check_outcome(report: dict, args) -> int:
 def clean_cmd(args) -> int:
     from .clean import CleanOptions, clean, format_summary
 
+    out = check_output(args.output, label="--output")
+    check_output(args.manifest or out.with_name(out.name + ".manifest.jsonl"), label="--manifest")
     opts = CleanOptions(near_threshold=None if args.exact_only else args.near_threshold, pii=args.pii,
                         min_words=args.min_words, max_length=args.max_length, language=args.language,
                         base_model=args.base_model)
@@ -77,6 +82,7 @@ def split_cmd(args) -> int:
     from .splitting import grouped_split
     from .write import refuse_overwrite, row_of, write_rows
 
+    check_outputs((args.train_out, "file", "--train-out"), (args.eval_out, "file", "--eval-out"))
     train_out, eval_out = refuse_overwrite(args.train_out, args.file), refuse_overwrite(args.eval_out, args.file)
     convs = load(args.file, kinds=ANY_KIND).conversations
     train, evals = grouped_split(convs, args.val_size, args.seed, args.stratify, args.near_threshold)
@@ -95,6 +101,7 @@ def preview_cmd(args) -> int:
     from .load import ANY_KIND, load
     from .preview import page, terminal
 
+    check_outputs((args.html, "file", "--html"))
     convs = load(args.file, kinds=ANY_KIND).conversations[args.start:args.start + args.n]
     tok = models.load_tokenizer(args.base_model)
     if args.html:
@@ -109,6 +116,7 @@ def preview_cmd(args) -> int:
 def augment_cmd(args) -> int:
     from .augment import LLM_PROMPTS, Rewriter, augment
 
+    check_output(args.output, label="--output")
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
     rewriter = Rewriter(args.model, args.endpoint, args.pivot) if any(op in LLM_PROMPTS for op in ops) else None
     r = augment(args.file, args.output, ops, per_row=args.per_row, seed=args.seed, target=args.target,

@@ -152,8 +152,10 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     (preference_judge.py).
     """
     from .. import models
+    from ..paths import check_output
 
     run = Path(run)
+    out = check_output(output if output else run / "eval", kind="dir", label="--output" if output else "eval output")
     cfg = run_config(run)
     data = data or cfg.eval_data
     if not data:
@@ -186,7 +188,6 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
 
             result["judge"] = judge_run(cfg, tok, data, rows, base, tuned, judge, seed)
     result["eval_wall_s"] = round(time.monotonic() - t0, 1)
-    out = Path(output) if output else run / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "preference.json").write_text(json.dumps(result, indent=2))
     from ..report.preference_report import write_preference_report

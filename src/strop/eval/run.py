@@ -47,9 +47,13 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     """
     from .collect import collect, write_outputs
 
+    from ..paths import check_output
+
     opts = Options(**options)
     t0 = time.monotonic()
     run = _run_dir(target)
+    out = Path(output) if output else (run.eval if run else Path.cwd() / "eval")
+    check_output(out, kind="dir", label="--output" if output else "eval output")  # before any model loads
     cfg = load_yaml(run.config) if run else {}
     dataset, data_name = _eval_data(data, run, cfg)
     _check_references(dataset)
@@ -58,7 +62,6 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     _set_labels(task, opts)
     specs = _specs(target, run, cfg, compare_base, opts, dataset)
     _check_judge(opts, specs)
-    out = Path(output) if output else (run.eval if run else Path.cwd() / "eval")
     raw = _score_all(specs, task, opts, with_general_text=True)
     metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
     metrics["eval_wall_s"] = round(time.monotonic() - t0, 1)

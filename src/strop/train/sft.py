@@ -25,7 +25,13 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "
 
 
 def _check_output(run: RunDir, cfg: TrainConfig) -> Path | None:
-    """Refuse to overwrite a run; with resume, find where to continue from."""
+    """Refuse to overwrite a run; with resume, find where to continue from.
+
+    First of all, before anything loads: the run directory can be created and written.
+    """
+    from ..paths import check_output
+
+    check_output(run.root, kind="dir", label="--output-dir")
     if cfg.resume:
         ckpt = run.latest_checkpoint()
         if ckpt is None:
