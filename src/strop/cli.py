@@ -208,11 +208,13 @@ def cmd_service(args, extra) -> int:
 def cmd_export(args, extra) -> int:
     from .export import export
 
-    report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts)
+    from .export.verify import summary
+
+    report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts,
+                    min_greedy=args.min_greedy)  # exit 5, one line, when the export fails verification
     v = report["verification"]
     print(f"exported {args.run} as {args.format} to {report['output']}")
-    print(f"verification on {v['prompts']} held-out prompts: KL max {v['kl_max']:.2e}, mean {v['kl_mean']:.2e}; "
-          f"greedy identical {v['greedy_identical']}/{v['prompts']} ({v['greedy_tokens']} tokens each)")
+    print(f"verified on {v['prompts']} held-out prompts ({v['greedy_tokens']} greedy tokens each): {summary(v)}")
     return 0
 
 
@@ -455,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quant", choices=["f16", "q8_0", "q4_1"], default="q8_0", help="GGUF tensor type")
     x.add_argument("--dtype", help="merged weights dtype (default: the base model's own)")
     x.add_argument("--prompts", type=int, default=8, help="held-out prompts to verify on")
+    x.add_argument("--min-greedy", type=float, default=0.5, metavar="FRACTION",
+                   help="fail (exit 5) unless greedy output equals the tuned model's on this share of prompts")
     x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="built-in model aliases; `strop models path ALIAS` prints the local directory")
