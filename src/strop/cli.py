@@ -182,27 +182,32 @@ def cmd_data(args, extra) -> int:
 def cmd_serve(args, extra) -> int:
     import os
 
+    from .serve.guard import check_bind
     from .serve.server import run
 
     key = args.api_key or os.environ.get("STROP_API_KEY")
+    check_bind(args.host, key, args.no_auth)  # before the slow model load
     if args.engine == "vllm":
         from .serve.vllm import run_vllm
 
         return run_vllm(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter)
-    run(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter, max_batch=args.max_batch,
-        max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap, drain_timeout=args.drain_timeout,
-        allow_pickle=args.allow_pickle)
-    return 0
+    return run(args.model, host=args.host, port=args.port, api_key=key, adapters=args.adapter,
+               max_batch=args.max_batch, max_waiting=args.max_waiting, max_tokens_cap=args.max_tokens_cap,
+               drain_timeout=args.drain_timeout, allow_pickle=args.allow_pickle)
 
 
 def cmd_service(args, extra) -> int:
     import os
 
+    from .serve.guard import check_bind
     from .service.app import serve
+    from .service.policy import ClientPolicy
 
-    serve(args.workdir, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("STROP_API_KEY"),
-          concurrency=args.concurrency, max_upload_mb=args.max_upload_mb, studio=args.command == "studio")
-    return 0
+    key = args.api_key or os.environ.get("STROP_API_KEY")
+    check_bind(args.host, key, args.no_auth)
+    policy = ClientPolicy.from_options(args.allow_client_option, args.model_root)
+    return serve(args.workdir, host=args.host, port=args.port, api_key=key, concurrency=args.concurrency,
+                 max_upload_mb=args.max_upload_mb, studio=args.command == "studio", policy=policy)
 
 
 def cmd_export(args, extra) -> int:
@@ -428,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this bearer key (or set STROP_API_KEY)")
+    s.add_argument("--no-auth", action="store_true",
+                   help="allow a non-loopback --host without an API key (anyone who can reach it can use it)")
     s.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="also serve this adapter (run or adapter directory) over the same base, as model NAME")
     s.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
@@ -448,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--api-key", help="require this bearer key for the API and the studio (or set STROP_API_KEY)")
         sv.add_argument("--concurrency", type=int, default=1, help="jobs trained at the same time")
         sv.add_argument("--max-upload-mb", type=float, default=512, help="largest accepted upload")
+        sv.add_argument("--no-auth", action="store_true",
+                        help="allow a non-loopback --host without an API key (anyone who can reach it can use it)")
+        sv.add_argument("--model-root", metavar="DIR",
+                        help="local model directories under DIR may be named by API clients (default: aliases only)")
+        sv.add_argument("--allow-client-option", action="append", default=[], metavar="NAME",
+                        help="let API clients set this option, which can run code or reach host paths "
+                             "(trust_remote_code, model_revision, allow_pickle, reward_funcs, reward_model); repeatable")
         sv.set_defaults(func=cmd_service)
 
     x = sub.add_parser("export", help="merge adapters / write GGUF, verified against the run")
