@@ -89,6 +89,9 @@ CASES = {
     "al loop --output-dir": ["al", "loop", "--config", "{loop}", "--output-dir", "{ro}/loop"],
     "plan --json": ["plan", "--base-model", "{model}", "--data", "{data}", "--json", "{ro}/plan.json"],
     "plan --json is a dir": ["plan", "--base-model", "{model}", "--data", "{data}", "--json", "{dir}"],
+    "service --workdir": ["service", "--workdir", "{ro}/wd"],
+    "service --workdir is a file": ["service", "--workdir", "{file}"],
+    "studio --workdir under a file": ["studio", "--workdir", "{file}/wd"],
 }
 
 
