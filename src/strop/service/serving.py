@@ -3,6 +3,12 @@
 Each model gets one ``strop.serve.server.create_app`` app (built on first
 use, a few kept loaded); a chat request is handed to the app of the model it
 names, so streaming, limits and error shapes are exactly ``strop serve``'s.
+
+Unloading the least recently used model (``unload``) stops its batcher and
+lets go of its weights: requests in flight on it get ``UNLOAD_GRACE_S`` seconds
+to finish, then end with an error; a request that reaches it afterwards is
+told the server is busy (429), and its retry loads the model again. The
+batcher's thread, and the OpenMP threads torch started for it, end with it.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..serve.server import APIError
 from .store import Store
 from .worker import run_dir
+
+UNLOAD_GRACE_S = 30.0  # how long requests in flight on an unloaded model may still run
 
 
 class Delegate(Response):
@@ -45,6 +53,7 @@ class Models:
     def __init__(self, store: Store, runs_root: Path, keep: int = 3) -> None:
         self.store, self.runs_root, self.keep = store, runs_root, keep
         self.apps: OrderedDict[str, ASGIApp] = OrderedDict()
+        self.engines: dict[str, object] = {}  # name -> the Engine behind its app
         self.lock = threading.Lock()
 
     def names(self) -> list[dict]:
@@ -85,8 +94,75 @@ class Models:
             from ..serve.engine import Engine
             from ..serve.server import create_app
 
-            app = create_app(Engine(path), model_id=name)  # the service checks the key before handing over
-            self.apps[name] = app
+            engine = Engine(path)
+            app = create_app(engine, model_id=name)  # the service checks the key before handing over
+            self.apps[name], self.engines[name] = app, engine
+            gone = []
             while len(self.apps) > self.keep:
-                self.apps.popitem(last=False)
-            return app
+                old, old_app = self.apps.popitem(last=False)
+                gone.append((old_app, self.engines.pop(old)))
+        for old_app, old_engine in gone:
+            unload(old_app, old_engine, wait=False)
+        return app
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Unload every model (the service is stopping)."""
+        with self.lock:
+            gone = [(app, self.engines.pop(name)) for name, app in self.apps.items()]
+            self.apps.clear()
+        for app, engine in gone:
+            unload(app, engine, grace=timeout)
+
+
+def unload(app, engine, *, grace: float | None = None, wait: bool = True) -> threading.Thread | None:
+    """Stop ``app``'s batcher (requests in flight get ``grace`` seconds, default ``UNLOAD_GRACE_S``)
+    and let go of ``engine``'s model; ``wait=False`` does it on a short-lived thread, so the caller
+    is not held up."""
+    grace = UNLOAD_GRACE_S if grace is None else grace
+
+    def work() -> None:
+        import gc
+
+        batcher = app.state.batcher
+        batcher.close(grace)
+        batcher.thread.join()  # it ends at most one decode step after the grace time
+        engine.model = None  # nothing decodes with it any more; a late request is told to retry (429)
+        _forget_endpoints()
+        # the app's routes and closures form reference cycles: collect now, not at some later gc
+        gc.collect()
+        _trim_heap()
+
+    if wait:
+        work()
+        return None
+    thread = threading.Thread(target=work, name="strop-unload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _forget_endpoints() -> None:
+    """FastAPI (0.16x) keeps every endpoint and dependency it has classified in module-level
+    ``lru_cache``s of 4096 entries (``fastapi.dependencies.models._is_*_cached``), and each
+    endpoint's closure holds its app, engine and tokenizer: an unloaded app would stay in
+    memory until ~400 more were made. The caches only save an ``inspect`` call; clear them."""
+    try:
+        from fastapi.dependencies import models as fastapi_models
+    except ImportError:
+        return
+    for name in dir(fastapi_models):
+        fn = getattr(fastapi_models, name)
+        if name.startswith("_is_") and name.endswith("_cached") and hasattr(fn, "cache_clear"):
+            fn.cache_clear()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them, in every thread's arena,
+    so the process would stay as large as its peak); a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
