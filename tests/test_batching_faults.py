@@ -63,9 +63,10 @@ def test_solo_matches_model_generate(engine, prompts, solo):
 
     for ids, want in zip(prompts, solo):
         with torch.inference_mode():
-            out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                        max_new_tokens=N, min_new_tokens=N, do_sample=False, temperature=None, top_p=None,
-                                        top_k=None, pad_token_id=engine.tok.pad_token_id)
+            out = engine.model.generate(input_ids=torch.tensor([ids]),
+                                        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                        max_new_tokens=N, min_new_tokens=N, do_sample=False, temperature=None,
+                                        top_p=None, top_k=None, pad_token_id=engine.tok.pad_token_id)
         assert out[0, len(ids):].tolist()[:len(want)] == want
 
 

@@ -58,7 +58,7 @@ class Engine:
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
         from .batching import GREEDY_BELOW
 
-        sample = temperature >= GREEDY_BELOW  # a tiny temperature is greedy, as in the server (dividing by it overflows)
+        sample = temperature >= GREEDY_BELOW  # a tiny temperature is greedy, as in the server (dividing overflows)
         kw = {
             "max_new_tokens": max_new_tokens,
             "do_sample": sample,
