@@ -151,6 +151,32 @@ def test_largest_seed_with_two_choices_answers_both(engine):
         assert not app.state.batcher.rows and app.state.batcher.waiting.empty()
 
 
+def test_a_failing_row_is_an_openai_500_for_its_request_alone(engine, monkeypatch):
+    from strop.serve import batching
+
+    real = batching._pick
+
+    def pick(logits, r):
+        if r.seed == 99:
+            raise RuntimeError("poisoned row")
+        return real(logits, r)
+
+    monkeypatch.setattr(batching, "_pick", pick)
+    with serving(_app(engine)) as url:
+        body = {"messages": MESSAGES, "max_tokens": 30, "temperature": 1.0}
+        results = {}
+        threads = [threading.Thread(target=lambda k=k, extra=extra: results.__setitem__(k, httpx.post(
+            f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60)))
+            for k, extra in (("bad", {"seed": 99}), ("good", {"seed": 1}), ("tiny", {"temperature": 1e-300}))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        bad = results["bad"]
+        assert bad.status_code == 500 and bad.json()["error"]["code"] == "generation_failed", bad.text
+        assert results["good"].status_code == 200 and results["tiny"].status_code == 200
+
+
 def test_drain_timeout_cut_off_is_one_line_and_exit_6(tiny_model_dir):
     port = free_port()
     proc = subprocess.Popen(strop_cmd("serve", str(tiny_model_dir), "--port", str(port), "--drain-timeout", "0.2"),

@@ -38,6 +38,8 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        if getattr(app.state, "batcher", None) is not None:
+            app.state.batcher.close()  # its scheduler thread would outlive the test
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def submit_all(batcher, ids: list[int], gen: dict, adapter: str | None, n: int) 
             seed = None if gen["seed"] is None else gen["seed"] + i
             reqs.append(batcher.submit(Request(ids, gen["max_new_tokens"], gen["temperature"], gen["top_p"],
                                                seed, adapter)))
-    except QueueFull:
+    except BaseException:  # a full queue, or anything else: none of the siblings decodes for nobody
         for r in reqs:
             r.cancel()
         raise

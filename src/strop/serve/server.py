@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..data.render import prompt_text
 from ..errors import StropError
 from . import adapters as adapter_table
-from .batching import Batcher, QueueFull
+from .batching import Batcher, Closed, QueueFull
 from .engine import Engine
 from .guard import API_CSP, BodyTooLarge, Guard, allowed_hosts
 from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
@@ -208,6 +208,9 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         gen = _gen_args(req, max_tokens_cap, engine.context_length - len(ids))
         try:
             reqs = submit_all(batcher, ids, gen, adapter, n)
+        except Closed:
+            raise APIError(503, "this model is being unloaded; retry shortly", type="server_error",
+                           code="model_unloading", headers={"Retry-After": "1"}) from None
         except QueueFull:
             raise APIError(429, "the server is busy: too many requests waiting; retry shortly", type="server_busy",
                            code="queue_full", headers={"Retry-After": "1"}) from None
@@ -217,6 +220,8 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
                                app.state.metrics), reqs)
         try:
             done = [await collect(r, engine.tok, req.stops()) for r in reqs]
+        except Exception as exc:  # one row failed in the batcher: this request alone, in OpenAI's shape
+            raise APIError(500, f"generation failed: {exc}", type="server_error", code="generation_failed") from None
         finally:  # one choice failing, or the client leaving, ends its siblings too
             for r in reqs:
                 r.cancel()

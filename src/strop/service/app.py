@@ -121,6 +121,7 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
     if worker is not None:
         app.router.on_startup.append(worker.start)
         app.router.on_shutdown.append(worker.shutdown)
+    app.router.on_shutdown.append(svc.models.close)  # unload every served model
     return app
 
 
