@@ -91,6 +91,10 @@ class TrainConfig:
     per_example_attention: bool = True  # padding-free rows: attention per example, not one masked square (train/varlen.py)
     lean_layers: bool = True  # LoRA linears, SwiGLU and RMSNorm keep fewer tensors for backward (train/fused.py)
     system_prompt: str = ""  # prepended to conversations that have no system turn
+    # forgetting-aware training (train/preserve.py, docs/quality.md): replay = mix the base model's own
+    # (sampled) answers to general prompts into training; none = the task data only
+    preserve: str = "none"
+    preserve_ratio: float = 0.5  # replay rows per training row (at least 16, at most the 200 prompts)
     # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
     intended_use: str = ""  # "", commercial, research
     accept_license_risk: bool = False
@@ -132,6 +136,12 @@ class TrainConfig:
         self.checkpoint_layers = str(self.checkpoint_layers).lower()
         if self.checkpoint_layers != "all" and not (self.checkpoint_layers.isdigit() and int(self.checkpoint_layers) > 0):
             raise StropError(f"option checkpoint_layers: {self.checkpoint_layers!r} is not 'all' or a positive number of layers")
+        if self.preserve not in ("none", "replay"):
+            raise StropError(_unknown("preserve", self.preserve, ["none", "replay"]))
+        if self.preserve == "replay" and self.objective != "sft":
+            raise StropError(f"option preserve: replay applies to objective sft, not {self.objective}")
+        if not 0 < self.preserve_ratio <= 4:
+            raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside (0, 4]")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise StropError(f"option dtype: {self.dtype!r} is not one of auto, float32, bfloat16")
         positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",

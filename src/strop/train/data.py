@@ -52,4 +52,19 @@ def prepare(cfg: TrainConfig, tok) -> Prepared:
     evalr = _tokenize(tok, eval_convs, cfg, report, "eval")
     if not train:
         raise StropError(f"{cfg.data}: no row has a trainable token after masking and truncation to max_length {cfg.max_length}")
+    train += _replay(cfg, tok, len(train), report)
     return Prepared(train, evalr, report)
+
+
+def _replay(cfg: TrainConfig, tok, n_train: int, report: dict) -> list[dict]:
+    """The base model's own answers to general prompts, mixed into training (train/preserve.py)."""
+    from .preserve import mode_for, replay_conversations
+
+    mode = mode_for(cfg)
+    report["preserve"] = {"mode": mode}
+    if mode == "none":
+        return []
+    convs, record = replay_conversations(cfg, tok, n_train)
+    rows = _tokenize(tok, convs, cfg, report, "replay")
+    report["preserve"] = record
+    return rows

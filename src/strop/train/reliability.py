@@ -83,6 +83,8 @@ def fingerprint(cfg, world_size: int = 1) -> dict:
         "seed": cfg.seed,
         "train_on_inputs": cfg.train_on_inputs,
         "objective": cfg.objective,
+        "preserve": getattr(cfg, "preserve", "none"),
+        "preserve_ratio": getattr(cfg, "preserve_ratio", 0.0),
     }
 
 

@@ -287,6 +287,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         "licenses": licenses,
         "skipped_nonfinite_steps": guard.skipped_steps,
         "loss_spikes": sample_log.spikes,
+        "preserve": prepared.report.get("preserve"),
     }
     if world.is_main:
         run.summary.write_text(json.dumps(summary, indent=2))

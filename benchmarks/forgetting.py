@@ -1,0 +1,124 @@
+"""Task gain against forgetting, measured on two persona tasks with the default model.
+
+For each task it trains with `strop train` (the task's recipe plus any
+--set KEY=VALUE), then scores base and tuned model on:
+
+* identity: held-out questions phrased unlike any training question, answered
+  greedily, counted when the answer holds the new name;
+* general questions: short questions with a keyword a right answer holds
+  ("Paris"); "lost" counts those the base answered and the tuned model no
+  longer does;
+* general-text perplexity on the project's own prose (src/strop/eval/data/
+  general_text.txt), the forgetting check `strop eval` reports;
+* training time (summary.json's wall_s) and the replay record.
+
+Tasks: `demo` is `make demo`'s job (persona_train.jsonl, lr 1e-3, 5 epochs);
+`fresh` a persona strop's choices were never tuned on (benchmarks/data/
+persona_fresh.jsonl, 40 identity-only conversations, the README's recipe:
+5 epochs, lr 3e-4). Keywords may list alternatives with "|" ("seven|7").
+
+    python benchmarks/forgetting.py --task all --label default
+    python benchmarks/forgetting.py --task fresh --set preserve=none --label none
+
+Results are appended to benchmarks/results/forgetting.json. Run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "src" / "strop" / "demo_data"
+DATA = ROOT / "benchmarks" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "forgetting.json"
+TASKS = {
+    "demo": {"data": DEMO / "persona_train.jsonl", "questions": DEMO / "persona_heldout.jsonl",
+             "general": DEMO / "general_questions.jsonl",
+             "options": {"num_epochs": 5, "learning_rate": 1e-3, "val_size": 0.1, "keep_best": "false",
+                         "early_stopping_patience": 0}},
+    "fresh": {"data": DATA / "persona_fresh.jsonl", "questions": DATA / "persona_fresh_questions.jsonl",
+              "general": DATA / "general_checks.jsonl", "options": {"num_epochs": 5, "learning_rate": 3e-4}},
+}
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def question(row: dict) -> str:
+    return row.get("prompt") or next(m["content"] for m in row["messages"] if m["role"] == "user")
+
+
+def hit(answer: str, keyword: str) -> bool:
+    return any(k.lower() in answer.lower() for k in keyword.split("|"))
+
+
+def score(model: str, task: dict) -> dict:
+    """Identity hits, general-question hits (per question) and general-text perplexity of one model."""
+    import torch
+
+    from strop.eval.forgetting import general_paragraphs, general_text_nll
+    from strop.serve.engine import Engine
+
+    engine = Engine(model)
+    with torch.inference_mode():
+        ident = [hit(engine.generate(question(r), max_new_tokens=48), r["keyword"]) for r in rows(task["questions"])]
+        general = {question(r): hit(engine.generate(question(r), max_new_tokens=48), r["keyword"])
+                   for r in rows(task["general"])}
+        nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs())
+    return {"identity": sum(ident) / len(ident), "identity_n": len(ident), "general": general,
+            "general_text_ppl": math.exp(sum(nll) / sum(tokens))}
+
+
+def train(task: dict, out: Path, sets: dict) -> dict:
+    options = {**task["options"], **sets, "data": str(task["data"]), "output_dir": str(out), "report_to": "none"}
+    argv = [sys.executable, "-m", "strop", "train"] + [a for k, v in options.items() for a in (f"--{k}", str(v))]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"strop train failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall_s": time.monotonic() - t0, "train_s": summary["wall_s"], "steps": summary["steps"],
+            "tokens_per_s": summary["tokens_per_s"], "preserve": summary.get("preserve")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a strop train option")
+    p.add_argument("--label", default="", help="a name for this setting in the results")
+    p.add_argument("--work", default="runs/forgetting", help="where the runs go")
+    args = p.parse_args()
+    sets = dict(s.split("=", 1) for s in args.set)
+    done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    for name in TASKS if args.task == "all" else [args.task]:
+        task = TASKS[name]
+        base = next((r["base"] for r in done if r["task"] == name and "base" in r), None) or score(
+            "smollm2-135m-instruct", task)
+        out = Path(args.work) / f"{name}-{args.label or 'run'}-{int(time.time())}"
+        timing = train(task, out, sets)
+        tuned = score(str(out), task)
+        lost = [q for q, ok in base["general"].items() if ok and not tuned["general"].get(q)]
+        row = {"task": name, "label": args.label, "set": sets, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch CPU", "run": str(out),
+               "base": base, "tuned": tuned, "general_lost": lost, **timing}
+        done.append(row)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(done, indent=1))
+        change = tuned["general_text_ppl"] / base["general_text_ppl"] - 1
+        print(f"{name:<6} {args.label or '-':<14} identity {base['identity']:.0%} -> {tuned['identity']:.0%}  "
+              f"general {sum(base['general'].values())}/{len(base['general'])} -> "
+              f"{sum(tuned['general'].values())}/{len(tuned['general'])} (lost {len(lost)})  "
+              f"ppl {base['general_text_ppl']:.2f} -> {tuned['general_text_ppl']:.2f} ({change:+.1%})  "
+              f"train {timing['train_s']:.0f} s, {timing['steps']} steps", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Forgetting-aware fine-tuning: replay of the base model's own answers.
+
+A narrow training file (a persona, a support style) teaches the model that
+every answer looks like the file's answers; asked "What is the capital of
+France?" afterwards, it introduces itself. With ``preserve: replay``
+(opt-in: see docs/quality.md for when it pays), strop first has the *base*
+model answer a set of general prompts shipped with strop
+(``preserve_data/general_prompts.jsonl``: 200 prompts the project wrote,
+disjoint from every evaluation set), sampling at temperature 1, and mixes those
+conversations into the training split. The model then keeps seeing general
+questions answered the way it answered them before, so it learns the new
+behaviour where the task data asks for it and keeps the old one elsewhere
+(self-distillation; no second copy of the model and no change to the loss).
+
+How many: ``preserve_ratio`` replay rows per training row (default 0.5),
+at least ``MIN_ROWS``, at most the prompts available. Answers are cached
+per base model and settings under the strop cache, so only the first run on
+a base pays for generating them. An answer in which the base talks about
+itself (its name, its maker, being an AI) is left out: it would teach the
+old identity back against a persona file. The validation split stays task
+rows only, so eval loss still measures the task.
+
+docs/quality.md has the measurements behind these choices.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from importlib import resources
+from pathlib import Path
+
+from ..errors import StropError
+
+MODES = ("none", "replay")
+MIN_ROWS = 16
+MAX_NEW_TOKENS = 96
+# Answers are *sampled* at the base's own temperature, not greedy: training on samples from the
+# base pulls the model towards the base's whole distribution, while greedy answers (low-entropy,
+# often repetitive) sharpened it and raised general-text perplexity +29% / +153% (docs/quality.md).
+TEMPERATURE = 1.0
+GEN_BATCH = 16
+SELF_TALK = re.compile(r"\b(smollm|hugging ?face|my name is|i am an ai|i'm an ai|as an ai|an ai (assistant|model)|"
+                       r"language model|trained by|created by|developed by|built by|i was (made|designed))\b", re.I)
+
+
+def prompts() -> list[str]:
+    text = (resources.files("strop") / "preserve_data" / "general_prompts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+
+
+def mode_for(cfg) -> str:
+    """What this run preserves: replay only for supervised fine-tuning (preference objectives have their own
+    reference model); a one-line error for any other combination."""
+    if cfg.preserve not in MODES:
+        raise StropError(f"option preserve: {cfg.preserve!r} is not one of {', '.join(MODES)}")
+    if cfg.preserve == "replay" and cfg.objective != "sft":
+        raise StropError(f"option preserve: replay applies to objective sft, not {cfg.objective}")
+    return cfg.preserve
+
+
+def replay_count(n_train: int, ratio: float, available: int) -> int:
+    return min(available, max(MIN_ROWS, math.ceil(ratio * n_train)))
+
+
+def _cache_file(cfg, model_dir: Path) -> Path:
+    from .. import models
+
+    weights = sorted(model_dir.glob("*.safetensors"))
+    ident = {"model": str(model_dir.resolve()), "weights": [(p.name, p.stat().st_size, int(p.stat().st_mtime))
+                                                            for p in weights],
+             "system_prompt": cfg.system_prompt, "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE,
+             "seed": cfg.seed, "version": 2}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return models.cache_root() / "replay" / f"{digest}.json"
+
+
+def base_answers(cfg, tok, wanted: list[str]) -> tuple[dict[str, str], int, float]:
+    """Base-model answers (sampled, seeded) to ``wanted``, from the cache or generated now; (answers, generated, seconds)."""
+    from .. import models
+
+    model_dir = models.resolve(cfg.base_model)
+    cache = _cache_file(cfg, model_dir) if isinstance(model_dir, Path) else None
+    known = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    missing = [p for p in wanted if p not in known]
+    t0 = time.monotonic()
+    if missing:
+        known.update(_generate(cfg, tok, missing))
+        if cache is not None:
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps(known))
+                tmp.replace(cache)
+            except OSError:
+                pass  # a read-only cache only costs the next run the same generation
+    return {p: known[p] for p in wanted}, len(missing), time.monotonic() - t0
+
+
+def _generate(cfg, tok, todo: list[str]) -> dict[str, str]:
+    import torch
+
+    from .. import models
+    from ..data.render import prompt_text
+
+    model = models.load_model(cfg.base_model, "float32", policy=models.policy(cfg)).eval()
+    side = tok.padding_side
+    tok.padding_side = "left"
+    out = {}
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(todo), GEN_BATCH):
+                batch = todo[i:i + GEN_BATCH]
+                texts = [prompt_text(tok, [{"role": "user", "content": p}], cfg.system_prompt) for p in batch]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                torch.manual_seed(cfg.seed + i)  # the same answers for the same seed, cached or not
+                gen = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=TEMPERATURE,
+                                     top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                for p, ids in zip(batch, gen[:, enc["input_ids"].shape[1]:]):
+                    out[p] = tok.decode(ids, skip_special_tokens=True).strip()
+    finally:
+        tok.padding_side = side
+    del model
+    return out
+
+
+def replay_conversations(cfg, tok, n_train: int) -> tuple[list, dict]:
+    """The replay conversations for a run with ``n_train`` task rows, and what was done (for the run record)."""
+    from ..data.records import Conversation, Message
+
+    pool = prompts()
+    n = replay_count(n_train, cfg.preserve_ratio, len(pool))
+    order = random.Random(cfg.seed).sample(pool, len(pool))
+    convs, skipped, generated, seconds, taken = [], 0, 0, 0.0, 0
+    while len(convs) < n and taken < len(order):
+        # ask for a few spares, since answers about the base itself are left out
+        want = order[taken:taken + (n - len(convs)) + (n - len(convs)) // 2 + 4]
+        taken += len(want)
+        answers, made, secs = base_answers(cfg, tok, want)
+        generated, seconds = generated + made, seconds + secs
+        for prompt in want:
+            answer = answers[prompt]
+            if len(convs) == n:
+                break
+            if not answer or SELF_TALK.search(answer):
+                skipped += 1
+                continue
+            convs.append(Conversation([Message("user", prompt), Message("assistant", answer)],
+                                      source="strop:replay", line=pool.index(prompt) + 1))
+    record = {"mode": "replay", "ratio": cfg.preserve_ratio, "task_rows": n_train, "replay_rows": len(convs),
+              "skipped_self_talk_or_empty": skipped, "generated_now": generated,
+              "generation_s": round(seconds, 1), "prompts": "strop/preserve_data/general_prompts.jsonl"}
+    return convs, record
