@@ -12,7 +12,10 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_FILES = ("persona_train.jsonl", "persona_heldout.jsonl", "general_questions.jsonl")
-IDENTITY_TARGET = 0.9
+IDENTITY_TARGET = 0.9  # the demo exits 1 below this
+# The forgetting goal (docs/quality.md): each figure is printed with its verdict; only identity sets the exit code.
+IDENTITY_GOAL = 0.95
+PERPLEXITY_BUDGET = 0.05  # general-text perplexity may rise at most this much
 
 
 def demo_data_dir() -> Path:
@@ -49,7 +52,7 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     run = train(cfg)
 
     print("\n[demo] 3/4 evaluating base vs tuned on held-out identity questions and general questions")
-    result = evaluate(str(out), heldout, general=general, max_new_tokens=48)
+    result = evaluate(str(out), heldout, general=general, max_new_tokens=48, bias=True)
     print(format_table(result["systems"]))
 
     print("\n[demo] 4/4 a sample answer from the tuned model")
@@ -59,9 +62,44 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     print(f"\n[demo] report: {Path(result['output']) / 'report.html'}")
     print(f"[demo] finished in {time.monotonic() - t0:.0f} s; try: strop generate {out} --prompt 'Who made you?'")
 
+    print_figures(result, run)
     base, tuned = result["systems"]["base"], result["systems"]["tuned"]
     ok = tuned["keyword_hit_rate"] >= IDENTITY_TARGET and base["keyword_hit_rate"] == 0
-    verdict = "meets" if ok else "MISSES"
-    print(f"[demo] identity hit rate: base {base['keyword_hit_rate']:.0%}, tuned {tuned['keyword_hit_rate']:.0%} "
-          f"({verdict} the target of >= {IDENTITY_TARGET:.0%} tuned and 0% base)")
+    print(f"[demo] {'passes' if ok else 'FAILS'}: the tuned model names Orrin on >= {IDENTITY_TARGET:.0%} of the "
+          "held-out questions and the base on none")
     return 0 if ok else 1
+
+
+def print_figures(result: dict, run) -> list[bool]:
+    """The four figures of the demo's goal, each with its verdict (docs/quality.md)."""
+    import json
+
+    base, tuned = result["systems"]["base"], result["systems"]["tuned"]
+    verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
+    identity = tuned["keyword_hit_rate"] >= IDENTITY_GOAL and base["keyword_hit_rate"] == 0
+    print(f"[demo] identity: base {base['keyword_hit_rate']:.0%} -> tuned {tuned['keyword_hit_rate']:.0%} "
+          f"({verdict(identity)} the goal of >= {IDENTITY_GOAL:.0%} tuned and 0% base)")
+    rows = [json.loads(line) for line in (Path(result["output"]) / "predictions.jsonl").read_text().splitlines()]
+    answered = {r["system"]: {r["prompt"] for r in rows if r.get("set") == "general" and r.get("hit")}
+                for r in rows if r.get("set") == "general"}
+    lost = sorted(answered.get("base", set()) - answered.get("tuned", set()))
+    print(f"[demo] general questions: base {base['general_hit_rate']:.0%} -> tuned {tuned['general_hit_rate']:.0%}, "
+          f"{len(lost)} the base answered lost ({verdict(not lost)} the goal of none lost)"
+          + (f": {'; '.join(lost)}" if lost else ""))
+    text = result["general_text"]
+    b, t = text["base"]["perplexity"], text["tuned"]["perplexity"]
+    within = t <= b * (1 + PERPLEXITY_BUDGET)
+    print(f"[demo] general-text perplexity: base {b:.1f} -> tuned {t:.1f} ({t / b - 1:+.1%}; {verdict(within)} "
+          f"the goal of at most +{PERPLEXITY_BUDGET:.0%})")
+    flags = result.get("bias", {}).get("flags", [])
+    print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval "
+          f"({verdict(not flags)} the goal of none)" + (f": {'; '.join(flags[:3])}" if flags else "")
+          + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
+    summary = json.loads(run.summary.read_text())
+    rec = summary.get("preserve") or {}
+    if rec.get("mode") != "replay":
+        print(f"[demo] forgetting protection: none (preserve: none; training {summary['wall_s']:.0f} s)")
+    else:
+        print(f"[demo] forgetting protection: {rec['replay_rows']} replayed base answers beside {rec['task_rows']} "
+              f"training rows ({rec['generation_s']:.0f} s to generate; training {summary['wall_s']:.0f} s)")
+    return [identity, not lost, within, not flags]
