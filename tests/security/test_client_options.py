@@ -145,3 +145,11 @@ def test_job_errors_and_events_shown_to_clients_carry_no_code_hash():
     event = {"id": "e", "created_at": 1, "level": "error", "message": f"code hashes to {digest}", "type": "message",
              "data": None}
     assert digest not in json.dumps(event_object(event))
+
+
+def test_a_base_model_named_relative_to_the_root_is_served_from_there(tmp_path, root):
+    client, fid = service(tmp_path, root)
+    assert create(client, fid, model="tiny").status_code == 200
+    models = client.app.state.service.models
+    assert models.path_for("tiny") == str((root / "tiny").resolve())  # not the bare name, which means nothing here
+    assert [m["id"] for m in client.get("/v1/models", headers=AUTH).json()["data"]] == ["tiny"]

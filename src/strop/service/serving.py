@@ -75,8 +75,11 @@ class Models:
                 raise APIError(404, f"The model '{name}' does not exist or its job has not succeeded",
                                param="model", code="model_not_found")
             return str(run_dir(self.runs_root, job["id"]) / "final")
-        if any(job["model"] == name for job in self.store.list_jobs()):
-            return name  # an alias or a local directory a job was started from
+        for job in self.store.list_jobs():
+            if job["model"] == name:
+                # what the job trained from: the alias, or the directory the policy resolved the name to
+                # (a name relative to --model-root means nothing outside the service)
+                return (job.get("options") or {}).get("base_model") or name
         raise APIError(404, f"The model '{name}' does not exist; this service serves the base models of its jobs "
                             "and the models they made (GET /v1/models)", param="model", code="model_not_found")
 
