@@ -23,7 +23,7 @@ demo: venv
 	$(VENV)/bin/strop demo
 
 test: venv browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -24,7 +24,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "peer-data" / "llama-factory" / "alpaca_en_demo.json"
+DEFAULT_DATA = ROOT / "tests" / "fixtures" / "peer" / "alpaca_en_demo.json"
 
 # The baseline as a user would write it from the TRL docs: prompt/completion
 # rows (so the loss is on the answer only), LoRA r16/alpha32 on all linear

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PEER = ROOT.parent / "shared" / "peer-data" / "llama-factory"
 FIXTURES = Path(__file__).parent / "fixtures"
+PEER = FIXTURES / "peer"  # LLaMA-Factory's data files, Apache-2.0 (fixtures/peer/README.md)
 DEMO_DATA = ROOT / "src" / "strop" / "demo_data"
 
 
