@@ -461,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local model directories under DIR may be named by API clients (default: aliases only)")
         sv.add_argument("--allow-client-option", action="append", default=[], metavar="NAME",
                         help="let API clients set this option, which can run code or reach host paths "
-                             "(trust_remote_code, model_revision, allow_pickle, reward_funcs, reward_model); repeatable")
+                             "(trust_remote_code, model_revision, allow_pickle, reward_funcs, reward_model, report_to); "
+                             "repeatable")
         sv.set_defaults(func=cmd_service)
 
     x = sub.add_parser("export", help="merge adapters / write GGUF, verified against the run")

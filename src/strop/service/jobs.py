@@ -162,7 +162,7 @@ def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path, pol
             raise JobError(f"{field}: no file with id {file_id!r}", param=field, code="invalid_file")
         paths[field] = stored_path(files_root, row["id"], row["filename"])
     job_id = new_id("ftjob")
-    _, kind = training_values(req, paths, runs_root / job_id, policy)
+    kind, _ = _method_and_hypers(req)
     cfg = build_config(req, paths, runs_root / job_id, policy)  # every option error before the job exists
     job = new_job(job_id, req, cfg, kind)
     store.add_job(job)

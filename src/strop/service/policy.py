@@ -100,17 +100,14 @@ class ClientPolicy:
             param = f"strop.{key}"
             if name in API_OWNED:
                 raise JobError(f"{param}: set through the API's own field, not the strop extension", param)
-            if name in OPERATOR_ONLY and name not in self.allowed:
-                if name == "report_to" and str(value) in SAFE_REPORT_TO:
-                    out[name] = value
-                    continue
+            refused = name in OPERATOR_ONLY and name not in self.allowed
+            if refused and not (name == "report_to" and str(value) in SAFE_REPORT_TO):
                 raise JobError(f"{param}: not allowed for API clients: it {OPERATOR_ONLY[name]}; the "
-                                  f"operator can allow it with `strop service --allow-client-option {name}`",
-                                  param, "option_not_allowed")
-            if name not in known:
-                continue  # left for the config builder, which names unknown keys with a suggestion
-            out[name] = value
-        return {**{k: v for k, v in extra.items() if str(k).replace("-", "_") not in known}, **out}
+                               f"operator can allow it with `strop service --allow-client-option {name}`",
+                               param, "option_not_allowed")
+            # an unknown key keeps its spelling for the config builder, which names it with a suggestion
+            out[name if name in known else key] = value
+        return out
 
     def model_path(self, name: str) -> str:
         """The alias, or the absolute directory under the model root, that ``name`` stands for."""

@@ -33,9 +33,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from ..errors import StropError
-
-MODES = ("none", "replay")
 MIN_ROWS = 16
 MAX_NEW_TOKENS = 96
 # Answers are *sampled* at the base's own temperature, not greedy: training on samples from the
@@ -53,12 +50,7 @@ def prompts() -> list[str]:
 
 
 def mode_for(cfg) -> str:
-    """What this run preserves: replay only for supervised fine-tuning (preference objectives have their own
-    reference model); a one-line error for any other combination."""
-    if cfg.preserve not in MODES:
-        raise StropError(f"option preserve: {cfg.preserve!r} is not one of {', '.join(MODES)}")
-    if cfg.preserve == "replay" and cfg.objective != "sft":
-        raise StropError(f"option preserve: replay applies to objective sft, not {cfg.objective}")
+    """What this run preserves; TrainConfig.validate has refused any other value, and replay outside SFT."""
     return cfg.preserve
 
 
@@ -111,7 +103,9 @@ def _generate(cfg, tok, todo: list[str]) -> dict[str, str]:
     tok.padding_side = "left"
     out = {}
     try:
-        with torch.inference_mode():
+        # fork_rng: the run's own seeded state (LoRA init, data order) is the same whether or not
+        # the answers came from the cache
+        with torch.inference_mode(), torch.random.fork_rng():
             for i in range(0, len(todo), GEN_BATCH):
                 batch = todo[i:i + GEN_BATCH]
                 texts = [prompt_text(tok, [{"role": "user", "content": p}], cfg.system_prompt) for p in batch]
@@ -132,6 +126,7 @@ def replay_conversations(cfg, tok, n_train: int) -> tuple[list, dict]:
     from ..data.records import Conversation, Message
 
     pool = prompts()
+    line = {p: i + 1 for i, p in enumerate(pool)}
     n = replay_count(n_train, cfg.preserve_ratio, len(pool))
     order = random.Random(cfg.seed).sample(pool, len(pool))
     convs, skipped, generated, seconds, taken = [], 0, 0, 0.0, 0
@@ -149,7 +144,7 @@ def replay_conversations(cfg, tok, n_train: int) -> tuple[list, dict]:
                 skipped += 1
                 continue
             convs.append(Conversation([Message("user", prompt), Message("assistant", answer)],
-                                      source="strop:replay", line=pool.index(prompt) + 1))
+                                      source="strop:replay", line=line[prompt]))
     record = {"mode": "replay", "ratio": cfg.preserve_ratio, "task_rows": n_train, "replay_rows": len(convs),
               "skipped_self_talk_or_empty": skipped, "generated_now": generated,
               "generation_s": round(seconds, 1), "prompts": "strop/preserve_data/general_prompts.jsonl"}
