@@ -210,3 +210,20 @@ def test_lean_lora_linear_with_a_bias_matches_peft():
         outs.append([y.detach(), x.grad.clone()] + [p.grad.clone() for p in model.parameters() if p.requires_grad])
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_lean_layers_stay_on_for_every_step_of_a_run(monkeypatch, tiny_model_dir, chat_file, tmp_path):
+    """Every training step of `strop train` runs the lean norms, not only the first: transformers >= 5.2x
+    re-kernelizes a model with hub kernels on each train()/eval() switch, which took the patched
+    forwards off after step 1 (and made the restore raise) until strop turned hub kernels off."""
+    from strop.config import load_train_config
+    from strop.train.sft import train
+
+    calls = _count_calls(monkeypatch)
+    steps = 4
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file),
+                                   "output_dir": str(tmp_path / "run"), "report_to": "none", "method": "lora",
+                                   "max_steps": steps, "val_size": 3, "eval_steps": 2, "micro_batch_size": 4})
+    train(cfg, progress=False)
+    # 2 layers x 2 norms + the final norm = 5 lean norm forwards per step
+    assert calls["rmsnorm"] >= 5 * steps, calls

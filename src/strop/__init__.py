@@ -1,6 +1,16 @@
 """strop: from raw examples to a fine-tuned model that is measured, explained and served."""
 from __future__ import annotations
 
+import os
+
+# transformers >= 5.2x turns on Hugging Face "hub kernels" by default when the
+# `kernels` package is present (it is now one of its requirements). They fetch
+# compiled code from the hub at run time (no network here, none on an air-gapped
+# box, and code strop never audited), and every model.train()/model.eval() call
+# re-kernelizes the model, dropping instance forwards such as strop's lean
+# training layers. strop keeps them off unless the user turns them on.
+os.environ.setdefault("USE_HUB_KERNELS", "0")
+
 __version__ = "0.1.0"
 
 

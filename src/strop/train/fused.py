@@ -288,6 +288,13 @@ def _targets(model):
 def lean_layers(model, enabled: bool = True):
     """Give LoRA linears, SwiGLU MLPs and RMSNorms of ``model`` their lean training forward, then restore."""
     patched = []
+    if enabled and getattr(model, "use_kernels", False):
+        # Hub kernels re-kernelize on every train()/eval() and take instance forwards off.
+        import logging
+
+        logging.getLogger("strop").warning(
+            "lean_layers: off for this run, because hub kernels are on (USE_HUB_KERNELS); they replace the same forwards")
+        enabled = False
     if enabled:
         for module, make in list(_targets(model)):
             had = "forward" in module.__dict__
@@ -299,8 +306,8 @@ def lean_layers(model, enabled: bool = True):
         yield len(patched)
     finally:
         for module, had, stock in patched:
-            del module._strop_lean
+            module.__dict__.pop("_strop_lean", None)
             if had:
                 module.forward = stock
-            else:
-                del module.forward
+            else:  # pop, not del: something else (hub kernels) may already have taken it off
+                module.__dict__.pop("forward", None)
