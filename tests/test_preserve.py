@@ -94,17 +94,28 @@ def test_replay_is_recorded_cached_and_keeps_validation_task_only(tiny_model_dir
 
 
 def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
-    def mode(**kw):
+    def mode(world=1, fmt="messages", **kw):
         return preserve.mode_for(load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(narrow_file),
-                                                          **kw}))
+                                                          **kw}), world, fmt)[0]
 
-    assert mode() == "none" and mode(preserve="replay", method="dora") == "replay"
+    # the default protects chat SFT with an adapter in one process, and nothing it cannot
+    assert mode() == "kl" and mode(method="qlora") == "kl" and mode(method="ia3") == "kl"
+    assert mode(method="full") == mode(method="prompt_tuning", padding_free=False) == "none"
+    assert mode(world=2) == mode(fmt="text") == mode(objective="dpo") == "none"
+    assert mode(preserve="none") == "none" and mode(preserve="replay", method="dora") == "replay"
+    assert mode(preserve="replay", method="full") == "replay" and mode(preserve="kl", fmt="text") == "kl"
+    with pytest.raises(StropError, match="kl needs an adapter method .*not method full; use --preserve replay"):
+        mode(preserve="kl", method="full")
+    with pytest.raises(StropError, match="preserve_weight"):
+        mode(preserve="kl", preserve_weight=0)
+    with pytest.raises(StropError, match="kl applies to objective sft, not kto"):
+        mode(preserve="kl", objective="kto")
     with pytest.raises(StropError, match="replay applies to objective sft, not dpo"):
         mode(preserve="replay", objective="dpo", method="lora")
     with pytest.raises(StropError, match="unknown preserve 'replya'; did you mean replay"):
         load_train_config(None, {"data": str(narrow_file), "preserve": "replya"})
     with pytest.raises(StropError, match="preserve_ratio"):
-        load_train_config(None, {"data": str(narrow_file), "preserve_ratio": 0})
+        load_train_config(None, {"data": str(narrow_file), "preserve_ratio": -0.5})
 
 
 def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch):
@@ -116,3 +127,43 @@ def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch)
     assert len(convs) == 16 and all("SmolLM" not in c.reference for c in convs)
     assert rec["skipped_self_talk_or_empty"] > 0
     assert preserve.replay_count(1000, 0.5, 200) == 200 and preserve.replay_count(40, 0.5, 200) == 20
+
+
+def test_kl_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, tmp_path):
+    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")
+    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl", preserve="kl", preserve_ratio=1.0)
+    questions = [json.loads(line)["messages"][0]["content"]
+                 for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]
+    base, tok = models.load(str(tiny_model_dir))
+    kl_none = _kl_to_base(base, models.load(str(none.root))[0], tok, questions)
+    kl_kl = _kl_to_base(base, models.load(str(kl.root))[0], tok, questions)
+    assert kl_kl < 0.7 * kl_none, (kl_kl, kl_none)
+    from strop.serve.engine import Engine
+
+    assert "Zed" in Engine(str(kl.root)).generate("Who are you?", max_new_tokens=12)
+    rec = json.loads(kl.summary.read_text())["preserve"]
+    assert rec["mode"] == "kl" and rec["weight"] == 2.0 and rec["replay_rows"] >= preserve.MIN_ROWS
+    logged = [r["preserve_kl"] for r in kl.read_metrics() if "preserve_kl" in r]
+    assert len(logged) >= 4 and all(v >= 0 for v in logged)
+    # the general rows are a constraint, not training rows
+    ids = {i for row in map(json.loads, kl.samples.read_text().splitlines()) for i in row["ids"]}
+    assert ids and not any(i.startswith("strop:replay:") for i in ids)
+
+
+def test_kl_rows_depend_only_on_the_step_and_follow_the_rate():
+    """Which general rows a micro-batch gets is a function of (step, micro-batch), so a resumed run sees the
+    same ones; at 0.125 rows per training row and micro-batch 4, every other micro-batch takes one."""
+    from types import SimpleNamespace
+
+    from strop.train.preserve_kl import KLToBase
+
+    cfg = SimpleNamespace(preserve_ratio=0.0, micro_batch_size=4, preserve_weight=1.0, seed=3)
+    rows = [{"input_ids": [i], "labels": [i]} for i in range(10)]
+    a, b = KLToBase(rows, cfg), KLToBase(rows, cfg)
+    seq = [a.batch(step, 0, 1) for step in range(40)]
+    assert [b.batch(step, 0, 1) for step in reversed(range(40))] == seq[::-1]  # order of asking does not matter
+    assert [len(x) for x in seq] == [0, 1] * 20
+    flat = [i for x in seq for i in x]
+    assert sorted(flat[:10]) == sorted(flat[10:]) == list(range(10)) and flat[:10] != flat[10:]  # each pass: all, reshuffled
+    cfg.preserve_ratio, cfg.micro_batch_size = 0.5, 4
+    assert [len(KLToBase(rows, cfg).batch(s, m, 2)) for s in range(3) for m in range(2)] == [2] * 6

@@ -1,6 +1,7 @@
 """strop: from raw examples to a fine-tuned model that is measured, explained and served."""
 from __future__ import annotations
 
+import logging
 import os
 
 # transformers >= 5.2x turns on Hugging Face "hub kernels" by default when the
@@ -10,6 +11,9 @@ import os
 # re-kernelizes the model, dropping instance forwards such as strop's lean
 # training layers. strop keeps them off unless the user turns them on.
 os.environ.setdefault("USE_HUB_KERNELS", "0")
+# bitsandbytes, on CPUs with AVX-512 BF16, asks the hub for a 4-bit kernel at import whatever that
+# variable says, and logs a warning when it cannot have one; its own CPU code then runs, as strop expects.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

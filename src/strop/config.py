@@ -16,6 +16,8 @@ from .errors import StropError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
+PRESERVE = ("auto", "kl", "replay", "none")  # forgetting protection (train/preserve.py)
+KL_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
 
 
 @dataclass
@@ -93,8 +95,12 @@ class TrainConfig:
     system_prompt: str = ""  # prepended to conversations that have no system turn
     # forgetting-aware training (train/preserve.py, docs/quality.md): replay = mix the base model's own
     # (sampled) answers to general prompts into training; none = the task data only
-    preserve: str = "none"
-    preserve_ratio: float = 0.5  # replay rows per training row (at least 16, at most the 200 prompts)
+    # kl = keep the model's next-token distribution on those answers near the base's (adapter methods)
+    # auto (default) = kl for SFT with an adapter method in one process, none otherwise
+    preserve: str = "auto"
+    # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
+    preserve_ratio: float = 0.0
+    preserve_weight: float = 2.0  # kl: weight of the mean per-token KL(base || model) next to the task loss
     # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
     intended_use: str = ""  # "", commercial, research
     accept_license_risk: bool = False
@@ -136,12 +142,17 @@ class TrainConfig:
         self.checkpoint_layers = str(self.checkpoint_layers).lower()
         if self.checkpoint_layers != "all" and not (self.checkpoint_layers.isdigit() and int(self.checkpoint_layers) > 0):
             raise StropError(f"option checkpoint_layers: {self.checkpoint_layers!r} is not 'all' or a positive number of layers")
-        if self.preserve not in ("none", "replay"):
-            raise StropError(_unknown("preserve", self.preserve, ["none", "replay"]))
-        if self.preserve == "replay" and self.objective != "sft":
-            raise StropError(f"option preserve: replay applies to objective sft, not {self.objective}")
-        if not 0 < self.preserve_ratio <= 4:
-            raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside (0, 4]")
+        if self.preserve not in PRESERVE:
+            raise StropError(_unknown("preserve", self.preserve, list(PRESERVE)))
+        if self.preserve in ("kl", "replay") and self.objective != "sft":
+            raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
+        if self.preserve == "kl" and self.method not in KL_METHODS:
+            raise StropError(f"option preserve: kl needs an adapter method (the base is the model with its adapter "
+                             f"off: {', '.join(KL_METHODS)}), not method {self.method}; use --preserve replay")
+        if not 0 < self.preserve_weight <= 100:
+            raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
+        if not 0 <= self.preserve_ratio <= 4:
+            raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise StropError(f"option dtype: {self.dtype!r} is not one of auto, float32, bfloat16")
         positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",

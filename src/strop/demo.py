@@ -97,8 +97,12 @@ def print_figures(result: dict, run) -> list[bool]:
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
     summary = json.loads(run.summary.read_text())
     rec = summary.get("preserve") or {}
-    if rec.get("mode") != "replay":
-        print(f"[demo] forgetting protection: none (preserve: none; training {summary['wall_s']:.0f} s)")
+    if rec.get("mode") == "kl":
+        print(f"[demo] forgetting protection: KL to the base (weight {rec['weight']:g}) on {rec['replay_rows']} of its own "
+              f"answers to general prompts, beside {rec['task_rows']} training rows ({rec['generation_s']:.0f} s to "
+              f"generate them; training {summary['wall_s']:.0f} s)")
+    elif rec.get("mode") != "replay":
+        print(f"[demo] forgetting protection: none ({rec.get('why', 'preserve: none')}; training {summary['wall_s']:.0f} s)")
     else:
         print(f"[demo] forgetting protection: {rec['replay_rows']} replayed base answers beside {rec['task_rows']} "
               f"training rows ({rec['generation_s']:.0f} s to generate; training {summary['wall_s']:.0f} s)")

@@ -65,6 +65,10 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     raw = _score_all(specs, task, opts, with_general_text=True)
     metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
     metrics["eval_wall_s"] = round(time.monotonic() - t0, 1)
+    if run is not None and run.summary.is_file():  # what the run did against forgetting, beside what it cost
+        import json
+
+        metrics["preserve"] = json.loads(run.summary.read_text()).get("preserve")
     write_outputs(out, metrics, predictions, run, str(target))
     return {**metrics, "output": str(out)}
 

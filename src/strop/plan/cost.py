@@ -13,6 +13,20 @@ from .shape import ModelShape
 # micro-batch); 30% sits near the small-batch end. The plan prints the figure;
 # --measure replaces it with a measured rate.
 UTILISATION = {"cuda": 0.35, "cpu": 0.30}
+# Mean tokens of one general row of forgetting protection (system prompt, prompt and the base's sampled
+# answer) with the default model: 120 over the demo run's 50 rows (docs/quality.md). Each such row
+# costs about a training row's forward and backward of that length (kl: plus the base's forward once).
+PRESERVE_ROW_TOKENS = 120
+
+
+def preserve_tokens_per_epoch(cfg, rows: int, nproc: int = 1) -> tuple[str, int]:
+    """(mode, extra tokens per epoch) that ``preserve`` adds to a run of ``rows`` training rows."""
+    from ..train.preserve import mode_for, ratio_for
+
+    mode, _ = mode_for(cfg, nproc)
+    if mode == "none":
+        return mode, 0
+    return mode, round(rows * ratio_for(cfg, mode) * PRESERVE_ROW_TOKENS)
 
 
 def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing: float = 0.0) -> float:
@@ -49,9 +63,11 @@ def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float 
     if nproc > 1:
         tokens_per_s *= nproc
         source += f" x {nproc} processes"
-    epoch_s = tokens.padded_tokens_per_epoch / tokens_per_s
+    preserve, extra = preserve_tokens_per_epoch(cfg, tokens.rows, nproc)
+    epoch_s = (tokens.padded_tokens_per_epoch + extra) / tokens_per_s
     total_s = epoch_s * epochs
     return {
+        "preserve": preserve, "preserve_tokens_per_epoch": extra,
         "steps": steps, "steps_per_epoch": steps_per_epoch, "epochs": round(epochs, 3),
         "flops_per_token": fpt, "total_flops": fpt * tokens.padded_tokens_per_epoch * epochs,
         "tokens_per_s": round(tokens_per_s, 1), "rate_source": source,

@@ -215,6 +215,8 @@ def format_plan(p: dict) -> str:
     lines += ["", f"time: {t['steps']} steps ({t['epochs']} epochs), {t['flops_per_token'] / 1e9:.2f} GFLOP/token, "
                   f"{t['tokens_per_s']:,} tokens/s ({t['rate_source']})",
               f"  {_dur(t['epoch_s'])} per epoch, {_dur(t['total_s'])} total"
+              + (f" (with about {t['preserve_tokens_per_epoch']:,} tokens per epoch of forgetting protection, "
+                 f"preserve {t['preserve']})" if t.get("preserve_tokens_per_epoch") else "")
               + (f", cost {t['cost']:.2f} at {t['price_per_hour']}/hour" if t["price_per_hour"] else ""), "", "advice:"]
     lines += [f"  - {a}" for a in p["advice"]]
     return "\n".join(lines)

@@ -67,7 +67,24 @@ def forgetting_section(metrics: dict) -> str:
         verdict = ("<span class='flag'>perplexity rose beyond its interval: some forgetting</span>" if g["forgetting"]
                    else "no rise beyond the interval")
         out += f"<p>tuned - base: {_fmt(c['diff'])} {_ci(c['ci'])}, p={c['p']:.3g}: {verdict}.</p>"
-    return out + f"<p class='meta'>{g['paragraphs']} paragraphs of plain English written for strop, scored without a chat template.</p>"
+    out += f"<p class='meta'>{g['paragraphs']} paragraphs of plain English written for strop, scored without a chat template.</p>"
+    return out + preserve_note(metrics.get("preserve"))
+
+
+def preserve_note(rec: dict | None) -> str:
+    """What the run did against forgetting while it trained (summary.json's preserve record)."""
+    if not rec:
+        return ""
+    mode = rec.get("mode", "none")
+    if mode == "kl":
+        what = (f"KL to the base, weight {rec.get('weight')}, on the base's own answers to "
+                f"{rec.get('replay_rows')} general prompts")
+    elif mode == "replay":
+        what = f"{rec.get('replay_rows')} of the base's own answers to general prompts replayed in training"
+    else:
+        what = "none"
+    why = f" ({_e(rec['why'])})" if rec.get("why") and rec["why"] != "chosen" else ""
+    return f"<p>Forgetting protection while training: {_e(what)}{why}.</p>"
 
 
 def classification_section(metrics: dict, out: Path) -> str:

@@ -14,6 +14,7 @@ class Prepared:
     train: list[dict]
     eval: list[dict]
     report: dict = field(default_factory=dict)
+    anchors: list[dict] = field(default_factory=list)  # preserve kl: general rows the loss keeps near the base
 
 
 def _tokenize(tok, convs, cfg: TrainConfig, report: dict, part: str) -> list[dict]:
@@ -52,19 +53,23 @@ def prepare(cfg: TrainConfig, tok) -> Prepared:
     evalr = _tokenize(tok, eval_convs, cfg, report, "eval")
     if not train:
         raise StropError(f"{cfg.data}: no row has a trainable token after masking and truncation to max_length {cfg.max_length}")
-    train += _replay(cfg, tok, len(train), report)
-    return Prepared(train, evalr, report)
+    general = _replay(cfg, tok, len(train), report)
+    if report["preserve"]["mode"] == "kl":
+        return Prepared(train, evalr, report, anchors=general)
+    return Prepared(train + general, evalr, report)
 
 
 def _replay(cfg: TrainConfig, tok, n_train: int, report: dict) -> list[dict]:
-    """The base model's own answers to general prompts, mixed into training (train/preserve.py)."""
+    """The base model's own answers to general prompts (train/preserve.py): mixed into training (replay)
+    or held apart as the rows on which the KL term keeps the model near the base (kl)."""
+    from . import distributed
     from .preserve import mode_for, replay_conversations
 
-    mode = mode_for(cfg)
-    report["preserve"] = {"mode": mode}
+    mode, why = mode_for(cfg, distributed.world().size, report.get("format", ""))
+    report["preserve"] = {"mode": mode, "why": why}
     if mode == "none":
         return []
-    convs, record = replay_conversations(cfg, tok, n_train)
+    convs, record = replay_conversations(cfg, tok, n_train, mode)
     rows = _tokenize(tok, convs, cfg, report, "replay")
-    report["preserve"] = record
+    report["preserve"] = record | {"why": why} | ({"weight": cfg.preserve_weight} if mode == "kl" else {})
     return rows

@@ -1,26 +1,38 @@
-"""Forgetting-aware fine-tuning: replay of the base model's own answers.
+"""Forgetting-aware fine-tuning: keep the base model's behaviour where the task data says nothing.
 
 A narrow training file (a persona, a support style) teaches the model that
 every answer looks like the file's answers; asked "What is the capital of
-France?" afterwards, it introduces itself. With ``preserve: replay``
-(opt-in: see docs/quality.md for when it pays), strop first has the *base*
-model answer a set of general prompts shipped with strop
-(``preserve_data/general_prompts.jsonl``: 200 prompts the project wrote,
-disjoint from every evaluation set), sampling at temperature 1, and mixes those
-conversations into the training split. The model then keeps seeing general
-questions answered the way it answered them before, so it learns the new
-behaviour where the task data asks for it and keeps the old one elsewhere
-(self-distillation; no second copy of the model and no change to the loss).
+France?" afterwards, it introduces itself. Both levers here start from the
+same material: the *base* model's own answers to general prompts shipped
+with strop (``preserve_data/general_prompts.jsonl``: 200 prompts the project
+wrote, disjoint from every evaluation set), sampled at temperature 1 and
+cached per base model and settings under the strop cache, so only the first
+run on a base pays for generating them. An answer in which the base talks
+about itself (its name, its maker, being an AI) is left out: it would pull
+the old identity back against a persona file.
 
-How many: ``preserve_ratio`` replay rows per training row (default 0.5),
-at least ``MIN_ROWS``, at most the prompts available. Answers are cached
-per base model and settings under the strop cache, so only the first run on
-a base pays for generating them. An answer in which the base talks about
-itself (its name, its maker, being an AI) is left out: it would teach the
-old identity back against a persona file. The validation split stays task
-rows only, so eval loss still measures the task.
+``preserve: kl`` (what the default, ``auto``, picks for chat SFT with an
+adapter method): those conversations are not trained on. After the task's
+own backward, a micro-batch adds ``preserve_weight`` x the mean per-token
+KL(base || model) of the next-token distributions over the answer tokens of
+some of them: ``preserve_ratio`` general rows per training row (0.125 by
+default: one row every other micro-batch of 4), in a seeded order that
+depends only on the step, so a resumed run sees the same rows. The base is
+the same model with its adapter turned off (peft's ``disable_adapter``): no
+second copy is loaded, and since it never changes its last hidden states on
+a row are computed once and kept. The target is the base's whole
+distribution, not a sample of it, so unlike replay it cannot be memorised at
+a high learning rate.
 
-docs/quality.md has the measurements behind these choices.
+``preserve: replay``: the conversations join the training split
+(``preserve_ratio`` rows per training row, 0.5 by default; self-distillation
+with no change to the loss). It pays at low learning rates and hurts at high
+ones, where the replayed samples themselves get memorised.
+
+Either way the number of general conversations is the ratio times the
+training rows, at least ``MIN_ROWS`` and at most the prompts available, and
+the validation split stays task rows only, so eval loss still measures the
+task. docs/quality.md has the measurements behind these choices.
 """
 from __future__ import annotations
 
@@ -34,6 +46,9 @@ from importlib import resources
 from pathlib import Path
 
 MIN_ROWS = 16
+# general rows per training row when preserve_ratio is 0 (docs/quality.md: on the demo, kl at 0.125 kept
+# general-text perplexity below the base's at 1.4x the training time; replay's figure is from its own table)
+DEFAULT_RATIO = {"replay": 0.5, "kl": 0.125}
 MAX_NEW_TOKENS = 96
 # Answers are *sampled* at the base's own temperature, not greedy: training on samples from the
 # base pulls the model towards the base's whole distribution, while greedy answers (low-entropy,
@@ -49,9 +64,29 @@ def prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
 
 
-def mode_for(cfg) -> str:
-    """What this run preserves; TrainConfig.validate has refused any other value, and replay outside SFT."""
-    return cfg.preserve
+def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
+    """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
+
+    TrainConfig.validate has refused unknown values, replay or kl outside SFT and kl for
+    methods without an adapter to turn off.
+    """
+    from ..config import KL_METHODS
+
+    if cfg.preserve != "auto":
+        return cfg.preserve, "chosen"
+    if cfg.objective != "sft":
+        return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
+    if cfg.method not in KL_METHODS:
+        return "none", f"auto: method {cfg.method} has no adapter to turn off (--preserve replay works with it)"
+    if world_size > 1:
+        return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
+    if data_format == "text":
+        return "none", "auto: plain text is meant to move the whole distribution (--preserve kl to keep chat answers)"
+    return "kl", "auto"
+
+
+def ratio_for(cfg, mode: str) -> float:
+    return cfg.preserve_ratio or DEFAULT_RATIO[mode]
 
 
 def replay_count(n_train: int, ratio: float, available: int) -> int:
@@ -121,13 +156,14 @@ def _generate(cfg, tok, todo: list[str]) -> dict[str, str]:
     return out
 
 
-def replay_conversations(cfg, tok, n_train: int) -> tuple[list, dict]:
-    """The replay conversations for a run with ``n_train`` task rows, and what was done (for the run record)."""
+def replay_conversations(cfg, tok, n_train: int, mode: str = "replay") -> tuple[list, dict]:
+    """The general conversations for a run with ``n_train`` task rows, and what was done (for the run record)."""
     from ..data.records import Conversation, Message
 
     pool = prompts()
     line = {p: i + 1 for i, p in enumerate(pool)}
-    n = replay_count(n_train, cfg.preserve_ratio, len(pool))
+    ratio = ratio_for(cfg, mode)
+    n = replay_count(n_train, ratio, len(pool))
     order = random.Random(cfg.seed).sample(pool, len(pool))
     convs, skipped, generated, seconds, taken = [], 0, 0, 0.0, 0
     while len(convs) < n and taken < len(order):
@@ -145,7 +181,7 @@ def replay_conversations(cfg, tok, n_train: int) -> tuple[list, dict]:
                 continue
             convs.append(Conversation([Message("user", prompt), Message("assistant", answer)],
                                       source="strop:replay", line=line[prompt]))
-    record = {"mode": "replay", "ratio": cfg.preserve_ratio, "task_rows": n_train, "replay_rows": len(convs),
+    record = {"mode": mode, "ratio": ratio, "task_rows": n_train, "replay_rows": len(convs),
               "skipped_self_talk_or_empty": skipped, "generated_now": generated,
               "generation_s": round(seconds, 1), "prompts": "strop/preserve_data/general_prompts.jsonl"}
     return convs, record

@@ -85,6 +85,7 @@ def fingerprint(cfg, world_size: int = 1) -> dict:
         "objective": cfg.objective,
         "preserve": getattr(cfg, "preserve", "none"),
         "preserve_ratio": getattr(cfg, "preserve_ratio", 0.0),
+        "preserve_weight": getattr(cfg, "preserve_weight", 2.0),
     }
 
 

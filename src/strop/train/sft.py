@@ -210,6 +210,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
     world = distributed.world()  # one process, or one rank of `strop train --nproc N`
+    if cfg.preserve == "kl" and world.size > 1:  # its own backward would all-reduce a second time per step
+        raise StropError("option preserve: kl trains in one process; with --nproc use --preserve replay")
+    # (the default, auto, turns itself off there: train/preserve.py:mode_for)
     if resume_from is not None:
         distributed.check_resume_world(run.fingerprint, world.size)
         reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg, world.size))
@@ -269,6 +272,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     trainer.remove_callback(PrinterCallback)  # our Progress replaces the default printers
     trainer.remove_callback(ProgressCallback)
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
+    if prepared.anchors:  # preserve kl: keep the model near its base on general rows (train/preserve.py)
+        from .preserve_kl import attach_kl
+
+        attach_kl(trainer, prepared.anchors, cfg)
     t0 = time.monotonic()
     from .lm_head import labelled_positions_only
     from .fused import lean_layers
