@@ -310,7 +310,9 @@ PICKLE_HELP = "load .bin/.pt weights (pickle; read with weights_only=True) when 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strop", description="Fine-tune, evaluate and serve language models.")
+    p = argparse.ArgumentParser(prog="strop", description="Fine-tune, evaluate and serve language models.",
+                                epilog="Any command also takes --threads auto|N|fixed: CPU threads, by default sized to "
+                                       "the cores other programs leave free (STROP_THREADS; docs/performance.md).")
     p.add_argument("--version", action="version", version=f"strop {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -547,9 +549,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _take_threads(argv: list[str]) -> list[str]:
+    """``--threads N|auto|fixed`` may follow any command; it becomes STROP_THREADS (strop/threads.py)."""
+    import os
+
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--threads" and i + 1 < len(argv):
+            os.environ["STROP_THREADS"], i = argv[i + 1], i + 2
+        elif argv[i].startswith("--threads="):
+            os.environ["STROP_THREADS"], i = argv[i].split("=", 1)[1], i + 1
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+THREADED_COMMANDS = ("generate", "chat", "eval", "serve")  # training sizes its pool between steps instead
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _take_threads(sys.argv[1:] if argv is None else list(argv))
     if argv[:1] == ["train"]:
         # argparse cannot hand free-form --key value pairs to a subcommand, so
         # `train` takes its arguments raw; every config key is an option.
@@ -562,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     try:
+        from . import threads
+
+        threads.policy()  # a bad --threads / STROP_THREADS stops here, in one line
+        if getattr(args, "command", None) in THREADED_COMMANDS:
+            threads.configure_once()
         return args.func(args, extra)
     except StropError as exc:
         from .train.launch import report_in_child

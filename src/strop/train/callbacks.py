@@ -56,6 +56,22 @@ class CheckpointFirstLayers(TrainerCallback):
             layer.gradient_checkpointing = i < self.count
 
 
+class AdaptiveThreads(TrainerCallback):
+    """Between steps, size torch's CPU thread pool to the cores other programs leave free (strop/threads.py)."""
+
+    def __init__(self, sizer) -> None:
+        self.sizer = sizer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.sizer.step(force=True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.sizer.step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.sizer.restore()
+
+
 class Progress(TrainerCallback):
     """One progress line: step, loss, eval loss, tokens/s and ETA."""
 

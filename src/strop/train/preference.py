@@ -16,7 +16,7 @@ from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from . import reliability
-from .callbacks import MetricsLog, Progress
+from .callbacks import AdaptiveThreads, MetricsLog, Progress
 from .precision import load_dtype, use_bf16, weights_dtype
 from .preference_data import build_rows
 from .rundir import RunDir
@@ -181,7 +181,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
             "eval_dataset": datasets.Dataset.from_list(eval_rows) if has_eval else None}
     stop = reliability.GracefulStop()
     guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
-    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard]
+    from ..threads import Sizer
+
+    sizer = Sizer()
+    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard, AdaptiveThreads(sizer)]
     callbacks += [Progress()] if progress else []
     on, layers, why = checkpointing(cfg)
     if layers and cfg.checkpoint_layers != "all":
@@ -202,7 +205,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     with reliability.disk_errors(run):  # final/ goes through final.tmp; a full disk leaves no half model
         save_final(trainer.model, tok, cfg, run)
     _write_summary(cfg, run, trainer, result, wall, {"skipped_nonfinite_steps": guard.skipped_steps,
-                                                     "loss_spikes": sample_log.spikes})
+                                                     "loss_spikes": sample_log.spikes, "threads": sizer.record()})
     return run
 
 

@@ -16,7 +16,8 @@ from .. import methods, models
 from ..config import TrainConfig, to_yaml
 from ..errors import StropError
 from . import distributed, reliability
-from .callbacks import CheckpointFirstLayers, MetricsLog, Progress, checkpointed_layers, generation_callbacks
+from .callbacks import (AdaptiveThreads, CheckpointFirstLayers, MetricsLog, Progress, checkpointed_layers,
+                        generation_callbacks)
 from .precision import float32_trainables, use_bf16, weights_dtype
 from .data import prepare
 from .rundir import RunDir
@@ -206,6 +207,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     from transformers import EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
+    from ..threads import Sizer
+
+    sizer = Sizer()  # starts reading the machine's load now, so the first choice has a window to read
     method = methods.get(cfg.method)
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
@@ -254,6 +258,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     callbacks = [MetricsLog(run.metrics), distributed.SaveBarrier(), reliability.CheckpointManifest(), stop, guard,
                  distributed.StopTogether(stop, guard)]
     callbacks += [Progress()] if progress else []
+    callbacks.append(AdaptiveThreads(sizer))
     on, layers, _ = checkpoint
     callbacks += [CheckpointFirstLayers(layers)] if on and layers else []  # only the first layers recompute
     callbacks += generation_callbacks(cfg, tok, run.metrics)  # BLEU/ROUGE/exact match on held-out prompts
@@ -295,6 +300,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         "skipped_nonfinite_steps": guard.skipped_steps,
         "loss_spikes": sample_log.spikes,
         "preserve": prepared.report.get("preserve"),
+        "threads": sizer.record(),
     }
     if world.is_main:
         run.summary.write_text(json.dumps(summary, indent=2))
