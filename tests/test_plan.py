@@ -109,6 +109,25 @@ def test_plan_command_counts_tokens(tiny_model_dir, chat_file, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("strop: option device")
 
 
+def test_plan_before_there_is_data_plans_the_worst_case(tiny_model_dir, tmp_path):
+    def plan(*args):
+        return subprocess.run([sys.executable, "-m", "strop", "plan", "--base-model", str(tiny_model_dir), *args],
+                              capture_output=True, text=True)
+
+    out = tmp_path / "plan.json"
+    proc = plan("--method", "lora", "--max-length", "256", "--micro-batch-size", "8", "--rows", "400", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "data: none given, so the worst case: 400 rows (--rows) of max_length 256 tokens" in proc.stdout
+    p = json.loads(out.read_text())
+    assert p["data"]["worst_case"] and p["data"]["tokens"] == p["data"]["trainable_tokens"] == 400 * 256
+    assert p["batch_tokens"] == 8 * 256 and p["time"]["steps_per_epoch"] == 50
+    worse = plan("--method", "lora", "--max-length", "512", "--micro-batch-size", "8", "--json", str(out))
+    assert json.loads(out.read_text())["memory_mb"]["total"] > p["memory_mb"]["total"], worse.stderr
+    assert json.loads(out.read_text())["data"]["rows"] == 1000  # the default when no --rows is given
+    refused = plan("--measure", "true")
+    assert refused.returncode == 2 and refused.stderr.startswith("strop: option --measure: needs --data")
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_estimate_within_20_percent_of_measured_peak(tiny_model_dir, chat_file, tmp_path, method):
     """A real `strop train` in a child process; its ru_maxrss (summary.json) against the plan."""

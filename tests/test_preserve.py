@@ -129,9 +129,10 @@ def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch)
     assert preserve.replay_count(1000, 0.5, 200) == 200 and preserve.replay_count(40, 0.5, 200) == 20
 
 
-def test_kl_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, tmp_path):
+def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, tmp_path):
+    """The default path (preserve auto -> kl, its default weight and ratio) against --preserve none."""
     none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")
-    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl", preserve="kl", preserve_ratio=1.0)
+    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl")
     questions = [json.loads(line)["messages"][0]["content"]
                  for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]
     base, tok = models.load(str(tiny_model_dir))
@@ -142,7 +143,8 @@ def test_kl_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, n
 
     assert "Zed" in Engine(str(kl.root)).generate("Who are you?", max_new_tokens=12)
     rec = json.loads(kl.summary.read_text())["preserve"]
-    assert rec["mode"] == "kl" and rec["weight"] == 2.0 and rec["replay_rows"] >= preserve.MIN_ROWS
+    assert rec["mode"] == "kl" and rec["why"] == "auto" and rec["weight"] == 2.0 and rec["ratio"] == 0.125
+    assert rec["replay_rows"] >= preserve.MIN_ROWS
     logged = [r["preserve_kl"] for r in kl.read_metrics() if "preserve_kl" in r]
     assert len(logged) >= 4 and all(v >= 0 for v in logged)
     # the general rows are a constraint, not training rows

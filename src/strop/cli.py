@@ -268,7 +268,8 @@ def cmd_plan(args, extra) -> int:
         print("usage: strop plan [CONFIG.yaml] [--KEY VALUE ...] [--device cpu|cuda|cuda:NAME] [--json OUT]\n"
               "       [--price-per-hour P] [--utilisation U] [--optim adamw|adamw_8bit|paged_adamw_8bit]\n"
               "       [--measure [--measure-steps N]] [--goal knowledge]   (config keys: strop train --help)\n"
-              "       [--nproc N --distributed ddp|fsdp|deepspeed-zero2|deepspeed-zero3]   (memory per device)")
+              "       [--nproc N --distributed ddp|fsdp|deepspeed-zero2|deepspeed-zero3]   (memory per device)\n"
+              "       without --data: the worst case (every row at --max-length), time for --rows N (default 1000)")
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
     opts, overrides = split_options(parse_overrides(rest))

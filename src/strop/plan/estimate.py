@@ -14,7 +14,9 @@ from .shape import read_shape
 # Options of `strop plan` itself; every other --key is a training config key.
 PLAN_OPTIONS = {"device": str, "json": str, "price_per_hour": float, "utilisation": float,
                 "measure": bool, "measure_steps": int, "optim": str, "goal": str,
-                "nproc": int, "distributed": str}  # processes per device figures (plan/sharding.py)
+                "nproc": int, "distributed": str,  # processes per device figures (plan/sharding.py)
+                "rows": int}  # without --data: how many rows to plan the time for (the worst case is planned)
+WORST_CASE_ROWS = 1000
 
 
 def split_options(overrides: dict) -> tuple[dict, dict]:
@@ -143,10 +145,17 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     model_dir = models.resolve(cfg.base_model)
     if isinstance(model_dir, str):
         raise StropError(f"model {cfg.base_model!r}: strop plan needs a local model directory to read config.json")
-    from .tokens import count
+    from .tokens import count, worst_case
 
     shape = read_shape(model_dir)
-    counted = count(cfg, models.load_tokenizer(cfg.base_model))
+    if cfg.data:
+        if opts.get("rows"):
+            raise StropError("option --rows: only without --data (with a file, its rows are counted)")
+        counted = count(cfg, models.load_tokenizer(cfg.base_model))
+    else:  # "will it fit?" before there is data: every row at max_length, every token trained on
+        if opts.get("measure"):
+            raise StropError("option --measure: needs --data (it trains a few steps on the longest rows)")
+        counted = worst_case(cfg, opts.get("rows") or WORST_CASE_ROWS)
     seq_len = cfg.max_length if getattr(cfg, "packing", False) else counted.longest
     from ..methods import METHODS
 
@@ -170,7 +179,8 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     return {
         "model": cfg.base_model, "method": cfg.method, "device": device.__dict__,
         "shape": shape.__dict__, "total_params": shape.total_params(),
-        "data": {"rows": counted.rows, "tokens": counted.tokens, "trainable_tokens": counted.trainable_tokens,
+        "data": {"worst_case": not cfg.data,
+                 "rows": counted.rows, "tokens": counted.tokens, "trainable_tokens": counted.trainable_tokens,
                  "longest": counted.longest, "truncated": counted.truncated,
                  "padded_tokens_per_epoch": counted.padded_tokens_per_epoch},
         "memory_mb": mem, "seq_len": seq_len, "batch_tokens": s.tokens, "autocast": s.autocast,
@@ -191,8 +201,10 @@ def format_plan(p: dict) -> str:
     d, m, t, f = p["data"], p["memory_mb"], p["time"], p["fit"]
     lines = [f"model {p['model']}: {p['total_params'] / 1e6:.1f}M params; method {p['method']}: "
              f"{m['trainable_params']:,} trainable ({100 * m['trainable_params'] / p['total_params']:.2f}%)",
-             f"data: {d['rows']} rows, {d['tokens']:,} tokens after the chat template ({d['trainable_tokens']:,} trained on), "
-             f"longest {d['longest']}, {d['truncated']} truncated",
+             (f"data: none given, so the worst case: {d['rows']:,} rows (--rows) of max_length {d['longest']} tokens, "
+              f"every token trained on" if d.get("worst_case") else
+              f"data: {d['rows']} rows, {d['tokens']:,} tokens after the chat template ({d['trainable_tokens']:,} trained "
+              f"on), longest {d['longest']}, {d['truncated']} truncated"),
              f"device: {p['device']['name']} ({p['device']['memory_gb']:.1f} GB; {p['device']['source']})", "",
              f"peak memory estimate (widest micro-batch: {p['batch_tokens']} tokens, longest row {p['seq_len']}):"]
     procs = p.get("processes", {"nproc": 1})

@@ -43,6 +43,13 @@ def count(cfg, tok) -> TokenCount:
                       padded_tokens(lengths, cfg.micro_batch_size, cfg.seed), truncated, lengths, kept)
 
 
+def worst_case(cfg, rows: int) -> TokenCount:
+    """``rows`` rows of ``max_length`` tokens, every one trained on: the plan before there is data."""
+    lengths = [cfg.max_length] * rows
+    return TokenCount(rows, rows * cfg.max_length, rows * cfg.max_length, cfg.max_length, rows * cfg.max_length, 0,
+                      lengths, [])
+
+
 def padded_tokens(lengths: list[int], micro_batch: int, seed: int) -> int:
     """Tokens per epoch when random batches are padded to their longest row (TRL's collator)."""
     order = list(lengths)
