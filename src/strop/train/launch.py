@@ -5,7 +5,7 @@ runs torchrun's agent in-process) and starts ``python -m strop train ...``
 once per rank with the launch options taken out; the ranks find each other
 through the variables torchrun sets (see train/distributed.py). The
 strategy (DDP, FSDP2, DeepSpeed ZeRO-2/3) comes from a shipped accelerate
-config file in ``examples/distributed/`` or from a file the user names.
+config file in ``strop/distributed_configs/`` (shipped with the package) or from a file the user names.
 
 Errors: a launched rank that stops on a StropError records it in a status
 directory shared with this process; rank 0 prints it, and this process
@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import StropError
 
 STATUS_ENV = "STROP_LAUNCH_STATUS"
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "examples" / "distributed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "distributed_configs"  # package data: `pip install .` has it
 # --distributed NAME -> shipped accelerate config; fsdp picks by method (full weights vs adapters).
 STRATEGIES = {
     "ddp": "ddp.yaml",
@@ -111,8 +111,8 @@ def config_file(strategy: str, method: str) -> Path:
     name = FULL_WEIGHT_FILES.get(strategy, STRATEGIES[strategy]) if method == "full" else STRATEGIES[strategy]
     path = CONFIG_DIR / name
     if not path.is_file():
-        raise StropError(f"option --distributed: {path} is missing (the shipped configs live in examples/distributed/ "
-                         "of strop's source tree); pass the path of an accelerate config file instead")
+        raise StropError(f"option --distributed: {path} is missing from this installation of strop; "
+                         "pass the path of an accelerate config file instead")
     return path
 
 
