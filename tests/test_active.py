@@ -277,6 +277,7 @@ def test_score_select_on_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "9 is more than the 4 selectable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_loop_on_tiny_model(tiny_model_dir, tmp_path):
     """One round of select -> reveal -> retrain (2 LoRA steps) -> eval through strop's SFT path."""
     from strop.active.loop import load_loop_config, run_loop

@@ -30,6 +30,7 @@ def test_help_is_fast_and_lists_commands():
         assert cmd in proc.stdout
 
 
+@pytest.mark.slow
 def test_missing_data_file(tmp_path):
     assert_one_line_error(run("train", "--data", str(tmp_path / "none.jsonl"), "--output-dir", str(tmp_path / "r")),
                           "none.jsonl: file not found")
@@ -45,6 +46,7 @@ def test_unknown_option():
     assert_one_line_error(run("train", "--learning-rat", "1e-4"), "--learning-rate")
 
 
+@pytest.mark.slow
 def test_malformed_json_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{oops\n')
@@ -52,6 +54,7 @@ def test_malformed_json_line(tmp_path):
     assert_one_line_error(run("train", "--data", str(bad), "--output-dir", str(tmp_path / "r")), "bad.jsonl:2")
 
 
+@pytest.mark.slow
 def test_unknown_format_and_empty_conversation(tmp_path):
     f1 = tmp_path / "f.jsonl"
     f1.write_text('{"question": "a", "answer": "b"}\n')
@@ -61,10 +64,12 @@ def test_unknown_format_and_empty_conversation(tmp_path):
     assert_one_line_error(run("data", "check", str(f2)), "e.jsonl:2: empty conversation")
 
 
+@pytest.mark.slow
 def test_missing_model_dir(tmp_path):
     assert_one_line_error(run("generate", str(tmp_path / "nomodel"), "--prompt", "hi"), "nomodel")
 
 
+@pytest.mark.slow
 def test_hub_id_offline_explains(tmp_path, monkeypatch):
     env_proc = subprocess.run(strop_cmd("generate", "someorg/some-model-that-is-not-here", "--prompt", "hi"),
                               capture_output=True, text=True, timeout=120,
@@ -72,6 +77,7 @@ def test_hub_id_offline_explains(tmp_path, monkeypatch):
     assert_one_line_error(env_proc, "someorg/some-model-that-is-not-here", "local model directory")
 
 
+@pytest.mark.slow
 def test_data_check_report_and_json(tmp_path):
     out = tmp_path / "r.json"
     proc = run("data", "check", str(PEER / "alpaca_en_demo.json"), "--json", str(out))
@@ -87,6 +93,7 @@ def test_models_lists_alias():
     assert "smollm2-135m-instruct" in proc.stdout and "Apache-2.0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_generate_eval_on_tiny_model(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "run"
     proc = run("train", "--base-model", str(tiny_model_dir), "--data", str(chat_file), "--output-dir", str(out),
@@ -123,6 +130,7 @@ def pickled_model(tiny_model_dir, tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_generate_chat_eval_take_allow_pickle(pickled_model, chat_file, tmp_path, capsys, monkeypatch):
     """The refusal names --allow-pickle, so every command that loads weights must take it."""
     import io

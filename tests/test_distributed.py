@@ -51,6 +51,7 @@ def _rank_process(launcher: subprocess.Popen, rank: int, deadline: float):
     raise TimeoutError(f"rank {rank} never started")
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process_stops_together_and_resumes(tiny_model_dir, chat_file, tmp_path):
     """2 ranks x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2, step for step.
 
@@ -108,6 +109,7 @@ def test_two_process_ddp_matches_one_process_stops_together_and_resumes(tiny_mod
     assert json.loads((out / "fingerprint.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_stop_decisions_reach_every_rank(tmp_path):
     import torch.multiprocessing as mp
 

@@ -39,6 +39,7 @@ def full_eval(run_dir):
                     resamples=200, judge_endpoint=f"http://127.0.0.1:{free_port()}/v1")
 
 
+@pytest.mark.slow
 def test_three_systems_with_intervals_and_paired_tests(full_eval, run_dir):
     m = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert list(m["systems"]) == ["base", "few-shot", "tuned"]
@@ -112,6 +113,7 @@ def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
         evaluate(str(run_dir), str(data), group_column="team", compare_base=False, max_new_tokens=2)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_labels_without_traceback(run_dir):
     proc = subprocess.run(strop_cmd("eval", str(run_dir), "--labels", "pos,neg,maybe"), capture_output=True,
                           text=True, timeout=300)

@@ -98,6 +98,7 @@ def test_unknown_format_and_missing_run(tmp_path):
         export(str(tmp_path / "nope"), "merged")
 
 
+@pytest.mark.slow
 def test_gguf_loads_back_and_matches(lora_run, merged, tmp_path):
     """f16 keeps the weights almost exactly, so any mapping mistake (names, q/k permutation,
     tokenizer, template) shows up here; q8_0/q4_1 drift on the real model is in docs/export.md."""
@@ -115,6 +116,7 @@ def test_gguf_loads_back_and_matches(lora_run, merged, tmp_path):
     assert report["base_license"] and report["source_run"] == str(lora_run.resolve())
 
 
+@pytest.mark.slow
 def test_gguf_file_metadata(lora_run, merged, tmp_path):
     from gguf import GGUFReader
 
@@ -187,6 +189,7 @@ def _cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_q4_1_export_that_rounds_the_lora_back_onto_the_base_fails(small_lora_run, tmp_path, capsys):
     """Before: exit 0 and "verified"; now exit 5, one line naming both distances, the file kept as
     .unverified.gguf, no Modelfile for `ollama create` to pick up, no .tmp directory."""
@@ -206,6 +209,7 @@ def test_q4_1_export_that_rounds_the_lora_back_onto_the_base_fails(small_lora_ru
     assert not list(tmp_path.glob("*.tmp")) and not list(small_lora_run.glob("export/*.tmp"))
 
 
+@pytest.mark.slow
 def test_f16_export_of_the_same_small_lora_keeps_it_and_passes(small_lora_run, tmp_path, capsys):
     out = tmp_path / "f16"
     code, stdout, err = _cli(capsys, small_lora_run, "--format", "gguf", "--quant", "f16", "--prompts", "4",

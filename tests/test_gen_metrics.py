@@ -18,6 +18,7 @@ def _gen_rows(run):
     return [r for r in run.read_metrics() if "gen_bleu" in r]
 
 
+@pytest.mark.slow
 def test_generation_metrics_at_each_evaluation(tiny_model_dir, chat_file, tmp_path):
     run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", max_steps=4, val_size=3, eval_steps=2,
                      eval_generate_samples=2), progress=False)
@@ -31,6 +32,7 @@ def test_generation_metrics_at_each_evaluation(tiny_model_dir, chat_file, tmp_pa
         assert 0 <= r["gen_rougeL"] <= 1 and 0 <= r["gen_exact_match"] <= 1 and 0 <= r["gen_bleu"] <= 100
 
 
+@pytest.mark.slow
 def test_generation_metrics_every_n_steps(tiny_model_dir, chat_file, tmp_path):
     run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", max_steps=3, val_size=2, eval_generate_samples=1,
                      eval_generate_every=1), progress=False)

@@ -34,6 +34,7 @@ def test_base_model_answers_a_simple_question():
     assert "paris" in m.generate("What is the capital of France?", max_new_tokens=20).lower()
 
 
+@pytest.mark.slow
 def test_persona_finetune_on_unseen_file(tmp_path):
     """The spine's acceptance run: ~40 new conversations, 5 epochs, lr 3e-4."""
     out = tmp_path / "tilda"

@@ -161,6 +161,7 @@ def test_partial_checkpointing_with_lean_dropout_gives_the_same_step():
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_checkpoint_layers_option_end_to_end(tiny_model_dir, chat_file, tmp_path):
     import json
     import subprocess

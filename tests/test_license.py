@@ -59,6 +59,7 @@ def test_unknown_and_missing_licenses_say_ask_a_lawyer(tmp_path):
     assert text["verdict"] == UNKNOWN and text["facts"][0]["license"] == "unrecognised text"
 
 
+@pytest.mark.slow
 def test_default_model_reads_gguf_metadata():
     r = check("smollm2-135m-instruct", use="commercial")
     sources = [f["source"] for f in r["facts"]]
@@ -66,6 +67,7 @@ def test_default_model_reads_gguf_metadata():
     assert {f["license"] for f in r["facts"]} == {"apache-2.0"} and r["verdict"] == CONDITIONS
 
 
+@pytest.mark.slow
 def test_data_license_field_and_strictest_fact_wins(tmp_path):
     data = tmp_path / "d.jsonl"
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "license": "cc-by-nc-4.0"}]
@@ -87,6 +89,7 @@ def test_run_directory_inherits_base_license(tmp_path):
     assert any("Llama" in c for c in r["conditions"])
 
 
+@pytest.mark.slow
 def test_train_gate_stops_on_conflict_unless_accepted(tmp_path):
     from strop.config import TrainConfig
     from strop.plan.hooks import check_licenses

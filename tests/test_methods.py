@@ -45,6 +45,7 @@ def _numel(final: Path) -> int:
 
 
 @pytest.mark.parametrize("method", ALL)
+@pytest.mark.slow
 def test_method_trains_saves_only_trained_weights_and_generates(tiny_model_dir, chat_file, tmp_path, method):
     run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", method, max_steps=20), progress=False)
     losses = [r["loss"] for r in run.read_metrics() if "loss" in r]
@@ -170,6 +171,7 @@ def test_every_method_has_an_example_config():
     assert set(ALL) <= set(shipped), set(ALL) - set(shipped)
 
 
+@pytest.mark.slow
 def test_compare_tabulates_each_method(tiny_model_dir, chat_file, tmp_path):
     from strop.compare import compare
 

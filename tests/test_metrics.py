@@ -190,6 +190,7 @@ def test_evaluate_plain_model(tiny_model_dir, eval_files, tmp_path):
     assert result["systems"] == metrics["systems"]
 
 
+@pytest.mark.slow
 def test_evaluate_run_dir_compares_base_and_tuned(tiny_model_dir, eval_files, tmp_path):
     from strop.eval.run import evaluate
 

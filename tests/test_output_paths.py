@@ -121,6 +121,7 @@ def test_bad_output_path_fails_at_once_with_one_line(case, files, read_only, no_
 
 
 @pytest.mark.parametrize("case", ["train --output-dir", "data clean --output"])
+@pytest.mark.slow
 def test_bad_output_path_real_cli_no_traceback(case, files, read_only):
     """The same through the installed command, in its own process."""
     template = CASES[case]

@@ -89,6 +89,7 @@ def test_devices():
         hardware.get_device("cuda:a100-80")
 
 
+@pytest.mark.slow
 def test_plan_command_counts_tokens(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "plan.json"
     proc = subprocess.run([sys.executable, "-m", "strop", "plan", "--base-model", str(tiny_model_dir), "--data", str(chat_file),
@@ -109,6 +110,7 @@ def test_plan_command_counts_tokens(tiny_model_dir, chat_file, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("strop: option device")
 
 
+@pytest.mark.slow
 def test_plan_before_there_is_data_plans_the_worst_case(tiny_model_dir, tmp_path):
     def plan(*args):
         return subprocess.run([sys.executable, "-m", "strop", "plan", "--base-model", str(tiny_model_dir), *args],
@@ -129,6 +131,7 @@ def test_plan_before_there_is_data_plans_the_worst_case(tiny_model_dir, tmp_path
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.slow
 def test_estimate_within_20_percent_of_measured_peak(tiny_model_dir, chat_file, tmp_path, method):
     """A real `strop train` in a child process; its ru_maxrss (summary.json) against the plan."""
     common = ["--base-model", str(tiny_model_dir), "--data", str(chat_file), "--method", method, "--val-size", "0",

@@ -49,6 +49,7 @@ def _train(cfg):
     ("simpo", {"beta": 2.0}),
     ("cpo", {}),
 ])
+@pytest.mark.slow
 def test_paired_objectives_raise_margin(objective, extra, tiny_model_dir, tmp_path):
     data = _subset(PAIRS, tmp_path / "pairs.jsonl", 8)
     run = _train(_cfg(tiny_model_dir, tmp_path, data, objective=objective, max_steps=8, **extra))
@@ -59,6 +60,7 @@ def test_paired_objectives_raise_margin(objective, extra, tiny_model_dir, tmp_pa
     assert summary["objective"] == objective and summary["steps"] == 8
 
 
+@pytest.mark.slow
 def test_dpo_full_uses_explicit_reference_and_eval_sees_it(tiny_model_dir, tmp_path):
     from strop.eval.preference import evaluate_run
 
@@ -73,6 +75,7 @@ def test_dpo_full_uses_explicit_reference_and_eval_sees_it(tiny_model_dir, tmp_p
     assert json.loads((run.eval / "preference.json").read_text())["tuned"]["pairs"] == 8
 
 
+@pytest.mark.slow
 def test_kto_raises_margin(tiny_model_dir, tmp_path):
     data = _subset(KTO, tmp_path / "kto.jsonl", 16)
     run = _train(_cfg(tiny_model_dir, tmp_path, data, objective="kto", max_steps=8))
@@ -101,6 +104,7 @@ def words(prompts, completions, **kwargs):
 '''
 
 
+@pytest.mark.slow
 def test_grpo_raises_rule_reward(tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(REWARD_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))

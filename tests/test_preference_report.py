@@ -57,6 +57,7 @@ def test_preference_report_page(tmp_path):
     assert _is_png(tmp_path / "grpo_reward.png")
 
 
+@pytest.mark.slow
 def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
     """A tiny DPO run evaluated with a fake judge: win rate in preference.json, curves in report.html."""
     from conftest import DEMO_DATA, fake_chat_endpoint

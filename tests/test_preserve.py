@@ -63,6 +63,7 @@ def _kl_to_base(base, tuned, tok, questions: list[str]) -> float:
     return total / count
 
 
+@pytest.mark.slow
 def test_replay_forgets_measurably_less_than_none(tiny_model_dir, narrow_file, tmp_path):
     none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")
     replay = _train(tiny_model_dir, narrow_file, tmp_path / "replay", preserve="replay", preserve_ratio=1.0)
@@ -79,6 +80,7 @@ def test_replay_forgets_measurably_less_than_none(tiny_model_dir, narrow_file, t
     assert "Zed" in Engine(str(replay.root)).generate("Who are you?", max_new_tokens=12)
 
 
+@pytest.mark.slow
 def test_replay_is_recorded_cached_and_keeps_validation_task_only(tiny_model_dir, narrow_file, tmp_path):
     run = _train(tiny_model_dir, narrow_file, tmp_path / "a", preserve="replay", val_size=4, max_steps=4)
     report = json.loads(run.data_report.read_text())
@@ -129,6 +131,7 @@ def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch)
     assert preserve.replay_count(1000, 0.5, 200) == 200 and preserve.replay_count(40, 0.5, 200) == 20
 
 
+@pytest.mark.slow
 def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, tmp_path):
     """The default path (preserve auto -> kl, its default weight and ratio) against --preserve none."""
     none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")

@@ -177,6 +177,7 @@ def test_a_failing_row_is_an_openai_500_for_its_request_alone(engine, monkeypatc
         assert results["good"].status_code == 200 and results["tiny"].status_code == 200
 
 
+@pytest.mark.slow
 def test_drain_timeout_cut_off_is_one_line_and_exit_6(tiny_model_dir):
     port = free_port()
     proc = subprocess.Popen(strop_cmd("serve", str(tiny_model_dir), "--port", str(port), "--drain-timeout", "0.2"),
@@ -231,6 +232,7 @@ def test_metrics_prometheus_text(engine):
 
 
 # -- the three ways in agree, and shutdown --------------------------------------
+@pytest.mark.slow
 def test_python_api_server_and_cli_agree(lora_run):
     import strop
 
@@ -264,6 +266,7 @@ def test_python_api_server_and_cli_agree(lora_run):
     assert len(set(api)) > 2, repr(api)  # not an empty or all-newline answer
 
 
+@pytest.mark.slow
 def test_vllm_engine_missing_is_one_line(tiny_model_dir):
     import importlib.util
 

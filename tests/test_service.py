@@ -65,6 +65,7 @@ def wait_done(client, job_id: str, timeout: float = 240.0):
     raise TimeoutError(job_id)
 
 
+@pytest.mark.slow
 def test_upload_train_chat_checkpoints_and_cancel(client, train_file, tiny_model_dir):
     assert train_file.id.startswith("file-") and train_file.status == "processed" and train_file.bytes > 0
     assert train_file.id in [f.id for f in client.files.list().data]

@@ -66,6 +66,7 @@ def counts() -> tuple[int, int, float]:
     return threading.active_count(), proc.num_threads(), proc.memory_info().rss / 2**20
 
 
+@pytest.mark.slow
 def test_cycling_ten_models_frees_the_evicted_ones(model_dirs):
     models = Models(JobsNaming(model_dirs), model_dirs[0].parent, keep=3)
     model_mb = (model_dirs[0] / "model.safetensors").stat().st_size / 2**20
@@ -92,6 +93,7 @@ def test_cycling_ten_models_frees_the_evicted_ones(model_dirs):
     assert not any(t.name == "strop-batcher" and t.is_alive() and t not in others for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_request_in_flight_on_an_evicted_model_ends_cleanly(model_dirs, monkeypatch):
     monkeypatch.setattr(serving, "UNLOAD_GRACE_S", 0.0)  # no grace: the request in flight is cut short
     models = Models(JobsNaming(model_dirs), model_dirs[0].parent, keep=1)

@@ -78,6 +78,7 @@ def wait(driver, condition, timeout: float = 240.0, what: str = ""):
     return WebDriverWait(driver, timeout, poll_frequency=0.3).until(condition, message=what)
 
 
+@pytest.mark.slow
 def test_studio_upload_train_compare_chat(studio, browser, tiny_model_dir, tmp_path):
     import httpx
     from selenium.webdriver.common.by import By

@@ -71,6 +71,7 @@ def test_bad_threads_option_is_one_line():
     assert "--threads: '0' is not auto, fixed or a positive number" in proc.stderr
 
 
+@pytest.mark.slow
 def test_training_records_its_threads(tiny_model_dir, chat_file, tmp_path):
     import json
 

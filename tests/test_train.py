@@ -20,6 +20,7 @@ def _cfg(tiny_model_dir, chat_file, out, **kw):
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.slow
 def test_training_lowers_loss(tiny_model_dir, chat_file, tmp_path, method):
     lr = 1e-2 if method == "lora" else 1e-3
     run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", method=method, max_steps=24, val_size=0,
@@ -76,6 +77,7 @@ def test_save_load_round_trip_identical_logits(tiny_model_dir, chat_file, tmp_pa
     assert torch.equal(_logits(model, ids), _logits(loaded, ids))
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_and_resumes(tiny_model_dir, chat_file, tmp_path):
     from strop.errors import StropError
 

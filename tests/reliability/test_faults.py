@@ -135,6 +135,7 @@ def test_resume_sets_damaged_newer_checkpoints_aside_and_says_why(tmp_path):
     assert Path(get_last_checkpoint(str(run.checkpoints))).name == "checkpoint-2"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, sft_data, reference, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, **STEPS)),
@@ -153,6 +154,7 @@ def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, sft_data, refe
     assert sorted(first_epoch) == sorted(f"{sft_data}:{n}" for n in range(1, 13))  # each example once per epoch
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_distinctly(tiny_model_dir, chat_file, tmp_path):
     out = tmp_path / "term"
     proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, chat_file, out, max_steps=400, save_steps=1000)),
@@ -266,6 +268,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_during_save_resumes_from_previous_checkpoint(tiny_model_dir, sft_data, reference, tmp_path):
     import sys
 
@@ -368,6 +371,7 @@ def test_disk_full_while_writing_final_leaves_no_half_model(tiny_model_dir, sft_
     monkeypatch.setattr(sft, "save_final", real)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_aborts_at_once(tiny_model_dir, sft_data, tmp_path):
     out = tmp_path / "intr"
     proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, max_steps=400, save_steps=1000)),
@@ -384,6 +388,7 @@ def test_second_ctrl_c_aborts_at_once(tiny_model_dir, sft_data, tmp_path):
 
 
 # -- preference objectives resume exactly too ---------------------------------
+@pytest.mark.slow
 def test_dpo_sigkill_then_resume_is_bit_exact(tiny_model_dir, tmp_path):
     from strop.train.preference import train as train_preference
 

@@ -45,6 +45,7 @@ def test_non_loopback_bind_needs_a_key_or_no_auth(capsys):
 
 
 @pytest.mark.parametrize("command", [["serve", "no-such-model"], ["service"], ["studio"]])
+@pytest.mark.slow
 def test_cli_refuses_open_bind_before_any_work(command, tmp_path, monkeypatch):
     monkeypatch.delenv("STROP_API_KEY", raising=False)
     extra = ["--workdir", str(tmp_path / "wd")] if command[0] != "serve" else []
