@@ -214,9 +214,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     run = RunDir(Path(cfg.output_dir))
     resume_from = _check_output(run, cfg)
     world = distributed.world()  # one process, or one rank of `strop train --nproc N`
-    if cfg.preserve == "kl" and world.size > 1:  # its own backward would all-reduce a second time per step
+    # kl's own backward would all-reduce a second time per step; auto turns itself off there (preserve.mode_for)
+    if cfg.preserve == "kl" and world.size > 1:
         raise StropError("option preserve: kl trains in one process; with --nproc use --preserve replay")
-    # (the default, auto, turns itself off there: train/preserve.py:mode_for)
     if resume_from is not None:
         distributed.check_resume_world(run.fingerprint, world.size)
         reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg, world.size))
