@@ -6,6 +6,7 @@ import importlib.util
 import os
 import platform
 
+from .. import threads
 from .hardware import available_ram_gb, cpu_flags
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "gguf")
@@ -32,9 +33,7 @@ def collect() -> dict:
         "platform": platform.platform(), "python": platform.python_version(),
         "cpu": {"model": _cpu_model(), "threads_available": len(os.sched_getaffinity(0)),
                 "torch_threads": torch.get_num_threads(),
-                # strop/threads.py: auto sizes the pool to the cores other programs leave free
-                "thread_policy": os.environ.get("STROP_THREADS") or
-                ("fixed (OMP_NUM_THREADS)" if os.environ.get("OMP_NUM_THREADS") else "auto"),
+                "thread_policy": threads.policy(),  # auto sizes the pool to the cores others leave free
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                 "features": {name: flag in flags for flag, name in CPU_FEATURES.items()},
                 "ram_available_gb": round(available_ram_gb(), 1)},

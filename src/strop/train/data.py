@@ -53,23 +53,23 @@ def prepare(cfg: TrainConfig, tok) -> Prepared:
     evalr = _tokenize(tok, eval_convs, cfg, report, "eval")
     if not train:
         raise StropError(f"{cfg.data}: no row has a trainable token after masking and truncation to max_length {cfg.max_length}")
-    general = _replay(cfg, tok, len(train), report)
-    if report["preserve"]["mode"] == "kl":
+    mode, general = _general_rows(cfg, tok, len(train), report)
+    if mode == "kl":
         return Prepared(train, evalr, report, anchors=general)
     return Prepared(train + general, evalr, report)
 
 
-def _replay(cfg: TrainConfig, tok, n_train: int, report: dict) -> list[dict]:
-    """The base model's own answers to general prompts (train/preserve.py): mixed into training (replay)
-    or held apart as the rows on which the KL term keeps the model near the base (kl)."""
+def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict) -> tuple[str, list[dict]]:
+    """(mode, rows): the base model's own answers to general prompts (train/preserve.py), mixed into
+    training (replay) or held apart as the rows on which the KL term keeps the model near the base (kl)."""
     from . import distributed
     from .preserve import mode_for, replay_conversations
 
     mode, why = mode_for(cfg, distributed.world().size, report.get("format", ""))
     report["preserve"] = {"mode": mode, "why": why}
     if mode == "none":
-        return []
+        return mode, []
     convs, record = replay_conversations(cfg, tok, n_train, mode)
     rows = _tokenize(tok, convs, cfg, report, "replay")
     report["preserve"] = record | {"why": why} | ({"weight": cfg.preserve_weight} if mode == "kl" else {})
-    return rows
+    return mode, rows

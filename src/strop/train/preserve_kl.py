@@ -24,7 +24,9 @@ class KLToBase(TrainerCallback):
         self.seed = cfg.seed
         self._step, self._micro = -1, 0
         self._sum, self._count = 0.0, 0
-        self._orders: dict[int, list[int]] = {}
+        self._order: tuple[int, list[int]] = (-1, [])  # (pass over the rows, its seeded order)
+        # hidden state t predicts token t+1: a row is scored at t where token t+1 is an answer token
+        self._scored = [[t for t in range(len(r["input_ids"]) - 1) if r["labels"][t + 1] != -100] for r in rows]
         self._base: dict[int, object] = {}  # row index -> the base's last hidden states at its scored positions
 
     def batch(self, step: int, micro: int, accumulation: int) -> list[int]:
@@ -37,15 +39,10 @@ class KLToBase(TrainerCallback):
         out = []
         for k in range(math.floor(m * self.rate), math.floor((m + 1) * self.rate)):
             epoch, at = divmod(k, len(self.rows))
-            if epoch not in self._orders:
-                self._orders = {epoch: random.Random(f"{self.seed}:{epoch}").sample(range(len(self.rows)), len(self.rows))}
-            out.append(self._orders[epoch][at])
+            if self._order[0] != epoch:
+                self._order = (epoch, random.Random(f"{self.seed}:{epoch}").sample(range(len(self.rows)), len(self.rows)))
+            out.append(self._order[1][at])
         return out
-
-    @staticmethod
-    def _scored(row: dict) -> list[int]:
-        # hidden state t predicts token t+1: score t where token t+1 is an answer token
-        return [t for t in range(len(row["input_ids"]) - 1) if row["labels"][t + 1] != -100]
 
     def _hidden(self, decoder, picked: list[int], device):
         """The last hidden states at the scored positions of rows ``picked``, packed into one row."""
@@ -56,7 +53,7 @@ class KLToBase(TrainerCallback):
             row = self.rows[i]
             ids += row["input_ids"]
             positions += range(len(row["input_ids"]))
-            at += [offset + t for t in self._scored(row)]
+            at += [offset + t for t in self._scored[i]]
             offset += len(row["input_ids"])
         out = decoder(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
                       use_cache=False).last_hidden_state
@@ -66,7 +63,7 @@ class KLToBase(TrainerCallback):
         """Mean per-token KL(base || model) over the answer tokens of rows ``picked``."""
         import torch
 
-        device = next(p for p in model.parameters()).device
+        device = next(model.parameters()).device
         inner = model.get_base_model()
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         with torch.no_grad(), model.disable_adapter():
