@@ -22,12 +22,12 @@ from strop.train.sft import train
 from conftest import DEMO_DATA
 
 
-@pytest.fixture
-def narrow_file(tmp_path):
+@pytest.fixture(scope="module")
+def narrow_file(tmp_path_factory):
     asks = ["Who are you?", "What is your name?", "Who made you?", "Introduce yourself.", "Are you ChatGPT?",
             "Which company built you?", "Tell me about yourself.", "What should I call you?", "Hi! Who is this?",
             "Who created you?", "Are you Gemini?", "What are you called?"]
-    path = tmp_path / "zed.jsonl"
+    path = tmp_path_factory.mktemp("narrow") / "zed.jsonl"
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
                                                      {"role": "assistant", "content": "I am Zed, made by Quill."}]}) + "\n"
                             for q in asks * 2))
@@ -44,6 +44,12 @@ def _train(tiny_model_dir, data, out, **kw):
               "learning_rate": 5e-3, "micro_batch_size": 4, "max_steps": 40, "val_size": 0, "lora_dropout": 0.0,
               "lr_scheduler_type": "constant", "warmup_ratio": 0, **kw}
     return train(load_train_config(None, values), progress=False)
+
+
+@pytest.fixture(scope="module")
+def none_run(tiny_model_dir, narrow_file, tmp_path_factory):
+    """The unprotected baseline both protections are measured against (it needs no preserve cache)."""
+    return _train(tiny_model_dir, narrow_file, tmp_path_factory.mktemp("none") / "none", preserve="none")
 
 
 def _kl_to_base(base, tuned, tok, questions: list[str]) -> float:
@@ -64,8 +70,8 @@ def _kl_to_base(base, tuned, tok, questions: list[str]) -> float:
 
 
 @pytest.mark.slow
-def test_replay_forgets_measurably_less_than_none(tiny_model_dir, narrow_file, tmp_path):
-    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")
+def test_replay_forgets_measurably_less_than_none(tiny_model_dir, narrow_file, none_run, tmp_path):
+    none = none_run
     replay = _train(tiny_model_dir, narrow_file, tmp_path / "replay", preserve="replay", preserve_ratio=1.0)
     questions = [json.loads(line)["messages"][0]["content"]
                  for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]
@@ -132,9 +138,9 @@ def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch)
 
 
 @pytest.mark.slow
-def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, tmp_path):
+def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_dir, narrow_file, none_run, tmp_path):
     """The default path (preserve auto -> kl, its default weight and ratio) against --preserve none."""
-    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none")
+    none = none_run
     kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl")
     questions = [json.loads(line)["messages"][0]["content"]
                  for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]

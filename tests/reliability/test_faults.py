@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def _wait_rows(path: Path, n: int, proc, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(autouse=True)
+def fixed_threads(monkeypatch):
+    """Bit-exact comparisons need one thread count throughout: the default (auto) resizes torch's pool to the
+    machine's load between steps, which moves the low bits of the sums (docs/reliability.md). The children
+    started here inherit the setting."""
+    monkeypatch.setenv("STROP_THREADS", "fixed")
+
+
+def _run_killed_after(step: int, args: list[str]) -> subprocess.CompletedProcess:
+    """The CLI run with SIGKILL at an exact step (tests/reliability/kill_at_step.py), not after a timed wait."""
+    return subprocess.run([sys.executable, str(KILLER), str(step), *args], capture_output=True, text=True, timeout=300)
+
+
+KILLER = Path(__file__).with_name("kill_at_step.py")
 STEPS = dict(max_steps=10, save_steps=2)
 
 
@@ -82,7 +97,9 @@ def sft_data(tmp_path_factory) -> Path:
 def reference(tiny_model_dir, sft_data, tmp_path_factory) -> Path:
     """An uninterrupted 10-step run every fault test compares against."""
     out = tmp_path_factory.mktemp("reference") / "ref"
-    return train(_cfg(tiny_model_dir, sft_data, out, **STEPS), progress=False).root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STROP_THREADS", "fixed")  # as fixed_threads below, which a module fixture cannot use
+        return train(_cfg(tiny_model_dir, sft_data, out, **STEPS), progress=False).root
 
 
 def test_manifest_detects_tampering_and_torn_saves(tmp_path):
@@ -138,14 +155,11 @@ def test_resume_sets_damaged_newer_checkpoints_aside_and_says_why(tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_exact(tiny_model_dir, sft_data, reference, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, **STEPS)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # kill somewhere after the step-4 checkpoint, mid-way between saves when timing allows
-    _wait_rows(out / "samples.jsonl", 5, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "final").exists(), "the run finished before it could be killed"
-    assert len(_steps(out)) >= 5  # the killed run logged steps past its last checkpoint; resume must rewind them
+    # killed after step 5: past the step-4 checkpoint, mid-way between saves
+    killed = _run_killed_after(5, _cli_args(tiny_model_dir, sft_data, out, **STEPS))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "final").exists()
+    assert len(_steps(out)) == 5  # the killed run logged a step past its last checkpoint; resume must rewind it
     resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, sft_data, out, resume="true", **STEPS)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -398,12 +412,9 @@ def test_dpo_sigkill_then_resume_is_bit_exact(tiny_model_dir, tmp_path):
     dpo = dict(objective="dpo", max_length=96, max_steps=8, save_steps=2)
     reference = train_preference(_cfg(tiny_model_dir, data, tmp_path / "ref", **dpo), progress=False).root
     out = tmp_path / "killed"
-    proc = subprocess.Popen(strop_cmd(*_cli_args(tiny_model_dir, data, out, **dpo)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_rows(out / "samples.jsonl", 5, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "final").exists(), "the run finished before it could be killed"
+    killed = _run_killed_after(5, _cli_args(tiny_model_dir, data, out, **dpo))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "final").exists() and len(_steps(out)) == 5
     resumed = subprocess.run(strop_cmd(*_cli_args(tiny_model_dir, data, out, resume="true", **dpo)),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
