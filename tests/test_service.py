@@ -81,12 +81,12 @@ def test_upload_train_chat_checkpoints_and_cancel(client, train_file, tiny_model
         time.sleep(0.5)
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.status == "succeeded", (done.error, seen)
-    assert done.fine_tuned_model == f"ft:{tiny_model_dir.name}:sdk:{job.id[6:18]}"
+    assert done.fine_tuned_model == f"ft:{tiny_model_dir.name}:strop:sdk:{job.id[6:18]}"
     assert done.trained_tokens > 0 and done.finished_at >= done.created_at
     order = ["Files validated, moving job to queued state", "Fine-tuning job started", "The job has successfully completed"]
     assert [m for m in reversed(seen) if m in order] == order
     steps = [m for m in seen if m.startswith("Step ")]
-    assert len(steps) == 6 and steps[0].startswith("Step 6: training loss=")
+    assert len(steps) == 6 and steps[0].startswith("Step 6/6: training loss=")
 
     reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
                                            messages=[{"role": "user", "content": "What is 2 plus 2?"}])
@@ -133,7 +133,7 @@ def test_bad_input_gets_openai_errors(client, service, train_file, tiny_model_di
     with pytest.raises(openai.APIStatusError, match="larger than the limit") as err:
         client.files.create(file=big.open("rb"), purpose="fine-tune")
     assert err.value.status_code == 413
-    assert len(client.files.list().data) == 1  # neither bad upload was kept
+    assert len(client.files.list(purpose="fine-tune").data) == 1  # neither bad upload was kept
     with pytest.raises(openai.BadRequestError, match="training_file: no file") as err:
         client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file="file-" + "0" * 24)
     assert err.value.body["param"] == "training_file"

@@ -56,6 +56,7 @@ def cmd_train(args, extra: list[str]) -> int:
 
     launch_opts, overrides = split_launch_options(parse_overrides(rest))
     cfg = load_train_config(config, overrides)
+    _check_sources(cfg)
     if launch_opts.wanted:  # --nproc/--nnodes/--distributed: this process becomes the launcher
         from .train.launch import start
 
@@ -81,6 +82,15 @@ def cmd_train(args, extra: list[str]) -> int:
               f"{summary['effective_batch_size']} sequences per step; tokens/s counts all processes")
     print(f"run directory: {run.root}  (model in {run.final})")
     return 0
+
+
+def _check_sources(cfg) -> None:
+    """Name a missing or unreadable data file now, not after the training libraries' imports (seconds)."""
+    from .data.load import sources
+
+    for value in (cfg.data, cfg.eval_data):
+        if value:
+            sources(Path(value))  # finds the files and their readers; reads no row
 
 
 def train_help() -> str:
@@ -206,8 +216,11 @@ def cmd_service(args, extra) -> int:
     key = args.api_key or os.environ.get("STROP_API_KEY")
     check_bind(args.host, key, args.no_auth)
     policy = ClientPolicy.from_options(args.allow_client_option, args.model_root)
+    from .service.webhooks import parse_endpoints
+
+    hooks = parse_endpoints(args.webhook, args.webhook_secret or os.environ.get("STROP_WEBHOOK_SECRET"))
     return serve(args.workdir, host=args.host, port=args.port, api_key=key, concurrency=args.concurrency,
-                 max_upload_mb=args.max_upload_mb, studio=args.command == "studio", policy=policy)
+                 max_upload_mb=args.max_upload_mb, studio=args.command == "studio", policy=policy, webhooks=hooks)
 
 
 def cmd_export(args, extra) -> int:
@@ -466,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let API clients set this option, which can run code or reach host paths "
                              "(trust_remote_code, model_revision, allow_pickle, reward_funcs, reward_model, report_to); "
                              "repeatable")
+        sv.add_argument("--webhook", action="append", default=[], metavar="URL",
+                        help="POST a signed OpenAI-style event here when a job succeeds, fails or is cancelled; "
+                             "repeatable (docs/webhooks.md)")
+        sv.add_argument("--webhook-secret", metavar="WHSEC",
+                        help="the whsec_... secret events are signed with (or set STROP_WEBHOOK_SECRET)")
         sv.set_defaults(func=cmd_service)
 
     x = sub.add_parser("export", help="merge adapters / write GGUF, verified against the run")

@@ -27,6 +27,7 @@ class TrainConfig:
     data: str = ""
     eval_data: str = ""
     method: str = "lora"
+    init_adapter: str = ""  # an adapter directory to train on from (same method), not a new adapter
     output_dir: str = "runs/latest"
     # data handling
     max_length: int = 512

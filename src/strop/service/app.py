@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -75,7 +76,7 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith(("int", "float", "literal"))]
+        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith(("int", "float", "literal", "constrained-", "function-"))]
         param = ".".join(loc) or None
         return body(400, f"{param}: {err['msg']}" if param else err["msg"], param)
 
@@ -86,15 +87,22 @@ def _errors(app: FastAPI) -> None:
 
 def create_service_app(workdir: str | Path, *, api_key: str | None = None, concurrency: int = 1,
                        max_upload_bytes: int = DEFAULT_MAX_UPLOAD, start_worker: bool = True,
-                       policy: ClientPolicy | None = None, bind_host: str | None = None) -> FastAPI:
+                       policy: ClientPolicy | None = None, bind_host: str | None = None,
+                       webhooks: list | None = None) -> FastAPI:
     """The service app. ``policy``: what API clients may set beyond the safe options (policy.py);
-    ``bind_host``: the address it listens on, whose names alone it answers to (serve/guard.py)."""
+    ``bind_host``: the address it listens on, whose names alone it answers to (serve/guard.py);
+    ``webhooks``: webhooks.Endpoint list told when a job ends (webhooks.py)."""
     from .studio import csp_for, install, is_public
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = Store(workdir / "service.db")
-    worker = Worker(store, workdir / "files", workdir / "runs", concurrency) if start_worker else None
+    hooks = None
+    if webhooks:  # with none configured, deliveries still pending from an earlier start wait for them
+        from .webhooks import Webhooks
+
+        hooks = Webhooks(workdir / "service.db", webhooks)
+    worker = Worker(store, workdir / "files", workdir / "runs", concurrency, hooks=hooks) if start_worker else None
     svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes,
                   policy or ClientPolicy())
     app = FastAPI(title="strop service", docs_url=None, redoc_url=None)
@@ -118,9 +126,13 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
     _jobs_routes(app, svc)
     _model_routes(app, svc)
     install(app, svc)
+    if hooks is not None:
+        app.router.on_startup.append(hooks.start)
     if worker is not None:
         app.router.on_startup.append(worker.start)
         app.router.on_shutdown.append(worker.shutdown)
+    if hooks is not None:
+        app.router.on_shutdown.append(hooks.stop)  # after the worker, whose last jobs may still end
     app.router.on_shutdown.append(svc.models.close)  # unload every served model
     return app
 
@@ -141,9 +153,14 @@ def _files_routes(app: FastAPI, svc: Service) -> None:
         return files.file_object(row)
 
     @app.get("/v1/files")
-    async def list_files(purpose: str | None = None) -> dict:
-        rows = [r for r in svc.store.list_files() if purpose in (None, r["purpose"])]
-        return {"object": "list", "data": [files.file_object(r) for r in rows], "has_more": False}
+    async def list_files(purpose: str | None = None, after: str | None = None,
+                         limit: int = Query(10000, ge=1, le=10000), order: Literal["asc", "desc"] = "desc") -> dict:
+        if after is not None and svc.store.get_file(after) is None:
+            raise APIError(400, f"after: no file with id {after!r}", param="after")
+        rows = svc.store.list_files(purpose, after, limit + 1, order)
+        data = [files.file_object(r) for r in rows[:limit]]
+        return {"object": "list", "data": data, "has_more": len(rows) > limit,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> dict:
@@ -183,13 +200,38 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
         return jobs.job_object(job)
 
     @app.get("/v1/fine_tuning/jobs")
-    async def list_jobs(after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
-        rows = svc.store.list_jobs(after=after, limit=limit + 1)
-        return {"object": "list", "data": [jobs.job_object(j) for j in rows[:limit]], "has_more": len(rows) > limit}
+    async def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict:
+        rows = svc.store.list_jobs(after=after, limit=limit + 1, metadata=_metadata_filter(request))
+        return {"object": "list", "data": [_job_view(svc, j) for j in rows[:limit]], "has_more": len(rows) > limit}
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     async def get_job(job_id: str) -> dict:
-        return jobs.job_object(_job(svc, job_id))
+        return _job_view(svc, _job(svc, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    async def pause(job_id: str) -> dict:
+        job = _job(svc, job_id)
+        if job["status"] != "paused":
+            if not svc.store.set_status(job_id, "paused", only_from=("running",)):
+                raise APIError(400, f"job {job_id} is {job['status']}; only a running job can be paused",
+                               param="fine_tuning_job_id", code="job_not_pausable")
+            svc.store.add_event(job_id, "Pause requested; training stops at its next checkpoint")
+            _wake(svc)
+        return _job_view(svc, svc.store.get_job(job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    async def resume(job_id: str) -> dict:
+        job = _job(svc, job_id)
+        if job["status"] != "paused":
+            raise APIError(400, f"job {job_id} is {job['status']}; only a paused job can be resumed",
+                           param="fine_tuning_job_id", code="job_not_resumable")
+        if job["pid"] and svc.worker is not None and job_id in svc.worker.running:
+            raise APIError(409, f"job {job_id} is still saving its pause checkpoint; resume it in a moment",
+                           param="fine_tuning_job_id", code="job_still_pausing")
+        if svc.store.set_status(job_id, "queued", only_from=("paused",)):
+            svc.store.add_event(job_id, "Resume requested; the job is queued")
+            _wake(svc)
+        return _job_view(svc, svc.store.get_job(job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> dict:
@@ -200,8 +242,9 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
                                     "can be cancelled", param="fine_tuning_job_id", code="job_not_cancellable")
             svc.store.add_event(job_id, "Cancellation requested")
             if svc.worker is not None:
-                svc.worker.wake.set()
-        return jobs.job_object(svc.store.get_job(job_id))
+                svc.worker.announce(job_id, "cancelled")
+            _wake(svc)
+        return _job_view(svc, svc.store.get_job(job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     async def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
@@ -220,6 +263,28 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
             rows = rows[ids.index(after) + 1:] if after in ids else []
         return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit,
                 "first_id": rows[0]["id"] if rows else None, "last_id": rows[:limit][-1]["id"] if rows else None}
+
+
+def _wake(svc: Service) -> None:
+    if svc.worker is not None:
+        svc.worker.wake.set()
+
+
+def _job_view(svc: Service, job: dict) -> dict:
+    from .progress import estimated_finish
+
+    return jobs.job_object(job, estimated_finish(job, run_dir(svc.runs_root, job["id"])))
+
+
+def _metadata_filter(request: Request) -> dict[str, str] | None:
+    """OpenAI's filter syntax: ``metadata[k]=v`` for each wanted pair, or ``metadata=null`` for jobs without any."""
+    params = request.query_params
+    pairs = {k[len("metadata["):-1]: v for k, v in params.multi_items() if k.startswith("metadata[") and k.endswith("]")}
+    if "metadata" in params:
+        if pairs or params["metadata"] != "null":
+            raise APIError(400, "metadata: use metadata[key]=value pairs, or metadata=null alone", param="metadata")
+        return {}
+    return pairs or None
 
 
 def _job(svc: Service, job_id: str) -> dict:
@@ -256,7 +321,7 @@ def _model_routes(app: FastAPI, svc: Service) -> None:
 
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           concurrency: int = 1, max_upload_mb: float = 512, studio: bool = False,
-          policy: ClientPolicy | None = None, drain_timeout: float = 30.0) -> int:
+          policy: ClientPolicy | None = None, drain_timeout: float = 30.0, webhooks: list | None = None) -> int:
     """Run the service until interrupted (``strop service`` / ``strop studio``); the exit status."""
     from ..paths import check_output
     from ..serve.server import drained, serve_until_stopped
@@ -264,7 +329,8 @@ def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str 
     check_output(workdir, kind="dir", label="--workdir")
     policy = policy or ClientPolicy()
     app = create_service_app(workdir, api_key=api_key, concurrency=concurrency,
-                             max_upload_bytes=int(max_upload_mb * 2**20), policy=policy, bind_host=host)
+                             max_upload_bytes=int(max_upload_mb * 2**20), policy=policy, bind_host=host,
+                             webhooks=webhooks)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/studio/" if studio else f"http://{shown}:{port}/v1"
     print(f"strop: service on {where} (workdir {Path(workdir).resolve()})", file=sys.stderr, flush=True)

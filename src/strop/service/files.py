@@ -74,6 +74,20 @@ def save_upload(store: Store, root: Path, stream: BinaryIO, filename: str | None
     return row
 
 
+def save_result(store: Store, root: Path, filename: str, data: bytes) -> dict:
+    """A file the service made for a client (a job's results), listed and downloaded like an upload."""
+    file_id = new_id("file")
+    path = stored_path(root, file_id, filename)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    row = {"id": file_id, "filename": filename, "bytes": len(data), "created_at": int(time.time()),
+           "purpose": "fine-tune-results", "status": "processed", "rows": None, "format": "csv"}
+    store.add_file(row)
+    return row
+
+
 def validate(path: Path, shown: str) -> tuple[int, str]:
     """Strict load with the data stage; messages name the client's file name, not our path."""
     from ..data import ANY_KIND, load

@@ -6,24 +6,29 @@ import importlib.util
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import StropError
 from .policy import ClientPolicy, JobError, scrub
 from .store import Store, new_id
 
 JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
+BASE_LEARNING_RATE = 2e-4  # learning_rate_multiplier 1: TrainConfig's default learning rate
 Auto = Literal["auto"]
+
+
+Positive = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
 
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Auto | None = Field(None, description="epochs over the training file")
-    batch_size: int | Auto | None = None
-    learning_rate_multiplier: float | Auto | None = None
-    beta: float | Auto | None = None  # dpo only
+    n_epochs: Count | Auto | None = Field(None, description="epochs over the training file")
+    batch_size: Count | Auto | None = None
+    learning_rate_multiplier: Positive | Auto | None = None
+    beta: Positive | Auto | None = None  # dpo only
 
 
 class MethodBody(BaseModel):
@@ -39,8 +44,22 @@ class Method(BaseModel):
     reinforcement: MethodBody | None = None
 
 
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 characters, values up to 512."""
+    if value is None:
+        return None
+    if len(value) > 16:
+        raise ValueError(f"at most 16 key-value pairs, got {len(value)}")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"key {key[:20]!r}...: longer than 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"value of {key!r}: longer than 512 characters")
+    return value
+
+
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # integrations, metadata...: accepted, not used
+    model_config = ConfigDict(extra="ignore")  # integrations: accepted, not used
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
@@ -48,7 +67,10 @@ class JobRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
+    metadata: dict[str, str] | None = None
     strop: dict | None = Field(None, description="strop training keys beyond the hosted API (method, max_steps, lora_r...)")
+
+    _metadata = field_validator("metadata")(_check_metadata)
 
 
 def preference_available() -> bool:
@@ -68,23 +90,59 @@ def _method_and_hypers(req: JobRequest) -> tuple[str, Hyperparameters]:
     return kind, (body.hyperparameters if body and body.hyperparameters else req.hyperparameters or Hyperparameters())
 
 
+@dataclasses.dataclass
+class Source:
+    """What a job trains from: a base model, or a fine-tuned model (or one of its checkpoints) trained on."""
+    base_model: str
+    init_adapter: str = ""
+    parent: str | None = None  # the job that made the fine-tuned model
+    method: str | None = None  # that job's method, which training on must keep
+
+
+def source_model(store: Store, runs_root: Path, name: str, policy: ClientPolicy) -> Source:
+    """``model`` of a request: an offered base model, or ``ft:...`` / ``ft:...:ckpt-step-N`` of this service."""
+    if not name.startswith("ft:"):
+        return Source(policy.model_path(name))
+    from ..train.manifest import verify_manifest
+
+    model, _, step = name.partition(":ckpt-step-")
+    job = store.job_by_short_id(model.rsplit(":", 1)[-1])
+    if job is None or model_id(job) != model or (not step and job["status"] != "succeeded"):
+        raise JobError(f"model {name!r}: no fine-tuned model of that name on this service (GET /v1/models lists them)",
+                       "model", "model_not_found")
+    root = runs_root / job["id"]
+    path = root / "checkpoints" / f"checkpoint-{step}" if step else root / "final"
+    if step and not (step.isdigit() and path.is_dir() and verify_manifest(path)):
+        raise JobError(f"model {name!r}: job {job['id']} has no complete checkpoint at step {step}", "model",
+                       "model_not_found")
+    options = job["options"]
+    if options.get("method") not in ("lora", "dora", "qlora", "ia3"):
+        raise JobError(f"model {name!r} was trained with method {options.get('method')}; training on from a "
+                       "fine-tuned model needs an adapter method (lora, dora, qlora, ia3)", "model", "model_not_supported")
+    return Source(options["base_model"], str(path), job["id"], options["method"])
+
+
 def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path,
-                    policy: ClientPolicy) -> tuple[dict, str]:
+                    policy: ClientPolicy, source: Source | None = None) -> tuple[dict, str]:
     """The TrainConfig mapping for a request: API fields first, then the ``strop`` extension
     (only the keys ``policy`` lets a client set)."""
-    from ..config import TrainConfig
-
+    source = source or Source(policy.model_path(req.model))
     kind, hp = _method_and_hypers(req)
-    values = {"base_model": policy.model_path(req.model), "data": str(files["training_file"]), "output_dir": str(run_dir),
+    values = {"base_model": source.base_model, "data": str(files["training_file"]), "output_dir": str(run_dir),
               "eval_data": str(files["validation_file"]) if "validation_file" in files else "",
               "val_size": 0, "report_to": "none", "save_total_limit": 3, "seed": req.seed if req.seed is not None else 42}
-    values.update(policy.check_extension(dict(req.strop or {})))
+    if source.init_adapter:
+        values.update(init_adapter=source.init_adapter, method=source.method)
+    extension = policy.check_extension(dict(req.strop or {}))
+    if source.init_adapter and extension.get("method", source.method) != source.method:
+        raise JobError(f"strop.method: training on {req.model!r} keeps its method {source.method}", "strop.method")
+    values.update(extension)
     if isinstance(hp.n_epochs, int):
         values["num_epochs"] = hp.n_epochs
     if isinstance(hp.batch_size, int):
         values["micro_batch_size"] = hp.batch_size
     if isinstance(hp.learning_rate_multiplier, float | int):
-        values["learning_rate"] = TrainConfig.learning_rate * hp.learning_rate_multiplier
+        values["learning_rate"] = BASE_LEARNING_RATE * hp.learning_rate_multiplier
     if kind == "dpo":
         values["objective"] = "dpo"
         if isinstance(hp.beta, float | int):
@@ -92,16 +150,42 @@ def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path,
     return values, kind
 
 
-def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path, policy: ClientPolicy):
+# TrainConfig option -> the request field a client set it with
+API_NAMES = {"num_epochs": "n_epochs", "micro_batch_size": "batch_size", "learning_rate": "learning_rate_multiplier",
+             "beta": "beta"}
+OPTION = re.compile(r"option (\w+)")
+UNKNOWN = re.compile(r"unknown key '([^']+)'")
+
+
+def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path, policy: ClientPolicy,
+                 source: Source | None = None):
     from ..config import TrainConfig, build
 
-    values, _ = training_values(req, files, run_dir, policy)
+    values, kind = training_values(req, files, run_dir, policy, source)
     try:
         return build(TrainConfig, values, origin="strop").validate()
     except JobError:
         raise
     except StropError as exc:
-        raise JobError(str(exc), param="strop") from None
+        raise _request_error(str(exc), req, kind) from None
+
+
+def _request_error(message: str, req: JobRequest, kind: str) -> JobError:
+    """A training option's error, told in the request's own terms: ``hyperparameters.n_epochs``
+    for what the client set as a hyperparameter, ``strop.<key>`` for the extension."""
+    unknown = UNKNOWN.search(message)
+    if unknown:  # API fields map to known options, so an unknown key came in the extension
+        return JobError(message, param=f"strop.{unknown.group(1)}")
+    found = OPTION.match(message)
+    option = found.group(1) if found else None
+    if option in API_NAMES and option not in (req.strop or {}):
+        name = API_NAMES[option]
+        where = f"method.{kind}.hyperparameters" if req.method is not None else "hyperparameters"
+        text = f"{where}.{name}" + message[found.end():]
+        return JobError(text, param=f"{where}.{name}", code="invalid_hyperparameters")
+    if option:
+        return JobError(f"strop.{option}" + message[found.end():], param=f"strop.{option}")
+    return JobError(message, param="strop" if req.strop else None)
 
 
 def check_model(name: str, policy: ClientPolicy) -> str:
@@ -115,31 +199,55 @@ def base_name(model: str) -> str:
     return re.sub(r"[^\w.\-]", "-", model_id_for(model))
 
 
-def new_job(job_id: str, req: JobRequest, cfg, kind: str) -> dict:
+ORGANIZATION = "strop"  # the organization part of model names and organization_id: one tenant per service
+HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
+                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
+
+
+def resolved(cfg, kind: str) -> dict:
+    """The hyperparameters a job trains with, under the API's names."""
+    hp = {"n_epochs": cfg.num_epochs, "batch_size": cfg.micro_batch_size,
+          "learning_rate_multiplier": round(cfg.learning_rate / BASE_LEARNING_RATE, 6)}
+    return hp | ({"beta": cfg.beta} if kind == "dpo" else {})
+
+
+def requested(req: JobRequest, kind: str) -> dict:
+    """What the client asked for, "auto" where it left the choice to the service."""
+    _, hp = _method_and_hypers(req)
+    return {name: "auto" if getattr(hp, name) is None else getattr(hp, name) for name in HYPERPARAMETERS[kind]}
+
+
+def new_job(job_id: str, req: JobRequest, cfg, kind: str, parent: str | None = None) -> dict:
     return {"id": job_id, "created_at": int(time.time()), "model": req.model, "training_file": req.training_file,
             "validation_file": req.validation_file, "suffix": req.suffix or "", "seed": cfg.seed,
-            "hyperparameters": {"n_epochs": cfg.num_epochs, "batch_size": cfg.micro_batch_size,
-                                "learning_rate_multiplier": round(cfg.learning_rate / 2e-4, 6)},
-            "method": {"type": kind}, "options": dataclasses.asdict(cfg), "status": "validating_files"}
+            "hyperparameters": resolved(cfg, kind), "requested": requested(req, kind), "metadata": req.metadata,
+            "method": {"type": kind}, "options": dataclasses.asdict(cfg), "status": "validating_files",
+            "parent": parent}
 
 
 def model_id(job: dict) -> str:
-    return f"ft:{base_name(job['model'])}:{job['suffix']}:{job['id'].removeprefix('ftjob-')[:12]}"
+    """OpenAI's five parts: ``ft:<base>:<organization>:<suffix>:<id>``; a model trained on from a
+    fine-tuned one keeps the first base's name."""
+    base = job["model"].split(":")[1] if job["model"].startswith("ft:") else base_name(job["model"])
+    return f"ft:{base}:{ORGANIZATION}:{job['suffix']}:{job['id'].removeprefix('ftjob-')[:12]}"
 
 
-def job_object(job: dict) -> dict:
-    """The hosted API's fine_tuning.job object."""
-    hp = dict(job["hyperparameters"])
-    if float(hp["n_epochs"]).is_integer():
+def job_object(job: dict, estimated_finish: int | None = None) -> dict:
+    """The hosted API's fine_tuning.job object. Until training starts, hyperparameters left to the
+    service read "auto", as OpenAI shows them; from then on, the values in use."""
+    started = job["status"] not in ("validating_files", "queued") or job.get("started_at")
+    hp = dict(job["hyperparameters"] if started or not job.get("requested") else job["requested"])
+    if isinstance(hp.get("n_epochs"), float) and hp["n_epochs"].is_integer():
         hp["n_epochs"] = int(hp["n_epochs"])
     kind = job["method"]["type"]
     error = job["error"] and {**job["error"], "message": scrub(job["error"].get("message"))}
     return {"id": job["id"], "object": "fine_tuning.job", "created_at": job["created_at"], "error": error,
             "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"], "hyperparameters": hp,
-            "model": job["model"], "organization_id": "strop", "result_files": [], "seed": job["seed"],
-            "status": job["status"], "trained_tokens": job["trained_tokens"], "training_file": job["training_file"],
-            "validation_file": job["validation_file"], "estimated_finish": None, "integrations": None,
-            "metadata": None, "user_provided_suffix": job["suffix"] or None,
+            "model": job["model"], "organization_id": ORGANIZATION, "result_files": job.get("result_files") or [],
+            "seed": job["seed"], "status": job["status"], "trained_tokens": job["trained_tokens"],
+            "training_file": job["training_file"], "validation_file": job["validation_file"],
+            "estimated_finish": estimated_finish if job["status"] == "running" else None, "integrations": None,
+            "metadata": job.get("metadata"), "user_provided_suffix": job["suffix"] or None,
             "method": {"type": kind, kind: {"hyperparameters": hp}}}
 
 
@@ -151,7 +259,7 @@ def event_object(e: dict) -> dict:
 def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path, policy: ClientPolicy) -> dict:
     from .files import stored_path
 
-    check_model(req.model, policy)
+    source = source_model(store, runs_root, req.model, policy)
     paths = {}
     for field in ("training_file", "validation_file"):
         file_id = getattr(req, field)
@@ -163,8 +271,8 @@ def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path, pol
         paths[field] = stored_path(files_root, row["id"], row["filename"])
     job_id = new_id("ftjob")
     kind, _ = _method_and_hypers(req)
-    cfg = build_config(req, paths, runs_root / job_id, policy)  # every option error before the job exists
-    job = new_job(job_id, req, cfg, kind)
+    cfg = build_config(req, paths, runs_root / job_id, policy, source)  # every option error before the job exists
+    job = new_job(job_id, req, cfg, kind, source.parent)
     store.add_job(job)
     store.add_event(job["id"], "Created fine-tuning job")
     store.add_event(job["id"], f"Validating training file: {req.training_file}"

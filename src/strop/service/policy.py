@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import StropError
 
-API_OWNED = ("base_model", "data", "eval_data", "output_dir", "resume", "seed")
+API_OWNED = ("base_model", "init_adapter", "data", "eval_data", "output_dir", "resume", "seed")
 OPERATOR_ONLY = {
     "trust_remote_code": "runs the model directory's own Python code",
     "model_revision": "pins the remote code that trust_remote_code runs",

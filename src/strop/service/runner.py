@@ -41,12 +41,15 @@ def main(argv: list[str]) -> int:
     from ..cli import _quiet_libraries
     from ..config import load_train_config
     from ..errors import StropError
+    from .progress import PLAN, write_plan
 
     run_dir, resume = Path(argv[0]), "--resume" in argv[1:]
     _watch_parent()
     _quiet_libraries()
     try:
         cfg = load_train_config(str(run_dir / "job.yaml"), {"resume": "true"} if resume else {})
+        if not (run_dir / PLAN).is_file():
+            write_plan(cfg, run_dir)  # the finish estimate until the first steps are measured
         _trainer(cfg)(cfg, progress=False)
     except StropError as exc:
         (run_dir / "error.json").write_text(json.dumps({"message": str(exc), "exit_code": exc.exit_code}))

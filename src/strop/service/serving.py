@@ -12,6 +12,7 @@ batcher's thread, and the OpenMP threads torch started for it, end with it.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..serve.server import APIError
 from .store import Store
 from .worker import run_dir
 
+CHECKPOINT_MODEL = re.compile(r"(?P<model>ft:.+):ckpt-step-(?P<step>\d+)")
 UNLOAD_GRACE_S = 30.0  # how long requests in flight on an unloaded model may still run
 
 
@@ -69,6 +71,9 @@ class Models:
         return out
 
     def path_for(self, name: str) -> str:
+        checkpoint = CHECKPOINT_MODEL.fullmatch(name)
+        if checkpoint:
+            return self._checkpoint_path(name, checkpoint["model"], int(checkpoint["step"]))
         if name.startswith("ft:"):
             job = self.store.job_by_model(name)
             if job is None:
@@ -82,6 +87,19 @@ class Models:
                 return (job.get("options") or {}).get("base_model") or name
         raise APIError(404, f"The model '{name}' does not exist; this service serves the base models of its jobs "
                             "and the models they made (GET /v1/models)", param="model", code="model_not_found")
+
+    def _checkpoint_path(self, name: str, model: str, step: int) -> str:
+        """A sealed checkpoint of any job, as ``<its model name>:ckpt-step-<N>`` (what the checkpoints list shows)."""
+        from ..train.manifest import verify_manifest
+        from .jobs import model_id
+
+        job = self.store.job_by_short_id(model.rsplit(":", 1)[-1])
+        path = run_dir(self.runs_root, job["id"]) / "checkpoints" / f"checkpoint-{step}" if job else None
+        if job is None or model_id(job) != model or not path.is_dir() or not verify_manifest(path):
+            raise APIError(404, f"The model '{name}' does not exist: no such job, or no complete checkpoint at "
+                                f"step {step} (GET /v1/fine_tuning/jobs/ID/checkpoints lists them)",
+                           param="model", code="model_not_found")
+        return str(path)
 
     async def app_for(self, name: str | None) -> ASGIApp:
         if not name:

@@ -23,16 +23,20 @@ CREATE TABLE IF NOT EXISTS jobs (
   model TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT, suffix TEXT, seed INTEGER NOT NULL,
   hyperparameters TEXT NOT NULL, method TEXT NOT NULL, options TEXT NOT NULL, status TEXT NOT NULL,
   fine_tuned_model TEXT, finished_at INTEGER, error TEXT, trained_tokens INTEGER, pid INTEGER,
-  restarts INTEGER NOT NULL DEFAULT 0, resume INTEGER NOT NULL DEFAULT 0);
+  restarts INTEGER NOT NULL DEFAULT 0, resume INTEGER NOT NULL DEFAULT 0, metadata TEXT, requested TEXT,
+  result_files TEXT, started_at INTEGER, parent TEXT);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
   level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq);
 """
 
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")
 FINISHED = ("succeeded", "failed", "cancelled")
-JSON_COLUMNS = ("hyperparameters", "method", "options", "error")
+JSON_COLUMNS = ("hyperparameters", "method", "options", "error", "metadata", "requested", "result_files")
+# columns added after the first release: a store made before them gets them on open
+ADDED_JOB_COLUMNS = {"metadata": "TEXT", "requested": "TEXT", "result_files": "TEXT", "started_at": "INTEGER",
+                     "parent": "TEXT"}
 
 
 def new_id(prefix: str) -> str:
@@ -46,6 +50,10 @@ class Store:
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            have = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in ADDED_JOB_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -71,10 +79,21 @@ class Store:
             row = db.execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,)).fetchone()
         return dict(row) if row else None
 
-    def list_files(self) -> list[dict]:
+    def list_files(self, purpose: str | None = None, after: str | None = None, limit: int | None = None,
+                   order: str = "desc") -> list[dict]:
+        """Files by upload order (``desc``: newest first); ``after`` is the last id of the previous page."""
+        direction, cmp = ("DESC", "<") if order == "desc" else ("ASC", ">")
+        sql, args = "SELECT * FROM files WHERE deleted = 0", []
+        if purpose is not None:
+            sql += " AND purpose = ?"
+            args.append(purpose)
+        if after:
+            sql += f" AND rowid {cmp} (SELECT rowid FROM files WHERE id = ?)"
+            args.append(after)
+        sql += f" ORDER BY rowid {direction}" + (" LIMIT ?" if limit else "")
+        args += [limit] if limit else []
         with self._db() as db:
-            rows = db.execute("SELECT * FROM files WHERE deleted = 0 ORDER BY created_at DESC, rowid DESC").fetchall()
-        return [dict(r) for r in rows]
+            return [dict(r) for r in db.execute(sql, args).fetchall()]
 
     def delete_file(self, file_id: str) -> None:
         self._write("UPDATE files SET deleted = 1 WHERE id = ?", (file_id,))
@@ -95,9 +114,24 @@ class Store:
                              (fine_tuned_model,)).fetchone()
         return _job(row) if row else None
 
-    def list_jobs(self, after: str | None = None, limit: int | None = None, statuses: tuple[str, ...] = ()) -> list[dict]:
-        """Newest first, as the hosted API lists them; ``after`` is the last id of the previous page."""
+    def job_by_short_id(self, short: str) -> dict | None:
+        """The job whose id starts with ``ftjob-<short>`` (the last part of its model names)."""
+        if not short.isalnum():
+            return None
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE id LIKE ?", (f"ftjob-{short}%",)).fetchall()
+        return _job(rows[0]) if len(rows) == 1 else None
+
+    def list_jobs(self, after: str | None = None, limit: int | None = None, statuses: tuple[str, ...] = (),
+                  metadata: dict[str, str] | None = None) -> list[dict]:
+        """Newest first, as the hosted API lists them; ``after`` is the last id of the previous page;
+        ``metadata``: only jobs whose metadata has every key with that value ({} selects jobs without any)."""
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if metadata == {}:
+            sql += " AND metadata IS NULL"
+        for key, value in (metadata or {}).items():
+            sql += " AND EXISTS (SELECT 1 FROM json_each(jobs.metadata) WHERE key = ? AND value = ?)"
+            args += [key, value]
         if after:
             sql += " AND seq < (SELECT seq FROM jobs WHERE id = ?)"
             args.append(after)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -22,8 +23,9 @@ from typing import IO
 from ..config import to_yaml
 from ..errors import StropError
 from ..train.rundir import RunDir
-from .files import stored_path, validate
+from .files import save_result, stored_path, validate
 from .jobs import JOB_ID, model_id
+from .progress import encoded_results
 from .store import Store
 
 MAX_RESTARTS = 3  # a job that keeps dying with the service is failed, not retried for ever
@@ -47,9 +49,11 @@ class Running:
 
 
 class Worker(threading.Thread):
-    def __init__(self, store: Store, files_root: Path, runs_root: Path, concurrency: int = 1, poll_s: float = 0.5) -> None:
+    def __init__(self, store: Store, files_root: Path, runs_root: Path, concurrency: int = 1, poll_s: float = 0.5,
+                 hooks=None) -> None:
         super().__init__(name="strop-worker", daemon=True)
         self.store, self.files_root, self.runs_root = store, files_root, runs_root
+        self.hooks = hooks  # webhooks.Webhooks: told when a job ends
         self.concurrency, self.poll_s = max(1, concurrency), poll_s
         self.running: dict[str, Running] = {}
         self.halt = threading.Event()
@@ -115,7 +119,8 @@ class Worker(threading.Thread):
         log = (root / "train.log").open("a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=proc.pid):
+        if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=proc.pid,
+                                     started_at=job.get("started_at") or int(time.time())):
             proc.kill()  # cancelled between the read and the start
             proc.wait()
             log.close()
@@ -129,7 +134,7 @@ class Worker(threading.Thread):
         r = self.running[job_id]
         job = self.store.get_job(job_id)
         self.report_metrics(job_id, r)
-        if job["status"] == "cancelled" and not r.stopping and r.proc.poll() is None:
+        if job["status"] in ("cancelled", "paused") and not r.stopping and r.proc.poll() is None:
             r.stopping = True
             r.proc.send_signal(signal.SIGTERM)  # checkpoint after this step, then exit
         code = r.proc.poll()
@@ -154,35 +159,58 @@ class Worker(threading.Thread):
                 else:
                     r.seen.add(("eval", step))
         for row in rows:
-            step = row.get("step", 0)
+            step, total = row.get("step", 0), row.get("max_steps")
+            shown = f"Step {step}/{total}" if total else f"Step {step}"
             if "loss" in row and step > r.last_step:
                 r.last_step = step
-                data = {"step": step, "train_loss": row["loss"], "epoch": row.get("epoch")}
-                msg = f"Step {step}: training loss={row['loss']:.4f}"
-                self.store.add_event(job_id, msg, type="metrics", data=data)
+                data = {"step": step, "train_loss": row["loss"], "total_steps": total, "epoch": row.get("epoch")}
+                if "mean_token_accuracy" in row:
+                    data["train_mean_token_accuracy"] = row["mean_token_accuracy"]
+                self.store.add_event(job_id, f"{shown}: training loss={row['loss']:.4f}", type="metrics", data=data)
             elif "eval_loss" in row and ("eval", step) not in r.seen:
                 r.seen.add(("eval", step))
-                self.store.add_event(job_id, f"Step {step}: validation loss={row['eval_loss']:.4f}", type="metrics",
-                                     data={"step": step, "valid_loss": row["eval_loss"], "epoch": row.get("epoch")})
+                data = {"step": step, "valid_loss": row["eval_loss"], "total_steps": total, "epoch": row.get("epoch")}
+                if "eval_mean_token_accuracy" in row:
+                    data["valid_mean_token_accuracy"] = row["eval_mean_token_accuracy"]
+                self.store.add_event(job_id, f"{shown}: validation loss={row['eval_loss']:.4f}", type="metrics",
+                                     data=data)
 
     def finish(self, job: dict, code: int) -> None:
         root = RunDir(run_dir(self.runs_root, job["id"]))
         if job["status"] == "cancelled":
             self.store.add_event(job["id"], "Job cancelled; training stopped")
             return
+        if job["status"] == "paused" and not (code == 0 and root.summary.is_file()):
+            step = _checkpoint_step(root)
+            self.store.update_job(job["id"], pid=None, resume=1 if step else 0)
+            self.store.add_event(job["id"], f"Fine-tuning job paused at step {step}" if step else
+                                 "Fine-tuning job paused before its first checkpoint; it will start again on resume")
+            return
         if code == 0 and root.summary.is_file():
-            summary = json.loads(root.summary.read_text())
-            model = model_id(job)
-            if self.store.set_status(job["id"], "succeeded", fine_tuned_model=model,
-                                     trained_tokens=summary.get("tokens_seen"), pid=None):
-                self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
-                self.store.add_event(job["id"], "The job has successfully completed")
+            self.succeed(job, root)
             return
         self.fail(job["id"], "training_failed", _failure_reason(root.root, code))
+
+    def succeed(self, job: dict, root: RunDir) -> None:
+        summary = json.loads(root.summary.read_text())
+        model = model_id(job)
+        results = save_result(self.store, self.files_root, "step_metrics.csv", encoded_results(root.read_metrics()))
+        if self.store.set_status(job["id"], "succeeded", only_from=("running", "paused"), fine_tuned_model=model,
+                                 trained_tokens=summary.get("tokens_seen"), pid=None, result_files=[results["id"]]):
+            self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
+            self.store.add_event(job["id"], "The job has successfully completed")
+            self.announce(job["id"], "succeeded")
 
     def fail(self, job_id: str, code: str, message: str) -> None:
         if self.store.set_status(job_id, "failed", error={"code": code, "message": message, "param": None}, pid=None):
             self.store.add_event(job_id, f"Fine-tuning job failed: {message}", level="error")
+            self.announce(job_id, "failed")
+
+    def announce(self, job_id: str, status: str) -> None:
+        if self.hooks is not None:
+            from .webhooks import EVENT_FOR_STATUS
+
+            self.hooks.emit(EVENT_FOR_STATUS[status], job_id)
 
 
 def _config(job: dict):
@@ -253,8 +281,6 @@ def recover(store: Store, runs_root: Path) -> None:
 
 
 def _wait_gone(pid: int, job_id: str, timeout_s: float = STOP_GRACE_S) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while _alive(pid, job_id) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -19,7 +19,8 @@ class MetricsLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time_s": round(time.monotonic() - self.start, 2)}
+        row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4),
+               "time_s": round(time.monotonic() - self.start, 2)}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -214,7 +214,25 @@ def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float, 
     for row in run.read_metrics():  # the last value of every objective-specific metric
         last.update({k: v for k, v in row.items() if "/" in k or k.startswith(("reward", "kl", "accuracy", "margin"))})
     summary = {"objective": cfg.objective} | run_summary(cfg, trainer, result, wall) | {"last_metrics": last} | extra
+    if not summary["tokens_seen"]:  # TRL's paired batches have no input_ids for the Trainer to count
+        summary["tokens_seen"] = _tokens_processed(trainer)
+        summary["tokens_per_s"] = round(summary["tokens_seen"] / wall, 1) if wall and summary["tokens_seen"] else None
     run.summary.write_text(json.dumps(summary, indent=2))
+
+
+def _tokens_processed(trainer) -> int:
+    """Tokens the forward passes read: per epoch, every token-id column of the tokenized training set
+    (``prompt_ids``/``chosen_ids``/``rejected_ids`` in TRL 1.x, ``*input_ids`` before; a pair's prompt
+    goes in once with each answer), times the epochs run."""
+    data = trainer.train_dataset
+    if data is None:
+        return 0
+    columns = [c for c in data.column_names if c.endswith(("_ids", "input_ids")) and "mask" not in c]
+    per_epoch = sum(len(ids) for c in columns for ids in data[c])
+    paired = [p for p in ("prompt_ids", "prompt_input_ids") if p in columns]
+    if paired and any(c.startswith("rejected") for c in columns):
+        per_epoch += sum(len(ids) for ids in data[paired[0]])  # the prompt goes in with both answers
+    return int(per_epoch * (trainer.state.epoch or 0.0))
 
 
 # The metric each objective should move, as TRL logs it (shown after training).

@@ -124,11 +124,30 @@ def load_trainable(cfg: TrainConfig):
     """The base model in the dtype this run trains in, wrapped by its method, trainable weights in float32."""
     method = methods.get(cfg.method)
     dtype = weights_dtype(cfg, use_bf16(cfg), distributed.strategy())
-    model = method.wrap(models.load_model(cfg.base_model, dtype, load_in_4bit=method.load_in_4bit,
-                                          policy=models.policy(cfg)), cfg)
+    base = models.load_model(cfg.base_model, dtype, load_in_4bit=method.load_in_4bit, policy=models.policy(cfg))
+    model = continued_adapter(base, cfg) if cfg.init_adapter else method.wrap(base, cfg)
     if dtype != "float32" and cfg.method != "full":
         float32_trainables(model)  # the optimizer updates float32 master weights
     return model
+
+
+# the adapter types a method saves (adapter_config.json's peft_type)
+ADAPTER_TYPES = {"lora": "LORA", "dora": "LORA", "qlora": "LORA", "ia3": "IA3"}
+
+
+def continued_adapter(base, cfg: TrainConfig):
+    """``base`` with the adapter in ``cfg.init_adapter`` loaded trainable: training goes on from its weights
+    (a fine-tuned model trained further), and what is saved is again one adapter on ``base``."""
+    from peft import PeftModel
+
+    path = Path(cfg.init_adapter)
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        raise StropError(f"option init_adapter: {path} holds no adapter_config.json")
+    kind = json.loads(config.read_text()).get("peft_type")
+    if ADAPTER_TYPES.get(cfg.method) != kind:
+        raise StropError(f"option init_adapter: {path} is a {kind} adapter; method {cfg.method} cannot train on from it")
+    return PeftModel.from_pretrained(base, path, is_trainable=True)
 
 
 def checkpointing(cfg: TrainConfig) -> tuple[bool, int, str]:
