@@ -155,7 +155,7 @@ def test_bad_input_gets_openai_errors(client, service, train_file, tiny_model_di
             client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id,
                                            method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})
         assert err.value.body["param"] == "method.type"
-    with pytest.raises(openai.BadRequestError, match="'reinforcement' is not supported yet"):
+    with pytest.raises(openai.BadRequestError, match="it holds the grader"):
         client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id,
                                        method={"type": "reinforcement"})
     with pytest.raises(openai.NotFoundError):

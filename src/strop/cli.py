@@ -215,7 +215,8 @@ def cmd_service(args, extra) -> int:
 
     key = args.api_key or os.environ.get("STROP_API_KEY")
     check_bind(args.host, key, args.no_auth)
-    policy = ClientPolicy.from_options(args.allow_client_option, args.model_root)
+    policy = ClientPolicy.from_options(args.allow_client_option, args.model_root, args.model_map,
+                                       args.allow_python_graders, args.grader_endpoint)
     from .service.webhooks import parse_endpoints
 
     hooks = parse_endpoints(args.webhook, args.webhook_secret or os.environ.get("STROP_WEBHOOK_SECRET"))
@@ -479,6 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let API clients set this option, which can run code or reach host paths "
                              "(trust_remote_code, model_revision, allow_pickle, reward_funcs, reward_model, report_to); "
                              "repeatable")
+        sv.add_argument("--model-map", action="append", default=[], metavar="NAME=MODEL",
+                        help="train and serve MODEL (an alias or model directory) when a client asks for NAME, "
+                             "e.g. gpt-4o-mini-2024-07-18=smollm2-135m-instruct; repeatable (docs/migrate-from-openai.md)")
+        sv.add_argument("--allow-python-graders", action="store_true",
+                        help="accept reinforcement jobs whose grader is client Python, run in a sandbox with no "
+                             "network and no view of the service's files (docs/graders.md)")
+        sv.add_argument("--grader-endpoint", metavar="URL",
+                        help="OpenAI-compatible base URL that score_model/label_model graders call "
+                             "(key from STROP_GRADER_API_KEY)")
         sv.add_argument("--webhook", action="append", default=[], metavar="URL",
                         help="POST a signed OpenAI-style event here when a job succeeds, fails or is cancelled; "
                              "repeatable (docs/webhooks.md)")

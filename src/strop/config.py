@@ -113,6 +113,7 @@ class TrainConfig:
     simpo_gamma: float = 0.5  # target reward margin (simpo only)
     reward_funcs: list[str] = field(default_factory=list)  # grpo: module:function, see strop.train.rewards
     reward_model: str = ""  # grpo: a run directory trained with objective reward
+    grader: str = ""  # grpo: an OpenAI grader object, as JSON text or a .json file (strop.graders)
     num_generations: int = 4  # grpo: completions sampled per prompt
     max_completion_length: int = 64  # grpo: tokens per sampled completion
     temperature: float = 1.0  # grpo: sampling temperature

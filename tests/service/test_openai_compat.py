@@ -24,11 +24,14 @@ from safetensors.torch import load_file
 from conftest import free_port, strop_cmd, wait_for
 from test_webhooks import Receiver, serving
 
+from strop.graders import sandbox
 from strop.service.webhooks import new_secret
 
 KEY = "sk-test-compat"
+OPENAI_MODEL = "gpt-4o-mini-2024-07-18"  # a hosted model name, mapped by the operator to the tiny model
 SECRET = new_secret()
 pytestmark = pytest.mark.slow  # every test here trains through the service
+SANDBOX = sandbox.available()  # python graders need it (user namespaces); without, they are tested as refused
 
 
 def rows(n: int = 12, offset: int = 0) -> str:
@@ -57,7 +60,9 @@ def service(tmp_path_factory, tiny_model_dir, receiver):
     port = free_port()
     env = {**os.environ, "STROP_THREADS": "fixed", "STROP_WEBHOOK_SECRET": SECRET}
     proc = subprocess.Popen(strop_cmd("service", "--port", str(port), "--workdir", str(workdir), "--api-key", KEY,
-                                      "--model-root", str(tiny_model_dir.parent), "--webhook", receiver[1]),
+                                      "--model-root", str(tiny_model_dir.parent), "--webhook", receiver[1],
+                                      "--model-map", f"{OPENAI_MODEL}={tiny_model_dir}",
+                                      *(["--allow-python-graders"] if SANDBOX[0] else [])),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -73,14 +78,23 @@ def client(service):
     return openai.OpenAI(base_url=f"{service[0]}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
+def prompts(n: int = 8) -> str:
+    """OpenAI's reinforcement rows: the conversation so far, and fields the grader reads as {{item.*}}."""
+    colours = ["blue", "red", "green", "white"]
+    return "".join(json.dumps({"messages": [{"role": "developer", "content": "Answer with one word."},
+                                            {"role": "user", "content": f"Name the colour number {i}."}],
+                               "reference_answer": colours[i % 4]}) + "\n" for i in range(n))
+
+
 @pytest.fixture(scope="module")
 def files(client, tmp_path_factory):
     d = tmp_path_factory.mktemp("files")
     (d / "train.jsonl").write_text(rows())
     (d / "valid.jsonl").write_text(rows(4, offset=20))
     (d / "pairs.jsonl").write_text(pairs())
+    (d / "prompts.jsonl").write_text(prompts())
     return {name: client.files.create(file=(d / f"{name}.jsonl").open("rb"), purpose="fine-tune")
-            for name in ("train", "valid", "pairs")}
+            for name in ("train", "valid", "pairs", "prompts")}
 
 
 def wait_status(client, job_id: str, wanted: tuple[str, ...], timeout: float = 240.0):
@@ -100,7 +114,7 @@ def messages(client, job_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def supervised(client, files, tiny_model_dir):
     """A supervised job with a validation file and metadata, as OpenAI's guide creates one."""
-    job = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=files["train"].id,
+    job = client.fine_tuning.jobs.create(model=OPENAI_MODEL, training_file=files["train"].id,
                                          validation_file=files["valid"].id, suffix="compat", seed=3,
                                          metadata={"team": "search", "ticket": "T-1"},
                                          hyperparameters={"n_epochs": 2})
@@ -117,7 +131,9 @@ def test_job_object_matches_openai_before_and_after_training(client, supervised,
     assert isinstance(done.hyperparameters.batch_size, int) and done.hyperparameters.learning_rate_multiplier == 1.0
     assert done.metadata == created.metadata and done.organization_id == "strop"
     # OpenAI's five parts: ft:<base>:<organization>:<suffix>:<id>
-    assert done.fine_tuned_model == f"ft:{tiny_model_dir.name}:strop:compat:{done.id[6:18]}"
+    assert done.model == OPENAI_MODEL and done.fine_tuned_model == f"ft:{OPENAI_MODEL}:strop:compat:{done.id[6:18]}"
+    reply = client.chat.completions.create(model=OPENAI_MODEL, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.model == OPENAI_MODEL
     assert done.trained_tokens > 0 and done.estimated_finish is None
 
 
@@ -208,6 +224,8 @@ def test_pause_and_resume_continue_exactly(client, files, tiny_model_dir, servic
     while not any(m.startswith("Step ") for m in messages(client, paused.id)):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    running = client.fine_tuning.jobs.retrieve(paused.id)  # measured step rate -> a finish time
+    assert running.status == "running" and running.estimated_finish >= int(time.time()) - 1
     assert client.fine_tuning.jobs.pause(paused.id).status == "paused"
     deadline = time.monotonic() + 120
     while not any(m.startswith("Fine-tuning job paused") for m in messages(client, paused.id)):
@@ -277,3 +295,54 @@ def test_webhooks_report_each_outcome(client, supervised, files, tiny_model_dir,
     seen = {(e.type, e.data.id) for e in got.events}
     assert ("fine_tuning.job.succeeded", done.id) in seen and ("fine_tuning.job.cancelled", job.id) in seen
     assert not [r for r in got.requests if "error" in r]  # every delivery verified with the SDK
+
+
+STRING_CHECK = {"type": "string_check", "name": "colour", "input": "{{sample.output_text}}",
+                "reference": "{{item.reference_answer}}", "operation": "ilike"}
+
+
+def test_grader_endpoints_run_and_validate(client):
+    ran = client.fine_tuning.alpha.graders.run(grader=STRING_CHECK, model_sample="It is Blue.",
+                                              item={"reference_answer": "blue"})
+    assert ran.reward == 1.0 and ran.metadata.type == "string_check"
+    assert client.fine_tuning.alpha.graders.run(grader=STRING_CHECK, model_sample="red",
+                                                item={"reference_answer": "blue"}).reward == 0.0
+    assert client.fine_tuning.alpha.graders.validate(grader=STRING_CHECK).grader.name == "colour"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.alpha.graders.validate(grader={**STRING_CHECK, "operation": "contains"})
+    assert err.value.body["param"] == "grader.operation"
+
+
+def test_reinforcement_jobs_train_with_string_and_python_graders(client, files, service):
+    """RFT as OpenAI runs it, on strop's GRPO: a string_check grader, and a python grader that is sandboxed
+    (it scores 1 only if it cannot read the service's job store, so a reward of 1 proves both that it ran
+    and that it was blind)."""
+    workdir = Path(service[1]).resolve()
+    python = {"type": "python", "name": "blind",
+              "source": "def grade(sample, item):\n    try:\n"
+                        f"        open({str(workdir / 'service.db')!r}, 'rb').read(1)\n"
+                        "        return 0.0\n    except OSError:\n        return 1.0\n"}
+    opts = {"max_steps": 2, "max_completion_length": 6, "num_generations": 2}
+    made = []
+    for grader in (STRING_CHECK, python) if SANDBOX[0] else (STRING_CHECK,):
+        job = client.fine_tuning.jobs.create(
+            model=OPENAI_MODEL, training_file=files["prompts"].id, extra_body={"strop": opts},
+            method={"type": "reinforcement", "reinforcement": {"grader": grader,
+                                                               "hyperparameters": {"batch_size": 2,
+                                                                                   "reasoning_effort": "low"}}})
+        assert job.method.reinforcement.grader.name == grader["name"]
+        assert job.method.reinforcement.hyperparameters.reasoning_effort == "low"
+        made.append(job)
+    for job in made:
+        done = wait_status(client, job.id, ("succeeded", "failed"))
+        assert done.status == "succeeded", done.error
+        assert done.fine_tuned_model.startswith(f"ft:{OPENAI_MODEL}:strop:")
+    if SANDBOX[0]:
+        rewards = [r["reward"] for r in map(json.loads, (workdir / "runs" / made[1].id / "metrics.jsonl").open())
+                   if "reward" in r]
+        assert rewards and all(r == 1.0 for r in rewards), rewards
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=OPENAI_MODEL, training_file=files["prompts"].id,
+                                       method={"type": "reinforcement",
+                                               "reinforcement": {"grader": {**STRING_CHECK, "input": "{{sample.nope}}"}}})
+    assert err.value.body["param"].startswith("method.reinforcement.grader")

@@ -130,6 +130,13 @@ def _prompt_of(value, field: str) -> list[Message]:
     return _message_list(value, field)
 
 
+def _ends_with_user(row: dict) -> bool:
+    """A reinforcement prompt: chat messages with no answer yet (the grader scores the model's)."""
+    msgs = row.get("messages")
+    return (isinstance(msgs, list) and bool(msgs) and all(isinstance(m, dict) for m in msgs)
+            and msgs[-1].get("role") == "user" and not any(m.get("role") == "assistant" for m in msgs))
+
+
 def _messages(row: dict) -> Parsed:
     return Parsed(_system(row) + _message_list(row["messages"], "messages"))
 
@@ -229,6 +236,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "preference: {prompt, chosen, rejected}", "preference"),
     Format("unpaired", lambda r: "label" in r and ("messages" in r or "conversations" in r or _has("prompt", "completion")(r)),
            _unpaired, "unpaired preference: {messages | prompt+completion, label: bool}", "unpaired"),
+    Format("openai_rft", _ends_with_user, _messages,
+           "OpenAI reinforcement: {messages ending with a user turn, other fields for the grader}", "prompt"),
     Format("messages", _has("messages"), _messages, "OpenAI chat: {messages: [{role, content}]}"),
     Format("sharegpt", _has("conversations"), _sharegpt, "ShareGPT: {conversations: [{from, value}]}"),
     Format("alpaca", _has("instruction", "output"), _alpaca, "Alpaca: {instruction, input, output}"),
@@ -237,10 +246,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 )}
 
 
-def detect(row: object) -> Format | None:
+def detect(row: object, prompts: bool = True) -> Format | None:
+    """The first format ``row`` matches; ``prompts=False`` leaves out prompt-only rows, so a chat file whose
+    first row lacks its answer is reported as that broken row, not as reinforcement data."""
     if not isinstance(row, dict):
         return None
     for fmt in FORMATS.values():
-        if fmt.detect(row):
+        if (prompts or fmt.kind != "prompt") and fmt.detect(row):
             return fmt
     return None

@@ -105,7 +105,7 @@ def load(path: str | Path, fmt: str | None = None, *, strict: bool = True,
         for line, row in src.rows:
             rows_read += 1
             where = f"{src.name}[{line - 1}]" if src.line_kind == "item" else f"{src.name}:{line}"
-            result = _one(row, chosen, src, line)
+            result = _one(row, chosen, src, line, "prompt" in kinds)
             if isinstance(result, Problem):
                 result.where = where
                 problems.append(result)
@@ -115,19 +115,20 @@ def load(path: str | Path, fmt: str | None = None, *, strict: bool = True,
     return _finish(path, chosen, convs, problems, rows_read, strict, kinds)
 
 
-def _one(row: object, chosen: Format | None, src: Source, line: int) -> tuple[Format, Conversation] | Problem:
+def _one(row: object, chosen: Format | None, src: Source, line: int,
+         prompts: bool = True) -> tuple[Format, Conversation] | Problem:
     if isinstance(row, Bad):
         return Problem("", row.code, row.reason)
     if not isinstance(row, dict):
         return Problem("", "not_object", f"each row must be a JSON object, got {type(row).__name__}")
     mapped = src.mapper(row) if src.mapper else row
     if chosen is None:
-        chosen = detect(mapped)
+        chosen = detect(mapped, prompts)
         if chosen is None:
             return Problem("", "unknown_format", f"unknown data format (fields: {', '.join(sorted(row)) or 'none'}); "
                            f"expected one of: {'; '.join(f.summary for f in FORMATS.values())}")
     elif not chosen.detect(mapped):
-        other = detect(mapped)
+        other = detect(mapped, prompts)
         code = "format_mismatch" if other else "missing_field"
         return Problem("", code, f"row does not match the {chosen.name} format of the first row "
                        f"({f'it looks like {other.name}' if other else 'fields missing'}; fields: {', '.join(sorted(row)) or 'none'})")
@@ -164,6 +165,13 @@ def validate(messages: list[Message], kind: str = "sft") -> None:
     if kind == "text":
         if not messages[0].content.strip():
             raise RowError("empty text", "empty_content")
+        return
+    if kind == "prompt":
+        for i, m in enumerate(messages):
+            if m.role == "system" and i != 0:
+                raise RowError(f"message {i}: a system message may only come first", "role_order")
+            if not m.content.strip():
+                raise RowError(f"message {i}: empty {m.role} content", "empty_content")
         return
     if not any(m.role == "assistant" for m in messages):
         raise RowError("conversation has no assistant message", "no_assistant")

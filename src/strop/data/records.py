@@ -11,6 +11,7 @@ KINDS = {
     "preference": "paired preference (prompt, chosen, rejected)",
     "unpaired": "unpaired preference (a conversation with a desirable/undesirable label)",
     "text": "plain text (language modelling, no chat roles)",
+    "prompt": "prompts without answers (reinforcement: a grader scores what the model writes)",
 }
 
 
@@ -58,14 +59,15 @@ class Conversation:
 
     @property
     def prompt_messages(self) -> list[Message]:
-        """Everything before the final assistant turn (what a model is asked)."""
-        last = max(i for i, m in enumerate(self.messages) if m.role == "assistant")
-        return self.messages[:last]
+        """Everything before the final assistant turn (what a model is asked); all of a prompt-only row."""
+        answers = [i for i, m in enumerate(self.messages) if m.role == "assistant"]
+        return self.messages[:answers[-1]] if answers else list(self.messages)
 
     @property
     def reference(self) -> str:
-        """The final assistant answer (what a model should say)."""
-        return [m for m in self.messages if m.role == "assistant"][-1].content
+        """The final assistant answer (what a model should say); empty for a prompt-only row."""
+        answers = [m for m in self.messages if m.role == "assistant"]
+        return answers[-1].content if answers else ""
 
     def pair(self) -> "PreferencePair":
         """The preference view of a paired row (see ``Dataset.pairs``)."""

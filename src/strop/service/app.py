@@ -13,6 +13,7 @@ from typing import Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import StropError
@@ -102,9 +103,14 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
         from .webhooks import Webhooks
 
         hooks = Webhooks(workdir / "service.db", webhooks)
-    worker = Worker(store, workdir / "files", workdir / "runs", concurrency, hooks=hooks) if start_worker else None
-    svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes,
-                  policy or ClientPolicy())
+    policy = policy or ClientPolicy()
+    # a reinforcement job's python grader must not see the service's files; model graders need the endpoint
+    child_env = {"STROP_SANDBOX_HIDE": str(workdir.resolve())}
+    if policy.grader_endpoint:
+        child_env["STROP_GRADER_BASE_URL"] = policy.grader_endpoint
+    worker = (Worker(store, workdir / "files", workdir / "runs", concurrency, hooks=hooks, child_env=child_env)
+              if start_worker else None)
+    svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes, policy)
     app = FastAPI(title="strop service", docs_url=None, redoc_url=None)
     app.state.service = svc
     _errors(app)
@@ -124,6 +130,7 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
 
     _files_routes(app, svc)
     _jobs_routes(app, svc)
+    _grader_routes(app, svc)
     _model_routes(app, svc)
     install(app, svc)
     if hooks is not None:
@@ -292,6 +299,43 @@ def _job(svc: Service, job_id: str) -> dict:
     if job is None:
         raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
     return job
+
+
+# -- graders -----------------------------------------------------------------------
+class GraderRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grader: dict
+    model_sample: str
+    item: dict | None = None
+
+
+class GraderValidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grader: dict
+
+
+def _grader_routes(app: FastAPI, svc: Service) -> None:
+    """OpenAI's alpha grader endpoints: try a grader on one sample before training with it."""
+    from starlette.concurrency import run_in_threadpool
+
+    from ..graders import GraderError, run, validate
+
+    def checked(call):
+        try:
+            return call()
+        except GraderError as exc:
+            raise APIError(400, str(exc), param=exc.param, code="invalid_grader") from None
+
+    @app.post("/v1/fine_tuning/alpha/graders/run")
+    async def run_grader(req: GraderRun) -> dict:
+        return await run_in_threadpool(checked, lambda: run(
+            req.grader, req.model_sample, req.item, python_enabled=svc.policy.python_graders,
+            model_endpoint=svc.policy.grader_model_endpoint(), hide=[svc.workdir]))
+
+    @app.post("/v1/fine_tuning/alpha/graders/validate")
+    async def validate_grader(req: GraderValidate) -> dict:
+        return {"grader": checked(lambda: validate(req.grader, python_enabled=svc.policy.python_graders,
+                                                   model_endpoint=svc.policy.grader_model_endpoint()))}
 
 
 # -- models ----------------------------------------------------------------------

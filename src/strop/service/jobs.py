@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 import time
 from pathlib import Path
@@ -31,9 +32,23 @@ class Hyperparameters(BaseModel):
     beta: Positive | Auto | None = None  # dpo only
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    # accepted and echoed; strop's GRPO has no use for them (docs/service.md)
+    compute_multiplier: Positive | Auto | None = None
+    eval_interval: Count | Auto | None = None
+    eval_samples: Count | Auto | None = None
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None
+
+
 class MethodBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     hyperparameters: Hyperparameters | None = None
+
+
+class ReinforcementBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # response_format: accepted, not used
+    grader: dict = Field(description="an OpenAI grader object (strop.graders)")
+    hyperparameters: ReinforcementHyperparameters | None = None
 
 
 class Method(BaseModel):
@@ -41,7 +56,7 @@ class Method(BaseModel):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: MethodBody | None = None
     dpo: MethodBody | None = None
-    reinforcement: MethodBody | None = None
+    reinforcement: ReinforcementBody | None = None
 
 
 def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -83,10 +98,13 @@ def _method_and_hypers(req: JobRequest) -> tuple[str, Hyperparameters]:
     if req.method is None:
         return "supervised", req.hyperparameters or Hyperparameters()
     kind = req.method.type
-    if kind == "reinforcement" or (kind == "dpo" and not preference_available()):
+    if kind != "supervised" and not preference_available():
         raise JobError(f"method type {kind!r} is not supported yet by this strop service; use 'supervised'",
                        param="method.type", code="unsupported_method")
     body = getattr(req.method, kind)
+    if kind == "reinforcement" and body is None:
+        raise JobError("method.reinforcement: required with method type 'reinforcement' (it holds the grader)",
+                       param="method.reinforcement")
     return kind, (body.hyperparameters if body and body.hyperparameters else req.hyperparameters or Hyperparameters())
 
 
@@ -147,7 +165,21 @@ def training_values(req: JobRequest, files: dict[str, Path], run_dir: Path,
         values["objective"] = "dpo"
         if isinstance(hp.beta, float | int):
             values["beta"] = hp.beta
+    if kind == "reinforcement":
+        values.update(objective="grpo", grader=json.dumps(checked_grader(req.method.reinforcement.grader, policy)))
     return values, kind
+
+
+def checked_grader(grader: dict, policy: ClientPolicy) -> dict:
+    """The job's grader, checked against what this service runs (python graders only when the operator
+    enabled them; model graders only with a grading endpoint)."""
+    from ..graders import GraderError, validate
+
+    try:
+        return validate(grader, python_enabled=policy.python_graders, model_endpoint=policy.grader_model_endpoint())
+    except GraderError as exc:
+        param = "method.reinforcement." + exc.param
+        raise JobError(f"{param}: {exc.message}", param=param, code="invalid_grader") from None
 
 
 # TrainConfig option -> the request field a client set it with
@@ -201,26 +233,32 @@ def base_name(model: str) -> str:
 
 ORGANIZATION = "strop"  # the organization part of model names and organization_id: one tenant per service
 HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
-                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
+                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+                   "reinforcement": ("n_epochs", "batch_size", "learning_rate_multiplier", "compute_multiplier",
+                                     "eval_interval", "eval_samples", "reasoning_effort")}
+ECHOED = ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort")  # accepted, not used
 
 
-def resolved(cfg, kind: str) -> dict:
-    """The hyperparameters a job trains with, under the API's names."""
+def resolved(cfg, kind: str, asked: dict | None = None) -> dict:
+    """The hyperparameters a job trains with, under the API's names (those strop does not use: as asked)."""
     hp = {"n_epochs": cfg.num_epochs, "batch_size": cfg.micro_batch_size,
           "learning_rate_multiplier": round(cfg.learning_rate / BASE_LEARNING_RATE, 6)}
+    if kind == "reinforcement":
+        hp |= {name: (asked or {}).get(name, "auto") for name in ECHOED}
     return hp | ({"beta": cfg.beta} if kind == "dpo" else {})
 
 
 def requested(req: JobRequest, kind: str) -> dict:
     """What the client asked for, "auto" where it left the choice to the service."""
     _, hp = _method_and_hypers(req)
-    return {name: "auto" if getattr(hp, name) is None else getattr(hp, name) for name in HYPERPARAMETERS[kind]}
+    return {name: "auto" if getattr(hp, name, None) is None else getattr(hp, name) for name in HYPERPARAMETERS[kind]}
 
 
 def new_job(job_id: str, req: JobRequest, cfg, kind: str, parent: str | None = None) -> dict:
     return {"id": job_id, "created_at": int(time.time()), "model": req.model, "training_file": req.training_file,
             "validation_file": req.validation_file, "suffix": req.suffix or "", "seed": cfg.seed,
-            "hyperparameters": resolved(cfg, kind), "requested": requested(req, kind), "metadata": req.metadata,
+            "hyperparameters": resolved(cfg, kind, requested(req, kind)), "requested": requested(req, kind),
+            "metadata": req.metadata,
             "method": {"type": kind}, "options": dataclasses.asdict(cfg), "status": "validating_files",
             "parent": parent}
 
@@ -248,7 +286,14 @@ def job_object(job: dict, estimated_finish: int | None = None) -> dict:
             "training_file": job["training_file"], "validation_file": job["validation_file"],
             "estimated_finish": estimated_finish if job["status"] == "running" else None, "integrations": None,
             "metadata": job.get("metadata"), "user_provided_suffix": job["suffix"] or None,
-            "method": {"type": kind, kind: {"hyperparameters": hp}}}
+            "method": {"type": kind, kind: {"hyperparameters": hp} | _method_extra(job, kind)}}
+
+
+def _method_extra(job: dict, kind: str) -> dict:
+    """What a method object holds beside its hyperparameters: a reinforcement job's grader."""
+    if kind != "reinforcement" or not (job.get("options") or {}).get("grader"):
+        return {}
+    return {"grader": json.loads(job["options"]["grader"])}
 
 
 def event_object(e: dict) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import StropError
 
-API_OWNED = ("base_model", "init_adapter", "data", "eval_data", "output_dir", "resume", "seed")
+API_OWNED = ("base_model", "init_adapter", "data", "eval_data", "output_dir", "resume", "seed", "grader")
 OPERATOR_ONLY = {
     "trust_remote_code": "runs the model directory's own Python code",
     "model_revision": "pins the remote code that trust_remote_code runs",
@@ -65,9 +65,16 @@ class JobError(StropError):
 class ClientPolicy:
     allowed: frozenset[str] = field(default_factory=frozenset)  # OPERATOR_ONLY options clients may set
     model_root: Path | None = None
+    # a client's model name -> the alias or directory the operator trains it as (--model-map), so a
+    # script written for the hosted API (model="gpt-4o-mini-2024-07-18") runs unchanged
+    model_map: tuple[tuple[str, str], ...] = ()
+    python_graders: bool = False  # reinforcement jobs may carry python graders (client code, run sandboxed)
+    grader_endpoint: str | None = None  # where score_model / label_model graders send their requests
 
     @classmethod
-    def from_options(cls, names: list[str] | None = None, model_root: str | None = None) -> "ClientPolicy":
+    def from_options(cls, names: list[str] | None = None, model_root: str | None = None,
+                     model_map: list[str] | None = None, python_graders: bool = False,
+                     grader_endpoint: str | None = None) -> "ClientPolicy":
         allowed = set()
         for name in names or []:
             key = name.replace("-", "_")
@@ -83,11 +90,29 @@ class ClientPolicy:
             root = Path(model_root).expanduser().resolve()
             if not root.is_dir():
                 raise StropError(f"option --model-root: {model_root} is not a directory")
-        return cls(frozenset(allowed), root)
+        if python_graders:
+            from ..graders import sandbox
+
+            ok, why = sandbox.available()
+            if not ok:
+                raise StropError(f"option --allow-python-graders: this host cannot sandbox them ({why})")
+        return cls(frozenset(allowed), root, tuple(_model_map(model_map or [])), python_graders, grader_endpoint)
+
+    def grader_model_endpoint(self):
+        """The graders' ModelEndpoint (the key from STROP_GRADER_API_KEY), or None."""
+        if not self.grader_endpoint:
+            return None
+        import os
+
+        from ..graders import ModelEndpoint
+
+        return ModelEndpoint(self.grader_endpoint, os.environ.get("STROP_GRADER_API_KEY") or "unused")
 
     def describe(self) -> dict:
         """For /health and the studio: what clients are allowed beyond the defaults."""
-        return {"client_options": sorted(self.allowed), "model_root": str(self.model_root) if self.model_root else None}
+        return {"client_options": sorted(self.allowed), "model_root": str(self.model_root) if self.model_root else None,
+                "mapped_models": [name for name, _ in self.model_map], "python_graders": self.python_graders,
+                "model_graders": self.grader_endpoint is not None}
 
     def check_extension(self, extra: dict) -> dict:
         """The ``strop`` extension with names normalised, or a JobError naming the first refused key."""
@@ -115,6 +140,9 @@ class ClientPolicy:
 
         if name in models.ALIASES:
             return name
+        mapped = dict(self.model_map).get(name)
+        if mapped is not None:
+            return mapped  # the operator's own choice, checked at start-up
         refused = JobError(MODEL_REFUSED.format(name=name), "model", "model_not_found")
         if self.model_root is None or "\0" in name:
             raise refused
@@ -136,6 +164,25 @@ class ClientPolicy:
                               "(the operator can allow it with --allow-client-option trust_remote_code)",
                               "model", "model_not_supported")
         return str(path)
+
+
+def _model_map(pairs: list[str]) -> list[tuple[str, str]]:
+    """``NAME=MODEL`` pairs of --model-map; MODEL is an alias or a model directory, checked now."""
+    from .. import models
+
+    out = []
+    for pair in pairs:
+        name, sep, target = pair.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise StropError(f"option --model-map: {pair!r} is not NAME=MODEL (e.g. gpt-4o-mini-2024-07-18=smollm2-135m-instruct)")
+        target = target.strip()
+        if target not in models.ALIASES:
+            path = Path(target).expanduser().resolve()
+            if not path.is_dir():
+                raise StropError(f"option --model-map: {target} is neither a built-in alias nor a model directory")
+            target = str(path)
+        out.append((name.strip(), target))
+    return out
 
 
 def scrub(message: str | None) -> str | None:

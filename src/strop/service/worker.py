@@ -50,10 +50,11 @@ class Running:
 
 class Worker(threading.Thread):
     def __init__(self, store: Store, files_root: Path, runs_root: Path, concurrency: int = 1, poll_s: float = 0.5,
-                 hooks=None) -> None:
+                 hooks=None, child_env: dict[str, str] | None = None) -> None:
         super().__init__(name="strop-worker", daemon=True)
         self.store, self.files_root, self.runs_root = store, files_root, runs_root
         self.hooks = hooks  # webhooks.Webhooks: told when a job ends
+        self.child_env = child_env or {}  # added to each training process's environment
         self.concurrency, self.poll_s = max(1, concurrency), poll_s
         self.running: dict[str, Running] = {}
         self.halt = threading.Event()
@@ -118,7 +119,7 @@ class Worker(threading.Thread):
         cmd = [sys.executable, "-m", "strop.service.runner", str(root)] + (["--resume"] if job["resume"] else [])
         log = (root / "train.log").open("a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, **self.child_env, "PYTHONUNBUFFERED": "1"})
         if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=proc.pid,
                                      started_at=job.get("started_at") or int(time.time())):
             proc.kill()  # cancelled between the read and the start

@@ -29,8 +29,10 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("cpo", "contrastive preference optimisation (DPO-like loss + SFT, no reference)", ("preference",),
               ("beta",)),
     Objective("reward", "a reward model (sequence-classification head) on preference pairs", ("preference",)),
-    Objective("grpo", "online RL: sample completions, score them, reinforce the better ones", ("sft", "preference"),
-              ("beta", "reward_funcs", "reward_model", "num_generations", "max_completion_length", "temperature")),
+    Objective("grpo", "online RL: sample completions, score them, reinforce the better ones",
+              ("sft", "preference", "prompt"),
+              ("beta", "reward_funcs", "reward_model", "grader", "num_generations", "max_completion_length",
+               "temperature")),
 )}
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust")
@@ -80,9 +82,13 @@ def _check_values(cfg) -> None:
         raise StropError(f"option beta: must be >= 0, got {cfg.beta}")
     if cfg.objective != "grpo":
         return
-    if not cfg.reward_funcs and not cfg.reward_model:
-        raise StropError("objective grpo: name at least one reward, e.g. --reward-funcs strop.train.rewards:length_window "
-                         "or --reward-model runs/my-reward")
+    if not cfg.reward_funcs and not cfg.reward_model and not cfg.grader:
+        raise StropError("objective grpo: name at least one reward, e.g. --reward-funcs strop.train.rewards:length_window, "
+                         "--reward-model runs/my-reward or --grader grader.json")
+    if cfg.grader:
+        from ..graders import load_grader
+
+        load_grader(cfg.grader)  # a malformed grader is named now, not after the model has loaded
     for spec in cfg.reward_funcs:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise StropError(f"option reward_funcs: {spec!r} is not module:function")

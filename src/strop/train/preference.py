@@ -106,6 +106,12 @@ def _grpo(cfg, common, data, tok, callbacks):
     from . import rewards
 
     funcs = [rewards.load(spec) for spec in cfg.reward_funcs]
+    if cfg.grader:  # an OpenAI grader object; python graders run in strop.graders.sandbox
+        from .. import graders
+
+        hide = [p for p in os.environ.get("STROP_SANDBOX_HIDE", "").split(os.pathsep) if p]
+        funcs.append(graders.reward_function(graders.load_grader(cfg.grader), python_enabled=True,
+                                             model_endpoint=graders.endpoint_from_env(), hide=hide))
     classes = [None] * len(funcs)
     if cfg.reward_model:
         funcs.append(load_reward_model(cfg.reward_model))
