@@ -55,69 +55,6 @@ def train_file(client, tmp_path_factory):
     return client.files.create(file=path.open("rb"), purpose="fine-tune")
 
 
-def wait_done(client, job_id: str, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise TimeoutError(job_id)
-
-
-@pytest.mark.slow
-def test_upload_train_chat_checkpoints_and_cancel(client, train_file, tiny_model_dir):
-    assert train_file.id.startswith("file-") and train_file.status == "processed" and train_file.bytes > 0
-    assert train_file.id in [f.id for f in client.files.list().data]
-    job = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id, suffix="sdk", seed=7,
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4})
-    assert job.status == "validating_files" and job.seed == 7 and job.hyperparameters.n_epochs == 2
-    # Poll the events, as hosted-API client code does, until the job ends.
-    deadline, seen = time.monotonic() + 240, []
-    while time.monotonic() < deadline:
-        seen = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-        if "The job has successfully completed" in seen or any("failed" in m for m in seen):
-            break
-        time.sleep(0.5)
-    done = client.fine_tuning.jobs.retrieve(job.id)
-    assert done.status == "succeeded", (done.error, seen)
-    assert done.fine_tuned_model == f"ft:{tiny_model_dir.name}:strop:sdk:{job.id[6:18]}"
-    assert done.trained_tokens > 0 and done.finished_at >= done.created_at
-    order = ["Files validated, moving job to queued state", "Fine-tuning job started", "The job has successfully completed"]
-    assert [m for m in reversed(seen) if m in order] == order
-    steps = [m for m in seen if m.startswith("Step ")]
-    assert len(steps) == 6 and steps[0].startswith("Step 6/6: training loss=")
-
-    reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
-                                           messages=[{"role": "user", "content": "What is 2 plus 2?"}])
-    assert reply.model == done.fine_tuned_model and reply.usage.completion_tokens >= 1
-    stream = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4, stream=True,
-                                            messages=[{"role": "user", "content": "What is 2 plus 2?"}])
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
-    assert {m.id for m in client.models.list().data} >= {str(tiny_model_dir), done.fine_tuned_model}
-
-    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in ckpts] == [6, 3]  # one per epoch, newest first
-    assert ckpts[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-6"
-    assert "train_loss" in ckpts[0].metrics.model_dump(exclude_none=True)
-
-    second = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=train_file.id,
-                                            hyperparameters={"n_epochs": 50})
-    cancelled = client.fine_tuning.jobs.cancel(second.id)
-    assert cancelled.status == "cancelled"
-    time.sleep(1.5)  # a worker tick later it must still be cancelled, not started or revived
-    assert client.fine_tuning.jobs.retrieve(second.id).status == "cancelled"
-    events = [e.message for e in client.fine_tuning.jobs.list_events(second.id).data]
-    assert "Cancellation requested" in events and "Fine-tuning job started" not in events
-    import openai
-
-    with pytest.raises(openai.BadRequestError, match="already succeeded"):
-        client.fine_tuning.jobs.cancel(job.id)
-    page = client.fine_tuning.jobs.list(limit=1)
-    assert [j.id for j in page.data] == [second.id] and page.has_more
-    assert [j.id for j in client.fine_tuning.jobs.list(limit=1, after=second.id).data] == [job.id]
-
-
 def test_bad_input_gets_openai_errors(client, service, train_file, tiny_model_dir, tmp_path):
     import httpx
     import openai

@@ -219,9 +219,13 @@ def cmd_service(args, extra) -> int:
                                        args.allow_python_graders, args.grader_endpoint)
     from .service.webhooks import parse_endpoints
 
+    from .service.launchers import make
+
     hooks = parse_endpoints(args.webhook, args.webhook_secret or os.environ.get("STROP_WEBHOOK_SECRET"))
+    launcher = make(args.launcher, args.slurm_option, args.scheduler_poll_s)
     return serve(args.workdir, host=args.host, port=args.port, api_key=key, concurrency=args.concurrency,
-                 max_upload_mb=args.max_upload_mb, studio=args.command == "studio", policy=policy, webhooks=hooks)
+                 max_upload_mb=args.max_upload_mb, studio=args.command == "studio", policy=policy, webhooks=hooks,
+                 launcher=launcher)
 
 
 def cmd_export(args, extra) -> int:
@@ -489,6 +493,14 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--grader-endpoint", metavar="URL",
                         help="OpenAI-compatible base URL that score_model/label_model graders call "
                              "(key from STROP_GRADER_API_KEY)")
+        sv.add_argument("--launcher", default="local", metavar="local|slurm",
+                        help="where jobs train: child processes here (local), or batch jobs through Slurm's "
+                             "sbatch/squeue/scancel, the workdir on a filesystem the nodes share (slurm)")
+        sv.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
+                        help="an sbatch option for every job, e.g. --slurm-option=--partition=gpu "
+                             "--slurm-option=--gres=gpu:1; repeatable")
+        sv.add_argument("--scheduler-poll-s", type=float, default=10.0, metavar="S",
+                        help="ask the scheduler about each running job at most every S seconds (default 10)")
         sv.add_argument("--webhook", action="append", default=[], metavar="URL",
                         help="POST a signed OpenAI-style event here when a job succeeds, fails or is cancelled; "
                              "repeatable (docs/webhooks.md)")

@@ -1,6 +1,6 @@
 """The fine-tuning API as a client written for OpenAI uses it: the official openai SDK against `strop service`.
 
-One service process (tiny model, thread count pinned so a paused and resumed
+One service process (tiny model, one training thread, so a paused and resumed
 job can be compared bit for bit with an uninterrupted one, webhooks to a
 receiver that verifies every event with the SDK) serves the module. Each
 test names the OpenAI behaviour it checks.
@@ -58,12 +58,16 @@ def receiver():
 def service(tmp_path_factory, tiny_model_dir, receiver):
     workdir = tmp_path_factory.mktemp("compat")
     port = free_port()
-    env = {**os.environ, "STROP_THREADS": "fixed", "STROP_WEBHOOK_SECRET": SECRET}
+    env = {**os.environ, "STROP_THREADS": "1", "STROP_WEBHOOK_SECRET": SECRET}
+    log = (workdir / "service.log").open("w")
     proc = subprocess.Popen(strop_cmd("service", "--port", str(port), "--workdir", str(workdir), "--api-key", KEY,
+                                      "--concurrency", "2",  # one training thread each: two jobs share the 2 cores
                                       "--model-root", str(tiny_model_dir.parent), "--webhook", receiver[1],
                                       "--model-map", f"{OPENAI_MODEL}={tiny_model_dir}",
+                                      "--model-map", f"o4-mini-2025-04-16={tiny_model_dir}",
                                       *(["--allow-python-graders"] if SANDBOX[0] else [])),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            # a file, not a pipe: nobody reads a pipe while tests run, and a full one blocks the service
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", proc)
@@ -71,6 +75,7 @@ def service(tmp_path_factory, tiny_model_dir, receiver):
     finally:
         proc.terminate()
         proc.wait(60)
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +180,6 @@ def test_metadata_filter_and_job_listing(client, supervised, files, tiny_model_d
         client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=files["train"].id,
                                        metadata={f"k{i}": "v" for i in range(17)})
     assert err.value.body["param"] == "metadata"
-    wait_status(client, plain.id, ("succeeded", "failed"))
 
 
 def test_files_list_pages_like_openai(client, files):
@@ -220,6 +224,7 @@ def test_pause_and_resume_continue_exactly(client, files, tiny_model_dir, servic
     opts = {"max_steps": 60, "save_steps": 1000, "lora_dropout": 0.0, "logging_steps": 1}
     args = dict(model=str(tiny_model_dir), training_file=files["train"].id, seed=5, extra_body={"strop": opts})
     paused = client.fine_tuning.jobs.create(suffix="paused", **args)
+    alone = client.fine_tuning.jobs.create(suffix="alone", **args)  # alongside (--concurrency 2), never paused
     deadline = time.monotonic() + 120
     while not any(m.startswith("Step ") for m in messages(client, paused.id)):
         assert time.monotonic() < deadline
@@ -241,7 +246,7 @@ def test_pause_and_resume_continue_exactly(client, files, tiny_model_dir, servic
     done = wait_status(client, paused.id, ("succeeded", "failed"))
     assert done.status == "succeeded", done.error
     assert f"Fine-tuning job resumed from step {step}" in messages(client, paused.id)
-    alone = wait_status(client, client.fine_tuning.jobs.create(suffix="alone", **args).id, ("succeeded", "failed"))
+    alone = wait_status(client, alone.id, ("succeeded", "failed"))
     with pytest.raises(openai.BadRequestError, match="only a running job can be paused"):
         client.fine_tuning.jobs.pause(alone.id)
     runs = Path(service[1]) / "runs"
@@ -256,6 +261,12 @@ def test_checkpoint_models_chat_and_fine_tuned_models_train_on(client, supervise
     name = ckpts[-1].fine_tuned_model_checkpoint
     reply = client.chat.completions.create(model=name, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
     assert reply.model == name and reply.usage.completion_tokens >= 1
+    stream = client.chat.completions.create(model=name, max_tokens=4, stream=True,
+                                            messages=[{"role": "user", "content": "Hi"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
+    assert {m.id for m in client.models.list().data} >= {OPENAI_MODEL, done.fine_tuned_model}
+    assert [c.step_number for c in ckpts] == [6, 3]  # one per epoch, newest first
+    assert "train_loss" in ckpts[0].metrics.model_dump(exclude_none=True)
     with pytest.raises(openai.NotFoundError, match="no complete checkpoint at step 999"):
         client.chat.completions.create(model=f"{done.fine_tuned_model}:ckpt-step-999",
                                        messages=[{"role": "user", "content": "Hi"}])
@@ -263,6 +274,8 @@ def test_checkpoint_models_chat_and_fine_tuned_models_train_on(client, supervise
     more = client.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=files["train"].id, suffix="more",
                                           hyperparameters={"learning_rate_multiplier": 1e-6},
                                           extra_body={"strop": {"max_steps": 1}})
+    from_ckpt = client.fine_tuning.jobs.create(model=name, training_file=files["train"].id,
+                                               extra_body={"strop": {"max_steps": 1}})
     assert more.model == done.fine_tuned_model
     more = wait_status(client, more.id, ("succeeded", "failed"))
     assert more.status == "succeeded", more.error
@@ -274,8 +287,6 @@ def test_checkpoint_models_chat_and_fine_tuned_models_train_on(client, supervise
     assert lora_b and all(parent[k].abs().max() > 0 for k in lora_b)  # a fresh adapter's B would be zero
     assert all(torch.allclose(parent[k], child[k], atol=1e-4) for k in parent)
     # and from one of its checkpoints
-    from_ckpt = client.fine_tuning.jobs.create(model=name, training_file=files["train"].id,
-                                               extra_body={"strop": {"max_steps": 1}})
     assert wait_status(client, from_ckpt.id, ("succeeded", "failed")).status == "succeeded"
     with pytest.raises(openai.BadRequestError, match="no fine-tuned model of that name"):
         client.fine_tuning.jobs.create(model="ft:nothing:strop:x:000000000000", training_file=files["train"].id)
@@ -285,13 +296,17 @@ def test_webhooks_report_each_outcome(client, supervised, files, tiny_model_dir,
     _, done = supervised
     job = client.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=files["train"].id,
                                          hyperparameters={"n_epochs": 50})
-    client.fine_tuning.jobs.cancel(job.id)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    with pytest.raises(openai.BadRequestError, match="already succeeded"):
+        client.fine_tuning.jobs.cancel(done.id)
     deadline = time.monotonic() + 30
     got = receiver[0]
     while time.monotonic() < deadline and not {("fine_tuning.job.succeeded", done.id),
                                                ("fine_tuning.job.cancelled", job.id)} <= {
                                                    (e.type, e.data.id) for e in got.events}:
         time.sleep(0.1)
+    events = messages(client, job.id)
+    assert "Cancellation requested" in events and "Fine-tuning job started" not in events
     seen = {(e.type, e.data.id) for e in got.events}
     assert ("fine_tuning.job.succeeded", done.id) in seen and ("fine_tuning.job.cancelled", job.id) in seen
     assert not [r for r in got.requests if "error" in r]  # every delivery verified with the SDK
@@ -346,3 +361,25 @@ def test_reinforcement_jobs_train_with_string_and_python_graders(client, files, 
                                        method={"type": "reinforcement",
                                                "reinforcement": {"grader": {**STRING_CHECK, "input": "{{sample.nope}}"}}})
     assert err.value.body["param"].startswith("method.reinforcement.grader")
+
+
+def test_a_script_written_for_openai_runs_unmodified(service, files, tmp_path):
+    """examples/openai_fine_tuning.py names no strop URL or function: the official client reads
+    OPENAI_BASE_URL and OPENAI_API_KEY, as it would for OpenAI."""
+    import sys
+
+    if not SANDBOX[0]:
+        pytest.skip(f"the script's python grader needs the sandbox: {SANDBOX[1]}")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in (("train", rows()), ("valid", rows(4, offset=20)), ("pairs", pairs()), ("prompts", prompts())):
+        (data / f"{name}.jsonl").write_text(text)
+    script = Path(__file__).resolve().parents[2] / "examples" / "openai_fine_tuning.py"
+    env = {**os.environ, "OPENAI_BASE_URL": f"{service[0]}/v1", "OPENAI_API_KEY": KEY}
+    done = subprocess.run([sys.executable, str(script), str(data)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "supervised: succeeded ft:gpt-4o-mini-2024-07-18:strop:support:" in out
+    assert "dpo: succeeded" in out and "reinforcement: succeeded" in out and "cancelled: cancelled" in out
+    assert "results: step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" in out

@@ -89,10 +89,11 @@ def _errors(app: FastAPI) -> None:
 def create_service_app(workdir: str | Path, *, api_key: str | None = None, concurrency: int = 1,
                        max_upload_bytes: int = DEFAULT_MAX_UPLOAD, start_worker: bool = True,
                        policy: ClientPolicy | None = None, bind_host: str | None = None,
-                       webhooks: list | None = None) -> FastAPI:
+                       webhooks: list | None = None, launcher=None) -> FastAPI:
     """The service app. ``policy``: what API clients may set beyond the safe options (policy.py);
     ``bind_host``: the address it listens on, whose names alone it answers to (serve/guard.py);
-    ``webhooks``: webhooks.Endpoint list told when a job ends (webhooks.py)."""
+    ``webhooks``: webhooks.Endpoint list told when a job ends (webhooks.py); ``launcher``: where training
+    processes run (launchers.py; default this machine)."""
     from .studio import csp_for, install, is_public
 
     workdir = Path(workdir)
@@ -108,8 +109,8 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
     child_env = {"STROP_SANDBOX_HIDE": str(workdir.resolve())}
     if policy.grader_endpoint:
         child_env["STROP_GRADER_BASE_URL"] = policy.grader_endpoint
-    worker = (Worker(store, workdir / "files", workdir / "runs", concurrency, hooks=hooks, child_env=child_env)
-              if start_worker else None)
+    worker = (Worker(store, workdir / "files", workdir / "runs", concurrency, hooks=hooks, child_env=child_env,
+                     launcher=launcher) if start_worker else None)
     svc = Service(workdir, store, Models(store, workdir / "runs"), worker, api_key, max_upload_bytes, policy)
     app = FastAPI(title="strop service", docs_url=None, redoc_url=None)
     app.state.service = svc
@@ -232,9 +233,7 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
         if job["status"] != "paused":
             raise APIError(400, f"job {job_id} is {job['status']}; only a paused job can be resumed",
                            param="fine_tuning_job_id", code="job_not_resumable")
-        if job["pid"] and svc.worker is not None and job_id in svc.worker.running:
-            raise APIError(409, f"job {job_id} is still saving its pause checkpoint; resume it in a moment",
-                           param="fine_tuning_job_id", code="job_still_pausing")
+        # queued at once; a training process still saving its pause checkpoint finishes first (worker.py)
         if svc.store.set_status(job_id, "queued", only_from=("paused",)):
             svc.store.add_event(job_id, "Resume requested; the job is queued")
             _wake(svc)
@@ -365,7 +364,8 @@ def _model_routes(app: FastAPI, svc: Service) -> None:
 
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           concurrency: int = 1, max_upload_mb: float = 512, studio: bool = False,
-          policy: ClientPolicy | None = None, drain_timeout: float = 30.0, webhooks: list | None = None) -> int:
+          policy: ClientPolicy | None = None, drain_timeout: float = 30.0, webhooks: list | None = None,
+          launcher=None) -> int:
     """Run the service until interrupted (``strop service`` / ``strop studio``); the exit status."""
     from ..paths import check_output
     from ..serve.server import drained, serve_until_stopped
@@ -374,7 +374,7 @@ def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str 
     policy = policy or ClientPolicy()
     app = create_service_app(workdir, api_key=api_key, concurrency=concurrency,
                              max_upload_bytes=int(max_upload_mb * 2**20), policy=policy, bind_host=host,
-                             webhooks=webhooks)
+                             webhooks=webhooks, launcher=launcher)
     shown = f"[{host}]" if ":" in host else host
     where = f"http://{shown}:{port}/studio/" if studio else f"http://{shown}:{port}/v1"
     print(f"strop: service on {where} (workdir {Path(workdir).resolve()})", file=sys.stderr, flush=True)

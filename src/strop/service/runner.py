@@ -41,21 +41,29 @@ def main(argv: list[str]) -> int:
     from ..cli import _quiet_libraries
     from ..config import load_train_config
     from ..errors import StropError
+    from .launchers import write_exit
     from .progress import PLAN, write_plan
 
     run_dir, resume = Path(argv[0]), "--resume" in argv[1:]
     _watch_parent()
     _quiet_libraries()
+    code = 1
     try:
         cfg = load_train_config(str(run_dir / "job.yaml"), {"resume": "true"} if resume else {})
         if not (run_dir / PLAN).is_file():
             write_plan(cfg, run_dir)  # the finish estimate until the first steps are measured
         _trainer(cfg)(cfg, progress=False)
+        code = 0
     except StropError as exc:
         (run_dir / "error.json").write_text(json.dumps({"message": str(exc), "exit_code": exc.exit_code}))
         print(f"strop: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+        code = exc.exit_code
+    except SystemExit as exc:  # a signal's exit (SIGTERM: checkpointed and stopped) keeps its code
+        code = exc.code if isinstance(exc.code, int) else 1
+        raise
+    finally:
+        write_exit(run_dir, code)  # a cluster scheduler does not hand the exit status back (launchers.py)
+    return code
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   hyperparameters TEXT NOT NULL, method TEXT NOT NULL, options TEXT NOT NULL, status TEXT NOT NULL,
   fine_tuned_model TEXT, finished_at INTEGER, error TEXT, trained_tokens INTEGER, pid INTEGER,
   restarts INTEGER NOT NULL DEFAULT 0, resume INTEGER NOT NULL DEFAULT 0, metadata TEXT, requested TEXT,
-  result_files TEXT, started_at INTEGER, parent TEXT);
+  result_files TEXT, started_at INTEGER, parent TEXT, handle TEXT);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
   level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
@@ -36,7 +36,7 @@ FINISHED = ("succeeded", "failed", "cancelled")
 JSON_COLUMNS = ("hyperparameters", "method", "options", "error", "metadata", "requested", "result_files")
 # columns added after the first release: a store made before them gets them on open
 ADDED_JOB_COLUMNS = {"metadata": "TEXT", "requested": "TEXT", "result_files": "TEXT", "started_at": "INTEGER",
-                     "parent": "TEXT"}
+                     "parent": "TEXT", "handle": "TEXT"}
 
 
 def new_id(prefix: str) -> str:

@@ -12,19 +12,18 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from ..config import to_yaml
 from ..errors import StropError
 from ..train.rundir import RunDir
 from .files import save_result, stored_path, validate
 from .jobs import JOB_ID, model_id
+from .launchers import Launched, LocalLauncher, SlurmJob, SlurmLauncher
 from .progress import encoded_results
 from .store import Store
 
@@ -40,8 +39,7 @@ def run_dir(runs_root: Path, job_id: str) -> Path:
 
 @dataclass
 class Running:
-    proc: subprocess.Popen
-    log: IO
+    proc: Launched  # the training process, here or on a cluster (launchers.py)
     last_step: int = 0
     stopping: bool = False
     seen: set = field(default_factory=set)
@@ -50,8 +48,9 @@ class Running:
 
 class Worker(threading.Thread):
     def __init__(self, store: Store, files_root: Path, runs_root: Path, concurrency: int = 1, poll_s: float = 0.5,
-                 hooks=None, child_env: dict[str, str] | None = None) -> None:
+                 hooks=None, child_env: dict[str, str] | None = None, launcher=None) -> None:
         super().__init__(name="strop-worker", daemon=True)
+        self.launcher = launcher or LocalLauncher()
         self.store, self.files_root, self.runs_root = store, files_root, runs_root
         self.hooks = hooks  # webhooks.Webhooks: told when a job ends
         self.child_env = child_env or {}  # added to each training process's environment
@@ -62,7 +61,7 @@ class Worker(threading.Thread):
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> None:
-        recover(self.store, self.runs_root)
+        recover(self.store, self.runs_root, self.launcher)
         while not self.halt.is_set():
             try:
                 self.tick()
@@ -76,14 +75,14 @@ class Worker(threading.Thread):
         self.halt.set()
         self.wake.set()
         for r in self.running.values():
-            if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGTERM)
+            r.proc.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
         for r in self.running.values():
-            try:
-                r.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
+            while r.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if r.proc.poll() is None:
                 r.proc.kill()
-            r.log.close()
+            r.proc.close()
         self.join(5)
 
     def tick(self) -> None:
@@ -91,8 +90,13 @@ class Worker(threading.Thread):
             self.validate(job)
         for job_id in list(self.running):
             self.watch(job_id)
-        while len(self.running) < self.concurrency and (job := self.store.oldest("queued")) is not None:
+        while len(self.running) < self.concurrency and (job := self._next_queued()) is not None:
             self.launch(job)
+
+    def _next_queued(self) -> dict | None:
+        """The oldest queued job whose training process is not still stopping (a pause resumed at once)."""
+        return next((j for j in reversed(self.store.list_jobs(statuses=("queued",))) if j["id"] not in self.running),
+                    None)
 
     # -- states ----------------------------------------------------------------
     def validate(self, job: dict) -> None:
@@ -117,17 +121,18 @@ class Worker(threading.Thread):
         cfg = _config(job)
         (root / "job.yaml").write_text(to_yaml(cfg))
         cmd = [sys.executable, "-m", "strop.service.runner", str(root)] + (["--resume"] if job["resume"] else [])
-        log = (root / "train.log").open("a")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **self.child_env, "PYTHONUNBUFFERED": "1"})
-        if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=proc.pid,
-                                     started_at=job.get("started_at") or int(time.time())):
+        try:
+            proc = self.launcher.start(cmd, root, {**os.environ, **self.child_env, "PYTHONUNBUFFERED": "1"}, job["id"])
+        except StropError as exc:  # the scheduler refused the job: say why, keep the service up
+            self.fail(job["id"], "launch_failed", str(exc))
+            return
+        if not self.store.set_status(job["id"], "running", only_from=("queued",), pid=_pid(proc.ref),
+                                     handle=proc.ref, started_at=job.get("started_at") or int(time.time())):
             proc.kill()  # cancelled between the read and the start
-            proc.wait()
-            log.close()
+            proc.close()
             return
         start_step = _checkpoint_step(RunDir(root)) if job["resume"] else 0
-        self.running[job["id"]] = Running(proc, log, last_step=start_step)
+        self.running[job["id"]] = Running(proc, last_step=start_step)
         self.store.add_event(job["id"], "Fine-tuning job started" if not job["resume"]
                              else f"Fine-tuning job resumed from step {start_step}")
 
@@ -137,11 +142,13 @@ class Worker(threading.Thread):
         self.report_metrics(job_id, r)
         if job["status"] in ("cancelled", "paused") and not r.stopping and r.proc.poll() is None:
             r.stopping = True
-            r.proc.send_signal(signal.SIGTERM)  # checkpoint after this step, then exit
+            r.proc.stop()  # checkpoint after this step, then exit
+        elif job["status"] == "queued" and not r.stopping and r.proc.poll() is None:
+            self.store.set_status(job_id, "running", only_from=("queued",))  # resumed before the pause took hold
         code = r.proc.poll()
         if code is None:
             return
-        r.log.close()
+        r.proc.close()
         del self.running[job_id]
         self.report_metrics(job_id, r)
         self.finish(job, code)
@@ -181,7 +188,8 @@ class Worker(threading.Thread):
         if job["status"] == "cancelled":
             self.store.add_event(job["id"], "Job cancelled; training stopped")
             return
-        if job["status"] == "paused" and not (code == 0 and root.summary.is_file()):
+        if job["status"] in ("paused", "queued") and not (code == 0 and root.summary.is_file()):
+            # paused (and maybe resumed already, then queued): the next launch goes on from the sealed checkpoint
             step = _checkpoint_step(root)
             self.store.update_job(job["id"], pid=None, resume=1 if step else 0)
             self.store.add_event(job["id"], f"Fine-tuning job paused at step {step}" if step else
@@ -196,7 +204,7 @@ class Worker(threading.Thread):
         summary = json.loads(root.summary.read_text())
         model = model_id(job)
         results = save_result(self.store, self.files_root, "step_metrics.csv", encoded_results(root.read_metrics()))
-        if self.store.set_status(job["id"], "succeeded", only_from=("running", "paused"), fine_tuned_model=model,
+        if self.store.set_status(job["id"], "succeeded", only_from=("running", "paused", "queued"), fine_tuned_model=model,
                                  trained_tokens=summary.get("tokens_seen"), pid=None, result_files=[results["id"]]):
             self.store.add_event(job["id"], f"New fine-tuned model created: {model}")
             self.store.add_event(job["id"], "The job has successfully completed")
@@ -245,6 +253,11 @@ def _failure_reason(root: Path, code: int) -> str:
     return f"training exited with code {code}" + (f": {tail[0][:500]}" if tail else "")
 
 
+def _pid(ref: str) -> int | None:
+    """The local process id in a launcher's reference (None for a cluster job)."""
+    return int(ref) if ref.isdigit() else None
+
+
 def _alive(pid: int | None, job_id: str) -> bool:
     """Is ``pid`` still our child for this job (and not a recycled pid)?"""
     if not pid:
@@ -256,13 +269,15 @@ def _alive(pid: int | None, job_id: str) -> bool:
     return job_id.encode() in cmdline and b"strop.service.runner" in cmdline
 
 
-def recover(store: Store, runs_root: Path) -> None:
+def recover(store: Store, runs_root: Path, launcher=None) -> None:
     """Jobs left 'running' by a service that stopped: finish, resume or restart each one."""
     for job in store.list_jobs(statuses=("running",)):
         job_id, root = job["id"], RunDir(run_dir(runs_root, job["id"]))
         if _alive(job["pid"], job_id):
             os.kill(job["pid"], signal.SIGTERM)  # the orphan saves a checkpoint; we resume from it below
             _wait_gone(job["pid"], job_id)
+        elif (job.get("handle") or "").startswith("slurm:") and isinstance(launcher, SlurmLauncher):
+            _stop_batch_job(SlurmJob(job["handle"].split(":", 1)[1], root.root, launcher))
         if root.summary.is_file() and root.final.is_dir():
             summary = json.loads(root.summary.read_text())
             store.set_status(job_id, "succeeded", fine_tuned_model=model_id(job), trained_tokens=summary.get("tokens_seen"))
@@ -279,6 +294,18 @@ def recover(store: Store, runs_root: Path) -> None:
         store.set_status(job_id, "queued", resume=1 if step else 0, restarts=job["restarts"] + 1, pid=None)
         store.add_event(job_id, f"The service restarted during training; resuming from step {step}" if step
                         else "The service restarted before a checkpoint was written; starting the job again")
+
+
+def _stop_batch_job(batch, timeout_s: float = STOP_GRACE_S) -> None:
+    """A cluster job that outlived the service: checkpoint and stop it, so it resumes like a local one."""
+    if batch.poll() is not None:
+        return
+    batch.stop()
+    deadline = time.monotonic() + timeout_s
+    while batch.poll() is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if batch.poll() is None:
+        batch.kill()
 
 
 def _wait_gone(pid: int, job_id: str, timeout_s: float = STOP_GRACE_S) -> None:
