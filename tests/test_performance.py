@@ -266,8 +266,9 @@ def test_benchmark_flops_per_token_counts_linear_layers_and_head(tiny_model_dir)
     assert train_throughput.mfu(1000.0, str(tiny_model_dir), "cpu") is None  # only against a GPU's peak
 
 
-def test_per_example_attention_leaves_sliding_windows_to_the_mask(monkeypatch):
-    """A sliding window is part of SDPA's mask; the per-example cut must not bypass it."""
+def test_per_example_attention_keeps_sliding_windows(monkeypatch):
+    """A window shorter than an example is applied per example (a band mask, not the plain causal cut);
+    a window no example outgrows changes nothing, so the plain cut runs (tests/models/ checks the values)."""
     from types import SimpleNamespace
 
     from strop.train import varlen
@@ -281,6 +282,8 @@ def test_per_example_attention_leaves_sliding_windows_to_the_mask(monkeypatch):
     assert out.shape == (1, 6, 2, 4)
     with pytest.raises(AssertionError, match="cut"):  # without a window the row is cut
         varlen._attention(module, q, q, q, None, position_ids=positions)
+    with pytest.raises(AssertionError, match="cut"):  # nor with one as long as the examples
+        varlen._attention(module, q, q, q, None, position_ids=positions, sliding_window=3)
 
 
 def test_cpu_attention_kernel_follows_the_compute_dtype():

@@ -50,23 +50,37 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 
     position_ids = kwargs.get("position_ids")
     length = query.shape[2]
-    # A sliding window or attention sinks live in the mask SDPA gets; cutting the row would drop them.
-    plain_only = kwargs.get("sliding_window") or kwargs.get("s_aux") is not None
+    # Attention sinks live in the mask SDPA gets; cutting the row would drop them.
+    plain_only = kwargs.get("s_aux") is not None
+    window = kwargs.get("sliding_window")
     if (position_ids is not None and not plain_only and query.shape[0] == 1 and key.shape[2] == length
             and position_ids.shape[-1] == length):
         starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
         if starts and starts[0] == 0 and len(starts) > 1:
             bounds = starts + [length]
             spans = list(zip(bounds[:-1], bounds[1:]))
-            if _use_matmul(query) and not (dropout and module.training):
+            # a window no example outgrows changes nothing inside one: the causal cut is exact
+            windowed = bool(window) and max(b - a for a, b in spans) > window
+            if _use_matmul(query) and not (dropout and module.training) and not windowed:
                 return _cpu_causal(query, key, value, spans, scaling), None
             pieces = [
-                sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                       dropout=dropout, scaling=scaling, is_causal=True)[0]
+                sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                       _band(b - a, window, query.device) if windowed else None,
+                                       dropout=dropout, scaling=scaling, is_causal=not windowed)[0]
                 for a, b in spans
             ]
             return torch.cat(pieces, dim=1), None  # (batch, tokens, heads, head_dim), as SDPA returns
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _band(n: int, window: int, device):
+    """The sliding-window causal mask of one example, as transformers defines it: token i sees the tokens
+    j <= i with i - j < window."""
+    import torch
+
+    i = torch.arange(n, device=device)
+    gap = i[:, None] - i[None, :]
+    return ((gap >= 0) & (gap < window))[None, None]
 
 
 def _cpu_causal(query, key, value, spans, scaling):

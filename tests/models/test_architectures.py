@@ -1,0 +1,135 @@
+"""The speed path on every model family people fine-tune, not only the tiny Llama.
+
+For each architecture, a tiny random model from its transformers config
+(2 layers, hidden 64): strop's lean layers (train/fused.py) and per-example
+attention (train/varlen.py) must give the loss and every gradient of the
+plain transformers + peft path to 1e-5 in float32, or switch themselves off
+for that architecture. A lever that silently computes something else on one
+family is the failure this file exists to catch.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from strop.train import varlen
+from strop.train.fused import lean_layers
+from strop.train.varlen import per_example_attention
+
+VOCAB = 101
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, head_dim=16)
+ARCHITECTURES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "mistral": {"sliding_window": None},
+    "gemma2": {"query_pre_attn_scalar": 16},
+    "gemma3_text": {"query_pre_attn_scalar": 16},
+    "phi3": {"pad_token_id": 0},
+    "olmo2": {},
+    "granite": {},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+def _model(kind: str, lora: bool = True, **extra):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(kind, **COMMON, **{**ARCHITECTURES[kind], **extra})
+    model = AutoModelForCausalLM.from_config(cfg).float()  # its default attention: sdpa where it has one
+    if lora:  # random B, so every LoRA gradient is non-zero from the first step
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 lora_dropout=0.0, init_lora_weights=False))
+    model.train()
+    return model
+
+
+def _loss_and_grads(model, batch: dict, lean: bool = False):
+    model.zero_grad()
+    with lean_layers(model, lean):
+        loss = model(**batch, use_cache=False).loss  # as training calls it (TRL): no KV cache
+        loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same(a, b):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=0, atol=1e-5, msg=name)
+
+
+def _rows(n: int = 3) -> list[dict]:
+    gen = torch.Generator().manual_seed(1)
+    rows = []
+    for length in (11, 17, 8)[:n]:
+        ids = torch.randint(1, VOCAB, (length,), generator=gen).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * 3 + ids[3:]})  # a prompt, then the answer trained on
+    return rows
+
+
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_lean_layers_give_the_plain_loss_and_gradients(kind, lora):
+    model = _model(kind, lora)
+    ids = torch.randint(0, VOCAB, (2, 13), generator=torch.Generator().manual_seed(2))
+    batch = {"input_ids": ids, "labels": ids}
+    plain = _loss_and_grads(model, batch)
+    with lean_layers(model) as patched:
+        pass
+    lean = _loss_and_grads(model, batch, lean=True)
+    _assert_same(plain, lean)
+    if lora:  # every LoRA linear takes the lean path on every family: the lever is on, not skipped
+        assert patched >= 2 * 7 or kind in ("qwen3_moe", "mixtral", "phi3"), patched
+
+
+# (id, model type, config overrides): every family, plus sliding windows shorter than the examples
+ATTENTION_CASES = [(kind, kind, {}) for kind in ARCHITECTURES] + [
+    ("mistral-window-6", "mistral", {"sliding_window": 6}),
+    ("gemma3-window-6", "gemma3_text", {"sliding_window": 6}),
+    ("qwen2-window-6", "qwen2", {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 0}),
+]
+# Gemma 2 caps its attention logits, which SDPA cannot do: transformers runs it eagerly, so there is
+# nothing to cut; its own mask keeps the examples apart (test below)
+OFF_BY_DESIGN = {"gemma2"}
+
+
+@pytest.mark.parametrize("name,kind,extra", ATTENTION_CASES, ids=[c[0] for c in ATTENTION_CASES])
+def test_per_example_attention_matches_the_padded_batch_or_stays_off(name, kind, extra, monkeypatch):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = _rows()
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+    flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    model = _model(kind, **extra)
+    plain = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
+    for kernel in ("always", "never"):  # the written-out attention CPU bf16 runs use, and SDPA per example
+        monkeypatch.setattr(varlen, "CPU_MATMUL", kernel)
+        with per_example_attention(model) as active:
+            packed = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
+        if not active:
+            assert kind in OFF_BY_DESIGN, f"per-example attention switched itself off for {name}"
+            return
+        _assert_same(plain, packed)
+    assert kind not in OFF_BY_DESIGN
+
+
+def test_a_packed_row_without_the_cut_is_exact_too():
+    """transformers separates a packed row's examples itself (from position_ids, with no KV cache), also
+    for eager attention and sliding windows: with --per-example-attention false, or on Gemma 2, training
+    still sees each example alone; the cut only saves the masked square's work."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    rows = _rows()
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)(rows)
+    flat = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(rows)
+    for kind, extra in (("llama", {}), ("gemma2", {}), ("mistral", {"sliding_window": 6})):
+        model = _model(kind, **extra)
+        plain = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
+        packed = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
+        _assert_same(plain, packed)
