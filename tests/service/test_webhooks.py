@@ -14,6 +14,7 @@ import pytest
 from openai.types.webhooks import (FineTuningJobCancelledWebhookEvent, FineTuningJobFailedWebhookEvent,
                                    FineTuningJobSucceededWebhookEvent)
 
+from conftest import free_port
 from strop.errors import StropError
 from strop.service.webhooks import (EVENT_FOR_STATUS, EVENT_TYPES, SECRET_HINT, Endpoint, Webhooks, new_secret,
                                     parse_endpoints)
@@ -74,12 +75,6 @@ def serving(receiver: Receiver, port: int = 0) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:

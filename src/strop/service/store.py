@@ -43,6 +43,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One connection for one unit of work, committed on success (the store's tables and webhooks.py's)."""
+    db = sqlite3.connect(path, timeout=30)
+    db.row_factory = sqlite3.Row
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -55,15 +67,8 @@ class Store:
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self):
+        return connect(self.path)
 
     def _write(self, sql: str, args: tuple) -> None:
         with self.lock, self._db() as db:

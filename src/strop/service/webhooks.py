@@ -44,14 +44,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..errors import StropError
+from .store import connect
 
 EVENT_TYPES = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")
 EVENT_FOR_STATUS = {"succeeded": EVENT_TYPES[0], "failed": EVENT_TYPES[1], "cancelled": EVENT_TYPES[2]}
@@ -215,15 +214,8 @@ class Webhooks:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _db(self):
+        return connect(self.db_path)
 
     # -- caller side ------------------------------------------------------------
     def start(self) -> None:
