@@ -161,3 +161,27 @@ def test_restart_resumes_restarts_or_fails_never_loses(tmp_path):
     assert not (runs / fresh / "checkpoints").exists() and not (runs / fresh / "metrics.jsonl").exists()
     job = store.get_job(hopeless)
     assert job["status"] == "failed" and "stopped during this job 4 times" in job["error"]["message"]
+
+
+def test_a_job_that_ended_while_the_service_was_down_is_finished_like_any_other(tmp_path):
+    """Result file, events and webhooks, as for a job the worker saw end."""
+    import json as _json
+    from types import SimpleNamespace
+
+    from strop.service.store import Store
+    from strop.service.worker import Worker, recover
+
+    store, runs = Store(tmp_path / "s.db"), tmp_path / "runs"
+    done, hopeless = _running_job(store, runs), _running_job(store, runs, restarts=3)
+    root = runs / done
+    (root / "final").mkdir()
+    (root / "summary.json").write_text(_json.dumps({"tokens_seen": 123}))
+    (root / "metrics.jsonl").write_text(_json.dumps({"step": 1, "loss": 2.5, "mean_token_accuracy": 0.5}) + "\n")
+    told = []
+    worker = Worker(store, tmp_path / "files", runs, hooks=SimpleNamespace(emit=lambda kind, job: told.append((kind, job))))
+    recover(store, runs, worker=worker)
+    job = store.get_job(done)
+    assert job["status"] == "succeeded" and job["trained_tokens"] == 123 and len(job["result_files"]) == 1
+    assert store.get_file(job["result_files"][0])["filename"] == "step_metrics.csv"
+    assert store.get_job(hopeless)["status"] == "failed"
+    assert sorted(told) == sorted([("fine_tuning.job.succeeded", done), ("fine_tuning.job.failed", hopeless)])

@@ -61,7 +61,7 @@ class Worker(threading.Thread):
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> None:
-        recover(self.store, self.runs_root, self.launcher)
+        recover(self.store, self.runs_root, self.launcher, self)
         while not self.halt.is_set():
             try:
                 self.tick()
@@ -269,8 +269,9 @@ def _alive(pid: int | None, job_id: str) -> bool:
     return job_id.encode() in cmdline and b"strop.service.runner" in cmdline
 
 
-def recover(store: Store, runs_root: Path, launcher=None) -> None:
-    """Jobs left 'running' by a service that stopped: finish, resume or restart each one."""
+def recover(store: Store, runs_root: Path, launcher=None, worker: "Worker | None" = None) -> None:
+    """Jobs left 'running' by a service that stopped: finish, resume or restart each one (``worker``
+    finishes the ones that ended meanwhile as it finishes any job: result file, events, webhooks)."""
     for job in store.list_jobs(statuses=("running",)):
         job_id, root = job["id"], RunDir(run_dir(runs_root, job["id"]))
         if _alive(job["pid"], job_id):
@@ -279,13 +280,20 @@ def recover(store: Store, runs_root: Path, launcher=None) -> None:
         elif (job.get("handle") or "").startswith("slurm:") and isinstance(launcher, SlurmLauncher):
             _stop_batch_job(SlurmJob(job["handle"].split(":", 1)[1], root.root, launcher))
         if root.summary.is_file() and root.final.is_dir():
-            summary = json.loads(root.summary.read_text())
-            store.set_status(job_id, "succeeded", fine_tuned_model=model_id(job), trained_tokens=summary.get("tokens_seen"))
             store.add_event(job_id, "The job had completed when the service stopped")
+            if worker is not None:
+                worker.succeed(job, root)
+            else:
+                summary = json.loads(root.summary.read_text())
+                store.set_status(job_id, "succeeded", fine_tuned_model=model_id(job),
+                                 trained_tokens=summary.get("tokens_seen"))
             continue
         if job["restarts"] >= MAX_RESTARTS:
-            store.set_status(job_id, "failed", error={"code": "service_restarted", "param": None,
-                             "message": f"the service stopped during this job {job['restarts'] + 1} times; giving up"})
+            message = f"the service stopped during this job {job['restarts'] + 1} times; giving up"
+            if worker is not None:
+                worker.fail(job_id, "service_restarted", message)
+            else:
+                store.set_status(job_id, "failed", error={"code": "service_restarted", "param": None, "message": message})
             continue
         step = _checkpoint_step(root)
         if not step:  # nothing to resume from: start over in a clean directory
