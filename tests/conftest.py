@@ -64,8 +64,10 @@ def chat_file(tmp_path) -> Path:
 
 
 @contextlib.contextmanager
-def fake_chat_endpoint(reply, seen: list | None = None):
-    """A local OpenAI-compatible ``/v1/chat/completions``; ``reply(body) -> str`` writes each answer.
+def fake_chat_endpoint(reply, seen: list | None = None, usage: dict | None = None, model_suffix: str = ""):
+    """A local OpenAI-compatible ``/v1/chat/completions``; ``reply(body)`` writes each answer (its text, or a
+    whole message dict); ``usage`` is sent with every answer, and the answer names the asked model plus
+    ``model_suffix`` (as a hosted model's dated name does).
 
     Yields the base URL; every request lands in ``seen`` as {"path", "auth", "body"}.
     """
@@ -76,9 +78,12 @@ def fake_chat_endpoint(reply, seen: list | None = None):
         def do_POST(self):  # noqa: N802 (http.server naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            message = {"role": "assistant", "content": reply(body)}
-            data = json.dumps({"id": "fake", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}).encode()
+            answer = reply(body)
+            message = answer if isinstance(answer, dict) else {"role": "assistant", "content": answer}
+            data = json.dumps({"id": "fake", "object": "chat.completion", "created": 0,
+                               "model": body.get("model", "") + model_suffix,
+                               "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                               **({"usage": usage} if usage else {})}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

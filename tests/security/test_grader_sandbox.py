@@ -185,20 +185,23 @@ def test_environment_is_empty(monkeypatch):
     assert "OPENAI_API_KEY" not in names.error
 
 
+FORK_BOMB = """
+    n = 0
+    while n < 200:
+        try:
+            pid = os.fork()
+        except OSError:
+            return float(n)
+        if pid == 0:
+            time.sleep(60)  # children that would outlive the grader if nothing killed them
+            os._exit(0)
+        n += 1
+    return float(n)
+"""
+
+
 def test_a_fork_bomb_is_capped_then_killed():
-    counted = run("""
-        n = 0
-        while n < 200:
-            try:
-                pid = os.fork()
-            except OSError:
-                return float(n)
-            if pid == 0:
-                time.sleep(60)  # children that would outlive the grader if nothing killed them
-                os._exit(0)
-            n += 1
-        return float(n)
-    """, processes=6)
+    counted = run(FORK_BOMB, processes=6)
     assert 0 < counted.score <= 6 - 2  # RLIMIT_NPROC bites: the launcher and PID 1 count too
     assert no_strays()
 
@@ -275,17 +278,7 @@ def test_from_an_unprivileged_service(dirs):
             out[name] = [o.score, o.kind, o.error]
         print(json.dumps(out))
     """)
-    forks = grader("""
-        n = 0
-        while n < 200:
-            try:
-                pid = os.fork()
-            except OSError:
-                return float(n)
-            if pid == 0:
-                time.sleep(60)
-            n += 1
-    """)
+    forks = grader(FORK_BOMB)
     jobs = {"forks": [forks, {"processes": 6}],
             "secret": [grader(f"return float(len(open({str(workdir / 'secret.txt')!r}).read()))"), {}],
             "write": [grader(f"open({str(workdir.parent / 'open' / 'escape.txt')!r}, 'w')"), {}]}

@@ -10,16 +10,14 @@ import contextlib
 import json
 import math
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from openai.types.fine_tuning.alpha import GraderRunResponse, GraderValidateResponse
 
-from strop.errors import StropError
+from conftest import fake_chat_endpoint
 from strop import graders
-from strop.graders import sandbox
-from strop.graders import GraderError, ModelEndpoint, reward_function, run, validate
+from strop.errors import StropError
+from strop.graders import GraderError, ModelEndpoint, reward_function, run, sandbox, validate
 
 
 def check(input: str, reference: str, operation: str, name: str = "check") -> dict:
@@ -313,34 +311,17 @@ def label_grader() -> dict:
 
 @contextlib.contextmanager
 def fake_grader_server(replies: list):
-    """An OpenAI-compatible /v1/chat/completions answering ``replies`` in turn (str content or a dict message)."""
-    seen = []
+    """conftest's OpenAI-compatible endpoint answering ``replies`` in turn (str content or a dict message);
+    yields the endpoint and the request bodies."""
+    bodies = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server naming)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append(body)
-            reply = replies[min(len(seen), len(replies)) - 1]
-            message = {"role": "assistant", "content": reply} if isinstance(reply, str) else reply
-            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"] + "-v1",
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                               "usage": {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def reply(body):
+        bodies.append(body)
+        return replies[min(len(bodies), len(replies)) - 1]
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    try:
-        yield ModelEndpoint(f"http://127.0.0.1:{server.server_address[1]}/v1", "sk-grader", 10.0, 0), seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    usage = {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35}
+    with fake_chat_endpoint(reply, usage=usage, model_suffix="-v1") as url:
+        yield ModelEndpoint(url, "sk-grader", 10.0, 0), bodies
 
 
 def test_score_model_renders_messages_parses_json_and_records_usage():

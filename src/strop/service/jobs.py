@@ -133,10 +133,13 @@ def source_model(store: Store, runs_root: Path, name: str, policy: ClientPolicy)
     if step and not (step.isdigit() and path.is_dir() and verify_manifest(path)):
         raise JobError(f"model {name!r}: job {job['id']} has no complete checkpoint at step {step}", "model",
                        "model_not_found")
+    from ..config import KL_METHODS  # the single-adapter methods: their adapter loads back trainable
+
     options = job["options"]
-    if options.get("method") not in ("lora", "dora", "qlora", "ia3"):
+    if options.get("method") not in KL_METHODS:
         raise JobError(f"model {name!r} was trained with method {options.get('method')}; training on from a "
-                       "fine-tuned model needs an adapter method (lora, dora, qlora, ia3)", "model", "model_not_supported")
+                       f"fine-tuned model needs an adapter method ({', '.join(KL_METHODS)})", "model",
+                       "model_not_supported")
     return Source(options["base_model"], str(path), job["id"], options["method"])
 
 
