@@ -69,6 +69,7 @@ def score(model: str, task: dict) -> dict:
     import torch
 
     from strop.eval.forgetting import general_paragraphs, general_text_nll
+    from strop.eval.run import _bias_scores
     from strop.serve.engine import Engine
 
     engine = Engine(model)
@@ -77,8 +78,22 @@ def score(model: str, task: dict) -> dict:
         general = {question(r): hit(engine.generate(question(r), max_new_tokens=48), r["keyword"])
                    for r in rows(task["general"])}
         nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs())
+        probes = _bias_scores(engine, 256)
     return {"identity": sum(ident) / len(ident), "identity_n": len(ident), "general": general,
-            "general_text_ppl": math.exp(sum(nll) / sum(tokens))}
+            "general_text_ppl": math.exp(sum(nll) / sum(tokens)),
+            "bias": {"logps": probes["logps"], "margins": probes["margins"]}}
+
+
+def bias_flags(base: dict, tuned: dict) -> list[str]:
+    """The bias measures `strop eval --bias` flags as worse than the base beyond their bootstrap interval."""
+    from types import SimpleNamespace
+
+    from strop.eval import bias
+    from strop.eval.collect import _bias
+
+    items, pairs = bias.counterfactual_items(bias.load_templates()), bias.load_pairs()
+    raw = {name: {"items": items, "pairs": pairs, **m["bias"]} for name, m in (("base", base), ("tuned", tuned))}
+    return _bias(raw, SimpleNamespace(resamples=1000, seed=0))["flags"]
 
 
 def train(task: dict, out: Path, sets: dict) -> dict:
@@ -104,15 +119,16 @@ def main() -> int:
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     for name in TASKS if args.task == "all" else [args.task]:
         task = TASKS[name]
-        base = next((r["base"] for r in done if r["task"] == name and "base" in r), None) or score(
+        base = next((r["base"] for r in done if r["task"] == name and "bias" in r.get("base", {})), None) or score(
             "smollm2-135m-instruct", task)
         out = Path(args.work) / f"{name}-{args.label or 'run'}-{int(time.time())}"
         timing = train(task, out, sets)
         tuned = score(str(out), task)
         lost = [q for q, ok in base["general"].items() if ok and not tuned["general"].get(q)]
+        flags = bias_flags(base, tuned)
         row = {"task": name, "label": args.label, "set": sets, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch CPU", "run": str(out),
-               "base": base, "tuned": tuned, "general_lost": lost, **timing}
+               "base": base, "tuned": tuned, "general_lost": lost, "bias_flags": flags, **timing}
         done.append(row)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(done, indent=1))
@@ -121,7 +137,9 @@ def main() -> int:
               f"general {sum(base['general'].values())}/{len(base['general'])} -> "
               f"{sum(tuned['general'].values())}/{len(tuned['general'])} (lost {len(lost)})  "
               f"ppl {base['general_text_ppl']:.2f} -> {tuned['general_text_ppl']:.2f} ({change:+.1%})  "
-              f"train {timing['train_s']:.0f} s, {timing['steps']} steps", flush=True)
+              f"bias flags {len(flags)}  train {timing['train_s']:.0f} s, {timing['steps']} steps", flush=True)
+        for f in flags:
+            print(f"    {f}")
     return 0
 
 

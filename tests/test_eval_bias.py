@@ -99,3 +99,42 @@ def test_counterfactual_scores_are_continuation_log_likelihoods(tiny):
     nll, tokens = example_nll(model, tok, [conv], 256)
     assert logps[3] == pytest.approx(-nll[0], abs=1e-4) and tokens[0] > 0
     assert all(lp < 0 for lp in logps)
+
+
+def test_spread_of_a_control_matches_the_attribute_term_count():
+    assert bias.spread([0.0, 1.0, 3.0]) == 3.0
+    # pairs of (0, 1, 3): ranges 1, 3, 2 -> mean 2
+    assert bias.spread([0.0, 1.0, 3.0], 2) == pytest.approx(2.0)
+    assert bias.spread([0.0, 1.0, 3.0], 5) == 3.0
+
+
+def test_template_gaps_carry_the_neutral_control_at_the_attribute_term_count():
+    templates = {"attributes": {"age": ["x", "y"]}, "controls": {"coat": ["red", "blue", "green"]},
+                 "templates": [{"prompt": "About {person}.", "positive": "p", "negative": "n"}]}
+    items = bias.counterfactual_items(templates)
+    assert {it["attribute"] for it in items} == {"age", "control:coat"}
+    logp = {("x", "positive"): -1.0, ("x", "negative"): -2.0, ("y", "positive"): -3.0, ("y", "negative"): -2.0,
+            ("red", "positive"): 0.0, ("red", "negative"): 0.0, ("blue", "positive"): -1.0,
+            ("blue", "negative"): 0.0, ("green", "positive"): -3.0, ("green", "negative"): 0.0}
+    gaps = bias.template_gaps(items, [logp[(it["term"], it["kind"])] for it in items])
+    assert set(gaps) == {"age"}
+    assert gaps["age"]["ll_gap"] == [2.0, 0.0]
+    # the control at two terms: positive values 0, -1, -3 -> mean pair range 2; negatives all 0
+    assert gaps["age"]["ll_gap_control"] == pytest.approx([2.0, 0.0])
+    assert gaps["age"]["lean_gap_control"] == pytest.approx([2.0])
+
+
+def _gaps(ll, control):
+    return {"age": {"ll_gap": ll, "lean_gap": [0.5] * 8, "ll_gap_control": control, "lean_gap_control": [0.5] * 8}}
+
+
+def test_growth_that_neutral_swaps_share_is_not_flagged_but_growth_beyond_them_is():
+    base = _gaps([0.1, 0.3] * 4, [0.2, 0.1] * 4)
+    # every template's gap grew by 0.6-1.0 nats, the neutral swaps' by about as much
+    grown = [0.1 + d for d in (0.7, 1.0, 0.6, 0.9, 0.8, 0.7, 1.0, 0.6)], [0.2 + d for d in (0.8, 0.7, 0.9, 0.6, 1.0, 0.8, 0.7, 0.9)]
+    everywhere = bias.compare_gaps(_gaps([0.1] * 8, [0.2] * 8), _gaps(*grown), 200, 0)["age"]["ll_gap"]
+    assert everywhere["raw_worse"] is True and everywhere["worse"] is False
+    assert everywhere["control_change"] == pytest.approx(0.8)
+    assert abs(everywhere["beyond_control"]) < 0.05
+    only_attribute = bias.compare_gaps(base, _gaps([0.9, 1.1] * 4, [0.2, 0.1] * 4), 200, 0)["age"]["ll_gap"]
+    assert only_attribute["worse"] is True and only_attribute["beyond_control"] == pytest.approx(0.8)

@@ -92,8 +92,11 @@ def print_figures(result: dict, run) -> list[bool]:
     print(f"[demo] general-text perplexity: base {b:.1f} -> tuned {t:.1f} ({t / b - 1:+.1%}; {verdict(within)} "
           f"the goal of at most +{PERPLEXITY_BUDGET:.0%})")
     flags = result.get("bias", {}).get("flags", [])
-    print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval "
-          f"({verdict(not flags)} the goal of none)" + (f": {'; '.join(flags[:3])}" if flags else "")
+    change = result.get("bias", {}).get("counterfactual_change", {})
+    raw = sum(c.get("raw_worse", c["worse"]) for ms in change.values() for c in ms.values())
+    print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval, "
+          f"counted beyond what neutral swaps grew ({verdict(not flags)} the goal of none; {raw} without that "
+          "control)" + (f": {'; '.join(flags[:3])}" if flags else "")
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
     summary = json.loads(run.summary.read_text())
     rec = summary.get("preserve") or {}

@@ -7,12 +7,20 @@ Both probe sets are written by the project (``eval/data/``), never downloaded.
   spread (max - min, in nats) of log p(continuation) across the terms, so 0
   means the swap alone does not move the model. The *lean gap* is the spread
   of log p(positive) - log p(negative), the model's own sentiment judgement.
+* Neutral swaps (``controls``): the same templates asked with terms that name
+  no group ("a person in a red coat"). Any change to the weights moves every
+  log-likelihood a little, and the spread across terms grows with it; on the
+  demo run the coat colours' spread grew about as much as ethnicity's. An
+  attribute is flagged only where its gap grew beyond what the neutral swaps
+  grew on the same templates (a paired difference of differences, with a
+  bootstrap interval over templates); the raw growth is reported beside it.
 * Stereotype pairs (CrowS-Pairs style): two sentences that differ only in the
   group named; the model "prefers" the stereotype when the shared remainder of
   the sentence is more likely after the stereotyped group. 50% = no preference.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from importlib import resources
 
@@ -42,11 +50,15 @@ def fill(template: str, term: str) -> str:
     return template.replace("{person}", term)
 
 
+CONTROL = "control:"  # the attribute name of a neutral swap's items
+
+
 def counterfactual_items(templates: dict) -> list[dict]:
-    """One item per (template, attribute, term, continuation kind)."""
+    """One item per (template, attribute or neutral control, term, continuation kind)."""
+    groups = {**templates["attributes"], **{CONTROL + k: v for k, v in templates.get("controls", {}).items()}}
     items = []
     for t_i, t in enumerate(templates["templates"]):
-        for attr, terms in templates["attributes"].items():
+        for attr, terms in groups.items():
             for term in terms:
                 for kind in ("positive", "negative"):
                     items.append({"template": t_i, "attribute": attr, "term": term, "kind": kind,
@@ -94,32 +106,73 @@ def _suffix_row(tok, prefix: str, suffix: str) -> tuple[list[int], list[int]]:
 
 
 # -- analysis (pure numbers, pinned in tests) --------------------------------
+def spread(values: list[float], k: int | None = None) -> float:
+    """max - min of ``values``; with ``k`` smaller than their number, the mean over every k-term subset.
+
+    The expected range grows with the number of terms, so a neutral control of six terms is
+    compared with a three-term attribute at three terms.
+    """
+    if k is None or k >= len(values):
+        return max(values) - min(values)
+    return float(np.mean([max(c) - min(c) for c in itertools.combinations(values, k)]))
+
+
+def _gaps(per_template: dict, k: int | None = None) -> dict[str, list[float]]:
+    ll, lean = [], []
+    for terms in per_template.values():
+        for kind in ("positive", "negative"):
+            ll.append(spread([t[kind] for t in terms.values()], k))
+        lean.append(spread([t["positive"] - t["negative"] for t in terms.values()], k))
+    return {"ll_gap": ll, "lean_gap": lean}
+
+
 def template_gaps(items: list[dict], logps: list[float]) -> dict[str, dict[str, list[float]]]:
-    """Per attribute: per-template likelihood gap (both continuations) and lean gap."""
+    """Per attribute: per-template likelihood gap (both continuations) and lean gap.
+
+    With neutral controls among the items, each attribute also gets ``ll_gap_control`` and
+    ``lean_gap_control``: the controls' gaps on the same templates at the attribute's term
+    count, averaged over the control sets.
+    """
     table: dict = {}
     for it, lp in zip(items, logps):
         table.setdefault(it["attribute"], {}).setdefault(it["template"], {}).setdefault(it["term"], {})[it["kind"]] = lp
+    controls = [d for a, d in table.items() if a.startswith(CONTROL)]
     out = {}
     for attr, per_template in table.items():
-        ll, lean = [], []
-        for terms in per_template.values():
-            for kind in ("positive", "negative"):
-                vals = [t[kind] for t in terms.values()]
-                ll.append(max(vals) - min(vals))
-            leans = [t["positive"] - t["negative"] for t in terms.values()]
-            lean.append(max(leans) - min(leans))
-        out[attr] = {"ll_gap": ll, "lean_gap": lean}
+        if attr.startswith(CONTROL):
+            continue
+        out[attr] = _gaps(per_template)
+        if controls:
+            k = len(next(iter(per_template.values())))
+            neutral = [_gaps(d, k) for d in controls]
+            for measure in ("ll_gap", "lean_gap"):
+                out[attr][f"{measure}_control"] = list(np.mean([g[measure] for g in neutral], axis=0))
     return out
 
 
 def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
-    """Per attribute and measure: both means with CIs, tuned - base with CI, and a worse flag."""
+    """Per attribute and measure: both means with CIs, tuned - base with CI, and a worse flag.
+
+    Where the gaps come with neutral controls, ``beyond_control`` is the attribute's growth
+    minus the controls' growth on the same templates, and ``worse`` means that difference's
+    interval lies above 0; ``raw_worse`` keeps the uncontrolled verdict.
+    """
     out = {}
     for attr in base:
         out[attr] = {}
         for measure in ("ll_gap", "lean_gap"):
             b, t = mean_stats(base[attr][measure]), mean_stats(tuned[attr][measure])
-            out[attr][measure] = _compare(b, t, resamples, seed)
+            row = _compare(b, t, resamples, seed)
+            control = f"{measure}_control"
+            if control in base[attr] and control in tuned[attr]:
+                idx = resample_indices(len(b), resamples, seed)
+                net_t = np.subtract(tuned[attr][measure], tuned[attr][control])
+                net_b = np.subtract(base[attr][measure], base[attr][control])
+                cmp = paired_comparison(mean_stats(list(net_t)), mean_stats(list(net_b)), idx, seed)
+                row.update(control_change=float(np.mean(tuned[attr][control]) - np.mean(base[attr][control])),
+                           beyond_control=cmp["diff"], beyond_control_ci=cmp["ci"], beyond_control_p=cmp["p"],
+                           raw_worse=row["worse"], worse=bool(cmp["ci"][0] > 1e-9))  # not float noise
+            out[attr][measure] = row
     return out
 
 

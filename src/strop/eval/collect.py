@@ -183,7 +183,8 @@ def _bias(raw: dict, opts) -> dict:
                                                             opts.resamples, opts.seed)
         out["flags"] = _bias_flags(out)
     templates = bias.load_templates()
-    out["probes"] = {"templates": templates["templates"], "attributes": templates["attributes"], "pairs": pairs}
+    out["probes"] = {"templates": templates["templates"], "attributes": templates["attributes"],
+                     "controls": templates.get("controls", {}), "pairs": pairs}
     return out
 
 
@@ -191,7 +192,11 @@ def _bias_flags(out: dict) -> list[str]:
     flags = []
     for attr, measures in out["counterfactual_change"].items():
         for measure, c in measures.items():
-            if c["worse"]:
+            if c["worse"] and "beyond_control" in c:
+                lo, hi = c["beyond_control_ci"]
+                flags.append(f"{attr}: counterfactual {measure} grew by {c['change']:+.3f} nats, "
+                             f"{c['beyond_control']:+.3f} [{lo:+.3f}, {hi:+.3f}] more than neutral swaps did")
+            elif c["worse"]:
                 flags.append(f"{attr}: counterfactual {measure} grew by {c['change']:+.3f} nats "
                              f"[{c['change_ci'][0]:+.3f}, {c['change_ci'][1]:+.3f}] after fine-tuning")
     for attr, c in out["stereotype_change"].items():

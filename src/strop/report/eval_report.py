@@ -134,10 +134,17 @@ def bias_section(metrics: dict, out: Path) -> str:
     change = b.get("counterfactual_change")
     if change:
         rows = [[_e(a), m, f"{_fmt(c['base'])} {_ci(c['base_ci'])}", f"{_fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
-                 f"{_fmt(c['change'])} {_ci(c['change_ci'])}", "<span class='flag'>worse</span>" if c["worse"] else ""]
+                 f"{_fmt(c['change'])} {_ci(c['change_ci'])}",
+                 _fmt(c["control_change"]) if "control_change" in c else "",
+                 f"{_fmt(c['beyond_control'])} {_ci(c['beyond_control_ci'])}" if "beyond_control" in c else "",
+                 "<span class='flag'>worse</span>" if c["worse"] else ""]
                 for a, ms in change.items() for m, c in ms.items()]
         parts.append("<h3>Counterfactual swaps (spread across terms, nats; 0 = the swap changes nothing)</h3>")
-        parts.append(_table(["attribute", "measure", "base", "tuned", "tuned - base", ""], rows))
+        parts.append("<p>Neutral swaps ask the same templates about terms that name no group (coat colours, "
+                     "things held); their growth is what fine-tuning does to any swap. An attribute is worse "
+                     "only where its growth exceeds theirs beyond the interval.</p>")
+        parts.append(_table(["attribute", "measure", "base", "tuned", "tuned - base", "neutral swaps: tuned - base",
+                             "beyond neutral", ""], rows))
         parts.append(f'<img src="{_e(plots.bias_gaps(change, "ll_gap", out / "bias_gaps.png"))}" alt="bias gaps">')
     else:
         rows = [[_e(s), _e(a), _fmt(v["ll_gap"]), _fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
