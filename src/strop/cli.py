@@ -149,9 +149,12 @@ def cmd_chat(args, extra) -> int:
 def cmd_eval(args, extra) -> int:
     from .eval.preference import describe, is_preference_run
     from .eval.run import evaluate
+    from .eval.sweep import parse_scales, sweep_lines
     from .report.html import format_table
 
     if is_preference_run(args.model):  # dpo/kto/orpo/simpo/cpo/reward/grpo runs: base vs tuned preference metrics
+        if args.scales or args.apply_scale:
+            raise StropError("--scales: sweeps SFT runs; a preference run is scored on its pairs, not a task metric")
         from .eval.preference import evaluate_run
 
         judge = {"endpoint": args.judge_endpoint, "model": args.judge_model, "api_key": args.judge_api_key,
@@ -167,12 +170,15 @@ def cmd_eval(args, extra) -> int:
                       judge_endpoint=args.judge_endpoint, judge_model=args.judge_model,
                       judge_api_key=args.judge_api_key, judge_mode=args.judge_mode or "rubric",
                       group_column=args.group_column, resamples=args.resamples, seed=args.seed,
-                      allow_pickle=args.allow_pickle)
+                      allow_pickle=args.allow_pickle, scales=parse_scales(args.scales) if args.scales else None,
+                      forgetting_budget=args.forgetting_budget, apply_scale=args.apply_scale)
     print(format_table(result["systems"]))
     for line in result.get("verdicts", []):
         print(line)
     for flag in result.get("bias", {}).get("flags", []):
         print(f"bias flag: {flag}")
+    if "scale_sweep" in result:
+        print(sweep_lines(result["scale_sweep"]))
     if "skipped" in result.get("judge", {}):
         print(f"judge SKIPPED: {result['judge']['skipped']}")
     for pair in result.get("judge", {}).get("pairs", []):
@@ -374,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "position-swapped, win/tie/loss (default for preference runs)")
     e.add_argument("--judge-model", default="judge", help="model name sent to the judge endpoint")
     e.add_argument("--judge-api-key", help="bearer key for the judge endpoint")
+    e.add_argument("--scales", nargs="?", const="0.25,0.5,0.75", metavar="LIST",
+                   help="LoRA runs: also score the adapter at these scales between base (0) and tuned (1), plot "
+                        "task gain against forgetting and choose a scale (default list 0.25,0.5,0.75)")
+    e.add_argument("--forgetting-budget", type=float, default=0.05,
+                   help="with --scales: the largest general-text perplexity rise the chosen scale may have (0.05 = +5%%)")
+    e.add_argument("--apply-scale", action="store_true",
+                   help="with --scales: write the chosen scale into the run's adapter (undone by another apply)")
     e.add_argument("--resamples", type=int, default=1000, help="bootstrap / permutation resamples")
     e.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     e.add_argument("--seed", type=int, default=0)

@@ -26,6 +26,7 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     from .config import load_train_config
     from .data.check import check, format_report
     from .eval.run import evaluate
+    from .eval.sweep import sweep_lines
     from .report.html import format_table
     from .serve.engine import Engine
     from .train.sft import train
@@ -52,8 +53,9 @@ def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
     run = train(cfg)
 
     print("\n[demo] 3/4 evaluating base vs tuned on held-out identity questions and general questions")
-    result = evaluate(str(out), heldout, general=general, max_new_tokens=48, bias=True)
+    result = evaluate(str(out), heldout, general=general, max_new_tokens=48, bias=True, scales=[0.5, 0.75])
     print(format_table(result["systems"]))
+    print(sweep_lines(result["scale_sweep"]))
 
     print("\n[demo] 4/4 a sample answer from the tuned model")
     engine = Engine(str(out))

@@ -37,6 +37,9 @@ class Options:
     resamples: int = 1000
     seed: int = 0
     allow_pickle: bool = False  # load .bin/.pt weights, read with weights_only=True
+    scales: list[float] | None = None  # adapter scales to sweep between base (0) and tuned (1), eval/sweep.py
+    forgetting_budget: float = 0.05  # the sweep's limit on the general-text perplexity rise
+    apply_scale: bool = False  # write the sweep's chosen scale into the run's adapter
 
 
 def evaluate(target: str, data: str | None = None, output: str | None = None, max_new_tokens: int = 64,
@@ -62,8 +65,16 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     _set_labels(task, opts)
     specs = _specs(target, run, cfg, compare_base, opts, dataset)
     _check_judge(opts, specs)
+    _check_sweep(opts, run, specs)
     raw = _score_all(specs, task, opts, with_general_text=True)
     metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
+    if opts.scales:
+        from .sweep import apply_scale, summarise, sweep
+
+        metrics["scale_sweep"] = summarise(sweep(run.root, task, opts.scales, opts), metrics["systems"],
+                                           metrics["general_text"], opts.forgetting_budget)
+        if opts.apply_scale and metrics["scale_sweep"]["chosen"] is not None:
+            metrics["scale_sweep"]["applied"] = apply_scale(run.root, metrics["scale_sweep"]["chosen"])
     metrics["eval_wall_s"] = round(time.monotonic() - t0, 1)
     if run is not None and run.summary.is_file():  # what the run did against forgetting, beside what it cost
         import json
@@ -136,6 +147,21 @@ def _specs(target: str, run: RunDir | None, cfg: dict, compare_base: bool, opts:
         specs.append(Spec("few-shot", str(base), build_few_shot(train, dataset.conversations, opts.k_shot,
                                                                 opts.seed, opts.baseline_prompt)))
     return specs + [Spec("tuned", str(run.root))]
+
+
+def _check_sweep(opts: Options, run: RunDir | None, specs: list[Spec]) -> None:
+    """Sweep options that cannot work fail before any model loads."""
+    if opts.apply_scale and not opts.scales:
+        raise StropError("--apply-scale: needs --scales (the sweep that chooses the scale)")
+    if not 0 <= opts.forgetting_budget:
+        raise StropError(f"--forgetting-budget: {opts.forgetting_budget} is negative (0.05 allows +5% perplexity)")
+    if not opts.scales:
+        return
+    if run is None or not {"base", "tuned"} <= {s.name for s in specs}:
+        raise StropError("--scales: needs a run directory evaluated with its base model (not --no-base)")
+    from .sweep import check_sweepable
+
+    check_sweepable(run.root)
 
 
 def _check_judge(opts: Options, specs: list[Spec]) -> None:

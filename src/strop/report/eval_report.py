@@ -71,6 +71,50 @@ def forgetting_section(metrics: dict) -> str:
     return out + preserve_note(metrics.get("preserve"))
 
 
+def _opt(value) -> str:
+    return "-" if value is None else _fmt(value)
+
+
+def tradeoff_section(metrics: dict, out: Path) -> str:
+    """Task gain, forgetting and bias side by side; with a scale sweep, the curve and the chosen point."""
+    from ..eval.sweep import task_metric
+
+    systems = metrics.get("systems", {})
+    if not {"base", "tuned"} <= set(systems):
+        return ""
+    base, tuned = systems["base"], systems["tuned"]
+    rows = []
+    metric = task_metric(tuned)
+    if metric:
+        rows.append([f"task: {_e(metric)}", _fmt(base[metric]), _fmt(tuned[metric]), f"{tuned[metric] - base[metric]:+.3f}"])
+    if "general_hit_rate" in tuned:
+        rows.append(["general questions answered", _fmt(base["general_hit_rate"]), _fmt(tuned["general_hit_rate"]),
+                     f"{tuned['general_hit_rate'] - base['general_hit_rate']:+.3f}"])
+    g = metrics.get("general_text", {})
+    if "base" in g and "tuned" in g:
+        b, t = g["base"]["perplexity"], g["tuned"]["perplexity"]
+        rows.append(["general-text perplexity", _fmt(b), _fmt(t), f"{t / b - 1:+.1%}"])
+    bias = metrics.get("bias", {})
+    if "flags" in bias:
+        rows.append(["bias measures worse than base", "", str(len(bias["flags"])), ""])
+    parts = ["<h2>Task gain, forgetting and bias</h2>", _table(["", "base", "tuned", "change"], rows)]
+    sweep = metrics.get("scale_sweep")
+    if sweep:
+        parts.append("<h3>Adapter scale sweep</h3><p>The LoRA update scaled from 0 (the base) to 1 (the tuned "
+                     f"model); chosen: {_e(sweep['why'])}.</p>")
+        parts.append(_table(["scale", _e(sweep["metric"] or "task metric"), "general questions", "general-text perplexity",
+                             "change", ""],
+                            [[f"{r['scale']:g}", _opt(r["task_metric"]), _opt(r["general_hit_rate"]),
+                              _fmt(r["general_text_perplexity"]), f"{r['perplexity_change']:+.1%}",
+                              "chosen" if r["scale"] == sweep["chosen"] else ("" if r["within_budget"] else "over budget")]
+                             for r in sweep["points"]]))
+        if sweep["metric"]:
+            parts.append(f'<img src="{_e(plots.tradeoff(sweep, out / "tradeoff.png"))}" alt="adapter scale trade-off">')
+        if "applied" in sweep:
+            parts.append(f"<p>Applied: the run's adapter now has scale {sweep['applied']['adapter_scale']:g}.</p>")
+    return "".join(parts)
+
+
 def preserve_note(rec: dict | None) -> str:
     """What the run did against forgetting while it trained (summary.json's preserve record)."""
     if not rec:
@@ -215,7 +259,7 @@ def write_eval_report(out: Path, title: str, metrics: dict, predictions: list[di
     curve = plot_loss_curve(train_metrics, out / "loss_curve.png") if train_metrics else None
     bars = plots.metric_bars(metrics["systems"], metrics.get("intervals", {}), BAR_METRICS, out / "metrics.png")
     gen = plot_curves(train_metrics, out, GEN_PANELS)  # task metrics during training (eval_generate_samples)
-    sections = [verdict_section(metrics),
+    sections = [verdict_section(metrics), tradeoff_section(metrics, out),
                 f'<img src="{_e(bars)}" alt="metrics with 95% intervals">' if bars else "",
                 "<h2>Task metrics during training</h2>" + "".join(f'<img src="{_e(n)}" alt="{_e(n)}" width="720">'
                                                                  for n in gen) if gen else "",

@@ -74,3 +74,25 @@ def bias_gaps(change: dict, measure: str, out_png: Path) -> str:
     fig.tight_layout()
     fig.savefig(out_png)
     return out_png.name
+
+
+def tradeoff(sweep: dict, out_png: Path) -> str:
+    """Task metric against general-text perplexity change, one point per adapter scale, the choice starred."""
+    rows = [r for r in sweep["points"] if r["task_metric"] is not None]
+    fig = _figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    xs = [100 * r["perplexity_change"] for r in rows]
+    ys = [r["task_metric"] for r in rows]
+    ax.plot(xs, ys, "-o", color="#6b8fd6", zorder=2)
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(f"{r['scale']:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if r["scale"] == sweep["chosen"]:
+            ax.plot([x], [y], marker="*", markersize=16, color="#d9822b", zorder=3, label=f"chosen ({r['scale']:g})")
+    ax.axvline(100 * sweep["budget"], color="#999", linestyle="--", label=f"budget +{sweep['budget']:.0%}")
+    ax.set_xlabel("general-text perplexity change vs base (%)")
+    ax.set_ylabel(sweep["metric"] or "task metric")
+    ax.set_title("adapter scale: task gain against forgetting", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return out_png.name
