@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from strop.eval.bias import counterfactual_items, load_templates
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "strop" / "demo_data"
 DATA = ROOT / "benchmarks" / "data"
@@ -114,15 +116,26 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a strop train option")
     p.add_argument("--label", default="", help="a name for this setting in the results")
     p.add_argument("--work", default="runs/forgetting", help="where the runs go")
+    p.add_argument("--rescore", metavar="RUN", help="score this finished run of --task instead of training one")
     args = p.parse_args()
+    if args.rescore and args.task == "all":
+        p.error("--rescore: name the run's --task")
     sets = dict(s.split("=", 1) for s in args.set)
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     for name in TASKS if args.task == "all" else [args.task]:
         task = TASKS[name]
-        base = next((r["base"] for r in done if r["task"] == name and "bias" in r.get("base", {})), None) or score(
+        n_items = len(counterfactual_items(load_templates()))  # a cached base must have scored today's probes
+        base = next((r["base"] for r in done if r["task"] == name
+                     and len(r.get("base", {}).get("bias", {}).get("logps", [])) == n_items), None) or score(
             "smollm2-135m-instruct", task)
-        out = Path(args.work) / f"{name}-{args.label or 'run'}-{int(time.time())}"
-        timing = train(task, out, sets)
+        if args.rescore:  # score a finished run again (e.g. after the probes changed)
+            out = Path(args.rescore)
+            summary = json.loads((out / "summary.json").read_text())
+            timing = {"wall_s": None, "train_s": summary["wall_s"], "steps": summary["steps"],
+                      "tokens_per_s": summary["tokens_per_s"], "preserve": summary.get("preserve")}
+        else:
+            out = Path(args.work) / f"{name}-{args.label or 'run'}-{int(time.time())}"
+            timing = train(task, out, sets)
         tuned = score(str(out), task)
         lost = [q for q, ok in base["general"].items() if ok and not tuned["general"].get(q)]
         flags = bias_flags(base, tuned)
