@@ -33,6 +33,16 @@ def make_lora_run(base_dir, out, seed: int = 1, system_prompt: str = "Be brief."
     return out
 
 
+
+@pytest.fixture(autouse=True)
+def _check_with_transformers(monkeypatch):
+    """These tests pin transformers' GGUF reader as the checker, so they mean the same with or without
+    llama-cpp-python installed; tests/interop checks the llama.cpp path."""
+    from strop.export import verify
+
+    monkeypatch.setattr(verify, "llama_cpp_version", lambda: None)
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_model_dir, tmp_path_factory):
     return make_lora_run(tiny_model_dir, tmp_path_factory.mktemp("export") / "run")

@@ -24,6 +24,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="make test-interop installs 
 pytestmark = pytest.mark.interop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_architectures import ARCHITECTURES, COMMON  # noqa: E402
 
 STRINGS = [
@@ -127,3 +128,33 @@ def test_default_model_in_llama_cpp(quant, need, tmp_path_factory):
     result = _check(out, tok, model, n_new=24)
     assert result["tokenizer_mismatches"] == [] and result["template_same"] and result["rendered_same"], result
     assert len(PROMPTS) - len(result["greedy_mismatches"]) >= need, result
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3_text", "mixtral"])
+def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
+    """`strop export --format gguf` checks the file with llama.cpp when it is installed, so a family that
+    transformers' GGUF reader misreads (Gemma 3, Mixtral) is verified by the runtime that will run it."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from strop.export import export
+    from test_export import make_lora_run
+
+    tok = smol_tokenizer
+    torch.manual_seed(0)
+    extra = {k: v for k, v in ARCHITECTURES[kind].items() if k != "pad_token_id"}
+    cfg = AutoConfig.for_model(kind, **{**COMMON, "vocab_size": len(tok), "initializer_range": 0.1,
+                                        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                        "pad_token_id": tok.pad_token_id}, **extra)
+    base = tmp_path / "base"
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(base)
+    tok.save_pretrained(base)
+    run = make_lora_run(base, tmp_path / "run", b_std=0.2)
+    report = export(str(run), "gguf", output=str(tmp_path / "gguf"), quant="f16", n_prompts=4)
+    v = json.loads((tmp_path / "gguf" / "strop_export.json").read_text())["verification"]
+    assert v["checked_by"].startswith("llama.cpp") and v["verified"], v
+    assert v["tokenizer_identical"] and v["chat_template_identical"], v
+    assert v["greedy_identical"] >= 3 and v["kl_mean"] < 1e-3 < v["kl_to_base_mean"], v
+    assert report["file"] == "run-f16.gguf"

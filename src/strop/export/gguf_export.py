@@ -102,24 +102,36 @@ def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path |
         if ollama:
             (tmp / "Modelfile").write_text(ollama)
         ids = verify.encode_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
+        ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        checked_by = llama_cpp = verify.llama_cpp_version()
         try:
-            back, back_tok = _load_back(tmp / name)
+            if llama_cpp:  # the runtime GGUF files are made for, when it is installed
+                back = verify.LlamaCpp(tmp / name, ref.get_output_embeddings().weight.shape[0])
+                encode, template = back.tokenize, back.chat_template
+                checked_by = f"llama.cpp (llama-cpp-python {llama_cpp})"
+            else:
+                back, back_tok = _load_back(tmp / name)
+                encode = lambda text: back_tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+                template = back_tok.chat_template
+                checked_by = "transformers' GGUF reader (install llama-cpp-python to check with llama.cpp)"
         except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as exc:
             # transformers' GGUF reader knows fewer families than llama.cpp: an unchecked file is not a verified one
             arch = json.loads((merged_dir / "config.json").read_text()).get("model_type")
+            reader = "llama.cpp" if llama_cpp else "transformers"
+            advice = "" if llama_cpp else "; check it with llama.cpp (docs/export.md)"
             check = {"prompts": len(ids), "verified": False, "quant": quant, "converter": CONVERTER,
-                     "problems": [f"transformers cannot read this {arch} GGUF file back to check it "
-                                  f"({str(exc).splitlines()[0][:160]}); check it with llama.cpp (docs/export.md)"]}
+                     "checked_by": checked_by,
+                     "problems": [f"{reader} cannot read this {arch} GGUF file back to check it "
+                                  f"({str(exc).splitlines()[0][:160]}){advice}"]}
         else:
-            ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
             base_model, note = _load_base(run, final)
             check = verify.compare(ref, back, ids, tok.eos_token_id, base=base_model)
             check["reference"] = "the merged model (export/merged) in float32"
+            check["checked_by"] = checked_by
             check["quant"] = quant
             check["converter"] = CONVERTER
-            check["tokenizer_identical"] = all(back_tok(tok.decode(i), add_special_tokens=False)["input_ids"] == i
-                                               for i in ids)
-            check["chat_template_identical"] = back_tok.chat_template == tok.chat_template
+            check["tokenizer_identical"] = all(encode(tok.decode(i)) == i for i in ids)
+            check["chat_template_identical"] = template == tok.chat_template
             verify.judge(check, min_greedy, note)
         kept = name if check["verified"] else name.removesuffix(".gguf") + ".unverified.gguf"
         if not check["verified"]:

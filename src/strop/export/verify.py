@@ -68,6 +68,61 @@ class AdapterOff:
             return self.model.generate(**kw)
 
 
+class LlamaCpp:
+    """A GGUF file run by llama.cpp itself (llama-cpp-python), usable where ``compare`` expects a model.
+
+    Logits come from llama.cpp's own forward over the prompt (every position kept); greedy
+    decoding is its sampler at temperature 0 with top-k 1 and no repetition penalty.
+    """
+
+    def __init__(self, path, vocab_size: int, n_ctx: int = 0) -> None:  # 0: the model's own context
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False)
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids, **kw):
+        import numpy as np
+        import torch
+        from types import SimpleNamespace
+
+        ids = input_ids[0].tolist()
+        self.llm.reset()
+        self.llm.eval(ids)
+        logits = torch.from_numpy(np.array(self.llm.scores[:len(ids)], dtype=np.float32))
+        if logits.shape[-1] < self.vocab_size:  # the HF embedding padded past the tokenizer: never predicted
+            pad = logits.new_full((logits.shape[0], self.vocab_size - logits.shape[-1]), float(logits.min()) - 50)
+            logits = torch.cat([logits, pad], dim=-1)
+        return SimpleNamespace(logits=logits[None, :, :self.vocab_size])
+
+    def generate(self, input_ids, max_new_tokens: int, eos_token_id: int, **kw):
+        import torch
+
+        ids, out = input_ids[0].tolist(), []
+        self.llm.reset()
+        for t in self.llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+            out.append(t)
+            if t == eos_token_id or len(out) == max_new_tokens:
+                break
+        return torch.tensor([ids + out])
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.llm.metadata.get("tokenizer.chat_template")
+
+
+def llama_cpp_version() -> str | None:
+    """llama-cpp-python's version when it is installed: then GGUF files are checked by llama.cpp itself."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return getattr(llama_cpp, "__version__", "unknown")
+
+
 def _stats(kls: list) -> tuple[float, float]:
     import torch
 
