@@ -133,3 +133,42 @@ def test_a_packed_row_without_the_cut_is_exact_too():
         plain = _loss_and_grads(model, {k: padded[k] for k in ("input_ids", "attention_mask", "labels")})
         packed = _loss_and_grads(model, {k: flat[k] for k in ("input_ids", "position_ids", "labels")})
         _assert_same(plain, packed)
+
+
+def _base_with_tokenizer(kind: str, tok, out):
+    """A tiny random model of ``kind`` with the default model's tokenizer, saved as a normal HF directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    extra = {k: v for k, v in ARCHITECTURES[kind].items() if k != "pad_token_id"}
+    cfg = AutoConfig.for_model(kind, **{**COMMON, "vocab_size": len(tok), "initializer_range": 0.1,
+                                        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                        "pad_token_id": tok.pad_token_id}, **extra)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def test_lora_run_reloads_generates_and_merges_the_same(kind, smol_tokenizer, tmp_path):
+    """Save -> reload through strop's own loading -> greedy output; then `strop export --format merged`
+    (merge, save, reload, verified against the adapter) gives the very same greedy output."""
+    import sys
+    from pathlib import Path
+
+    from strop.export import export
+    from strop.serve.engine import Engine
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from test_export import make_lora_run
+
+    run = make_lora_run(_base_with_tokenizer(kind, smol_tokenizer, tmp_path / "base"), tmp_path / "run",
+                        system_prompt="", b_std=0.2)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    tuned = Engine(str(run)).chat(question, max_new_tokens=12).text
+    report = export(str(run), "merged", output=str(tmp_path / "merged"), n_prompts=2, dtype="float32")
+    assert report["verification"]["verified"] and report["verification"]["greedy_identical"] == 2, report
+    assert Engine(str(tmp_path / "merged")).chat(question, max_new_tokens=12).text == tuned
+    base = Engine(str(tmp_path / "base")).chat(question, max_new_tokens=12).text
+    assert base != tuned  # the adapter changes the answer, so the equalities above mean something
