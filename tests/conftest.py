@@ -102,6 +102,14 @@ def fake_chat_endpoint(reply, seen: list | None = None, usage: dict | None = Non
         server.server_close()
 
 
+def write_jsonl(path, rows):
+    """Write ``rows`` as JSON lines to ``path``; returns the path."""
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -7,12 +7,8 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import free_port, strop_cmd
+from conftest import free_port, strop_cmd, write_jsonl
 
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +21,7 @@ def run_dir(tiny_model_dir, tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": f"Review {i}: it was {'great' if i % 2 else 'awful'}."},
                           {"role": "assistant", "content": "pos" if i % 2 else "neg"}],
              "group": "a" if i % 3 else "b"} for i in range(16)]
-    train = _write_jsonl(root / "train.jsonl", rows)
+    train = write_jsonl(root / "train.jsonl", rows)
     (run / "config.yaml").write_text(f"base_model: {tiny_model_dir}\nmax_length: 128\ndata: {train}\nval_size: 8\nseed: 1\n")
     (run / "summary.json").write_text(json.dumps({"wall_s": 12.5}))
     return run
@@ -101,7 +97,7 @@ def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
     from strop.errors import StropError
     from strop.eval.run import evaluate
 
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "q"},
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "q"},
                                                              {"role": "assistant", "content": "pos"}]}] * 2)
     with pytest.raises(StropError, match="'neg' never occurs"):
         evaluate(str(run_dir), str(data), labels=["pos", "neg"])

@@ -5,15 +5,11 @@ import json
 import subprocess
 
 import pytest
-from conftest import strop_cmd
+from conftest import strop_cmd, write_jsonl
 
 from strop.errors import StropError
 from strop.eval import sweep
 
-
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +33,7 @@ def lora_run(tiny_model_dir, tmp_path_factory):
     (run / "final" / "strop_run.json").write_text(json.dumps({"system_prompt": "", "method": "lora"}))
     rows = [{"messages": [{"role": "user", "content": f"Question {i}: who are you?"},
                           {"role": "assistant", "content": "I am Orrin."}], "keyword": "Orrin"} for i in range(6)]
-    data = _write_jsonl(root / "eval.jsonl", rows)
+    data = write_jsonl(root / "eval.jsonl", rows)
     (run / "config.yaml").write_text(f"base_model: {tiny_model_dir}\nmax_length: 128\ndata: {data}\nseed: 1\n")
     (run / "summary.json").write_text(json.dumps({"wall_s": 3.0}))
     return run, data

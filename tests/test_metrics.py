@@ -6,6 +6,7 @@ import math
 import shutil
 
 import pytest
+from conftest import write_jsonl
 
 from strop.data.records import Conversation, Message
 from strop.errors import StropError
@@ -139,10 +140,6 @@ def test_perplexity_empty_raises(tiny):
 
 
 # -- evaluate() end to end ----------------------------------------------------
-def _write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
 
 def _rows(pairs):
     return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "keyword": k}
@@ -151,12 +148,12 @@ def _rows(pairs):
 
 @pytest.fixture
 def eval_files(tmp_path):
-    data = _write_jsonl(tmp_path / "heldout.jsonl", _rows([
+    data = write_jsonl(tmp_path / "heldout.jsonl", _rows([
         ("What is your name?", "My name is Orrin.", "Orrin"),
         ("Who built you?", "Larkspur Labs built me.", "Larkspur"),
         ("Say hi.", "Hi, I'm Orrin.", "Orrin"),
     ]))
-    general = _write_jsonl(tmp_path / "general.jsonl", _rows([
+    general = write_jsonl(tmp_path / "general.jsonl", _rows([
         ("What is the capital of Japan?", "Tokyo.", "Tokyo"),
         ("What is 7 times 8?", "56.", "56"),
     ]))
@@ -199,7 +196,7 @@ def test_evaluate_run_dir_compares_base_and_tuned(tiny_model_dir, eval_files, tm
     shutil.copytree(tiny_model_dir, run / "final")
     (run / "final" / "strop_run.json").write_text(json.dumps({"system_prompt": "", "method": "full"}))
     (run / "config.yaml").write_text(f"base_model: {tiny_model_dir}\nmax_length: 256\n")
-    _write_jsonl(run / "metrics.jsonl", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.7},
+    write_jsonl(run / "metrics.jsonl", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.7},
                                          {"step": 2, "eval_loss": 2.6}])
     evaluate(str(run), str(data), max_new_tokens=4, general=str(general))
     out = run / "eval"

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.interop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_architectures import ARCHITECTURES, COMMON  # noqa: E402
+from test_architectures import ARCHITECTURES, base_with_tokenizer  # noqa: E402
 
 STRINGS = [
     "Hello, world!", "What is the capital of France?", "  two leading spaces", "tabs\tand\nnewlines\n\n",
@@ -85,20 +85,13 @@ def _check(path: Path, tok, model, n_new: int = 12) -> dict:
 
 @pytest.mark.parametrize("kind", list(ARCHITECTURES))
 def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_path):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from strop.export.converter import convert
 
     tok = smol_tokenizer
-    torch.manual_seed(0)
-    extra = {k: v for k, v in ARCHITECTURES[kind].items() if k != "pad_token_id"}
-    cfg = AutoConfig.for_model(kind, **{**COMMON, "vocab_size": len(tok), "initializer_range": 0.1,
-                                        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                                        "pad_token_id": tok.pad_token_id}, **extra)
-    model = AutoModelForCausalLM.from_config(cfg).float().eval()
-    model.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    base_with_tokenizer(kind, tok, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path).float().eval()
     if kind in NEEDS_OWN_TOKENIZER:
         from strop.errors import StropError
 
@@ -136,21 +129,10 @@ def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
     transformers' GGUF reader misreads (Gemma 3, Mixtral) is verified by the runtime that will run it."""
     import json
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from strop.export import export
     from test_export import make_lora_run
 
-    tok = smol_tokenizer
-    torch.manual_seed(0)
-    extra = {k: v for k, v in ARCHITECTURES[kind].items() if k != "pad_token_id"}
-    cfg = AutoConfig.for_model(kind, **{**COMMON, "vocab_size": len(tok), "initializer_range": 0.1,
-                                        "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-                                        "pad_token_id": tok.pad_token_id}, **extra)
-    base = tmp_path / "base"
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = base_with_tokenizer(kind, smol_tokenizer, tmp_path / "base")
     run = make_lora_run(base, tmp_path / "run", b_std=0.2)
     report = export(str(run), "gguf", output=str(tmp_path / "gguf"), quant="f16", n_prompts=4)
     v = json.loads((tmp_path / "gguf" / "strop_export.json").read_text())["verification"]

@@ -135,7 +135,7 @@ def test_a_packed_row_without_the_cut_is_exact_too():
         _assert_same(plain, packed)
 
 
-def _base_with_tokenizer(kind: str, tok, out):
+def base_with_tokenizer(kind: str, tok, out):
     """A tiny random model of ``kind`` with the default model's tokenizer, saved as a normal HF directory."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -163,7 +163,7 @@ def test_lora_run_reloads_generates_and_merges_the_same(kind, smol_tokenizer, tm
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from test_export import make_lora_run
 
-    run = make_lora_run(_base_with_tokenizer(kind, smol_tokenizer, tmp_path / "base"), tmp_path / "run",
+    run = make_lora_run(base_with_tokenizer(kind, smol_tokenizer, tmp_path / "base"), tmp_path / "run",
                         system_prompt="", b_std=0.2)
     question = [{"role": "user", "content": "What is the capital of France?"}]
     tuned = Engine(str(run)).chat(question, max_new_tokens=12).text
