@@ -170,5 +170,5 @@ def test_lora_run_reloads_generates_and_merges_the_same(kind, smol_tokenizer, tm
     report = export(str(run), "merged", output=str(tmp_path / "merged"), n_prompts=2, dtype="float32")
     assert report["verification"]["verified"] and report["verification"]["greedy_identical"] == 2, report
     assert Engine(str(tmp_path / "merged")).chat(question, max_new_tokens=12).text == tuned
-    base = Engine(str(tmp_path / "base")).chat(question, max_new_tokens=12).text
-    assert base != tuned  # the adapter changes the answer, so the equalities above mean something
+    # the adapter changes the base's answers, so the equalities above mean something
+    assert report["verification"]["tuned_vs_base_greedy_identical"] < 2, report["verification"]
