@@ -47,6 +47,7 @@ def swept(lora_run):
     return evaluate(str(run), str(data), max_new_tokens=4, resamples=100, scales=[0.5], forgetting_budget=0.05)
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_from_the_base_to_the_tuned_model(swept, lora_run):
     s = swept["scale_sweep"]
     assert [p["scale"] for p in s["points"]] == [0.0, 0.5, 1.0]
@@ -74,6 +75,7 @@ def test_the_choice_is_the_best_task_metric_within_the_budget():
     assert "within +1%" in sweep.summarise(points, systems, text, 0.01)["why"]
 
 
+@pytest.mark.slow
 def test_apply_writes_the_scale_into_the_adapter_and_starts_from_the_trained_value(swept, lora_run):
     from strop.eval.forgetting import general_paragraphs, general_text_nll
     from strop.eval.scores import nll_stats
@@ -97,6 +99,7 @@ def test_bad_scale_lists_are_one_line_errors(text):
         sweep.parse_scales(text)
 
 
+@pytest.mark.slow
 def test_a_run_without_a_lora_adapter_is_refused_before_any_model_loads(tmp_path, tiny_model_dir, lora_run):
     from strop.eval.run import evaluate
 
@@ -113,6 +116,7 @@ def test_a_run_without_a_lora_adapter_is_refused_before_any_model_loads(tmp_path
         sweep.check_sweepable(run)
 
 
+@pytest.mark.slow
 def test_cli_names_the_option(lora_run):
     run, data = lora_run
     proc = subprocess.run(strop_cmd("eval", str(run), "--data", str(data), "--scales", "2"),
