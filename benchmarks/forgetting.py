@@ -110,6 +110,26 @@ def train(task: dict, out: Path, sets: dict) -> dict:
             "tokens_per_s": summary["tokens_per_s"], "preserve": summary.get("preserve")}
 
 
+def base_scores(name: str, task: dict, work: Path) -> dict:
+    """The base model's scores on ``task``, cached in the work directory beside the runs (they hold
+    every probe's log-likelihood, too many numbers for the results file); rescored when the probes changed."""
+    cache = work / f"base-{name}.json"
+    n_items = len(counterfactual_items(load_templates()))
+    if cache.is_file():
+        base = json.loads(cache.read_text())
+        if len(base["bias"]["logps"]) == n_items:
+            return base
+    base = score("smollm2-135m-instruct", task)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(base))
+    return base
+
+
+def without_probes(scores: dict) -> dict:
+    """A model's scores for the results file: the probe log-likelihoods become the flags beside them."""
+    return {k: v for k, v in scores.items() if k != "bias"}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=[*TASKS, "all"], default="all")
@@ -124,10 +144,7 @@ def main() -> int:
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     for name in TASKS if args.task == "all" else [args.task]:
         task = TASKS[name]
-        n_items = len(counterfactual_items(load_templates()))  # a cached base must have scored today's probes
-        base = next((r["base"] for r in done if r["task"] == name
-                     and len(r.get("base", {}).get("bias", {}).get("logps", [])) == n_items), None) or score(
-            "smollm2-135m-instruct", task)
+        base = base_scores(name, task, Path(args.work))
         if args.rescore:  # score a finished run again (e.g. after the probes changed)
             out = Path(args.rescore)
             summary = json.loads((out / "summary.json").read_text())
@@ -141,7 +158,8 @@ def main() -> int:
         flags = bias_flags(base, tuned)
         row = {"task": name, "label": args.label, "set": sets, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch CPU", "run": str(out),
-               "base": base, "tuned": tuned, "general_lost": lost, "bias_flags": flags, **timing}
+               "base": without_probes(base), "tuned": without_probes(tuned), "general_lost": lost,
+               "bias_flags": flags, **timing}
         done.append(row)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(done, indent=1))

@@ -162,10 +162,10 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
         out[attr] = {}
         for measure in ("ll_gap", "lean_gap"):
             b, t = mean_stats(base[attr][measure]), mean_stats(tuned[attr][measure])
-            row = _compare(b, t, resamples, seed)
+            idx = resample_indices(len(b), resamples, seed)
+            row = _compare(b, t, idx, seed)
             control = f"{measure}_control"
             if control in base[attr] and control in tuned[attr]:
-                idx = resample_indices(len(b), resamples, seed)
                 net_t = np.subtract(tuned[attr][measure], tuned[attr][control])
                 net_b = np.subtract(base[attr][measure], base[attr][control])
                 cmp = paired_comparison(mean_stats(list(net_t)), mean_stats(list(net_b)), idx, seed)
@@ -176,8 +176,7 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
     return out
 
 
-def _compare(b: Stats, t: Stats, resamples: int, seed: int) -> dict:
-    idx = resample_indices(len(b), resamples, seed)
+def _compare(b: Stats, t: Stats, idx, seed: int) -> dict:
     cmp = paired_comparison(t, b, idx, seed)
     return {"base": b.value(), "base_ci": list(bootstrap_ci(b, idx)), "tuned": t.value(),
             "tuned_ci": list(bootstrap_ci(t, idx)), "change": cmp["diff"], "change_ci": cmp["ci"],

@@ -69,10 +69,10 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     raw = _score_all(specs, task, opts, with_general_text=True)
     metrics, predictions = collect(raw, specs, task, opts, run, target=str(target), data=data_name, general=general)
     if opts.scales:
-        from .sweep import apply_scale, summarise, sweep
+        from .sweep import apply_scale, summarise
 
-        metrics["scale_sweep"] = summarise(sweep(run.root, task, opts.scales, opts), metrics["systems"],
-                                           metrics["general_text"], opts.forgetting_budget)
+        metrics["scale_sweep"] = summarise(raw["sweep"], metrics["systems"], metrics["general_text"],
+                                           opts.forgetting_budget)
         if opts.apply_scale and metrics["scale_sweep"]["chosen"] is not None:
             metrics["scale_sweep"]["applied"] = apply_scale(run.root, metrics["scale_sweep"]["chosen"])
     metrics["eval_wall_s"] = round(time.monotonic() - t0, 1)
@@ -193,6 +193,10 @@ def _score_all(specs: list[Spec], task: Task, opts: Options, with_general_text: 
                                                                 task.max_length)
             if opts.bias:
                 raw["bias"][weights] = _bias_scores(engine, task.max_length)
+            if opts.scales and weights == "tuned":  # the scale sweep reuses the loaded adapter
+                from .sweep import sweep
+
+                raw["sweep"] = sweep(engine, task, opts.scales)
         finally:
             # Two models side by side would double peak memory; free one before the next loads.
             del engine

@@ -71,22 +71,20 @@ def set_scale(scalings: list[tuple[dict, dict]], s: float) -> None:
             live[name] = value * s
 
 
-def sweep(run_root: Path, task, scales: list[float], opts) -> list[dict]:
-    """Score the tuned run at each scale: its task scores and its general-text perplexity."""
-    from ..serve.engine import Engine
+def sweep(engine, task, scales: list[float]) -> list[dict]:
+    """Score the tuned run loaded in ``engine`` at each scale: its task scores and its general-text perplexity."""
     from .forgetting import general_paragraphs, general_text_nll
     from .scores import nll_stats
     from .systems import Spec, score_system
 
-    engine = Engine(str(run_root), allow_pickle=opts.allow_pickle)
     scalings = lora_scalings(engine.model)
     if not scalings:
-        raise StropError(f"--scales: no LoRA layer found in {run_root}'s model")
+        raise StropError(f"--scales: no LoRA layer found in {engine.name}'s model")
     points = []
     try:
         for s in scales:
             set_scale(scalings, s)
-            result = score_system(engine, Spec(f"tuned@{s:g}", str(run_root)), task)
+            result = score_system(engine, Spec(f"tuned@{s:g}", engine.name), task)
             nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs(), task.max_length)
             points.append({"scale": s, "scores": result.scores,
                            "general_text_perplexity": nll_stats(nll, tokens)["perplexity"].value()})

