@@ -111,10 +111,10 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     rng = random.Random(args.seed)
-    from strop.pickle_guard import pickle_files
-    from strop.train.manifest import verify_manifest
+    from strop.core.pickle_guard import pickle_files
+    from strop.core.manifest import verify_manifest
     from strop.train.reliability import non_finite_tensors
-    from strop.train.rundir import RunDir
+    from strop.core.rundir import RunDir
 
     started = time.monotonic()
 

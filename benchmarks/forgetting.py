@@ -72,7 +72,7 @@ def score(model: str, task: dict) -> dict:
 
     from strop.eval.forgetting import general_paragraphs, general_text_nll
     from strop.eval.run import _bias_scores
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     engine = Engine(model)
     with torch.inference_mode():

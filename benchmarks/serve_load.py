@@ -34,7 +34,7 @@ def chat(q: str) -> list[dict]:
 def baseline(model: str, n: int, max_tokens: int) -> dict:
     import torch
 
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     engine = Engine(model)
     tokens, start = 0, time.perf_counter()

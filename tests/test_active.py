@@ -14,7 +14,7 @@ from strop.active.pool import PoolItem, read_pool
 from strop.active.score import ScoreTable, load_scores, margin_of
 from strop.active.select import STRATEGIES, Candidates, k_center_greedy, select, write_selection
 from strop.cli import main
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 def unit(rows) -> np.ndarray:

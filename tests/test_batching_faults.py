@@ -17,7 +17,7 @@ N = 8
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     return Engine(str(tiny_model_dir))
 

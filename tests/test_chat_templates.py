@@ -20,8 +20,9 @@ import copy
 import pytest
 
 from strop.data.records import Conversation, Message
-from strop.data.render import IGNORE, prompt_text, render
-from strop.errors import StropError
+from strop.data.render import IGNORE, render
+from strop.models.templates import prompt_text
+from strop.core.errors import StropError
 
 DEFAULT_SYSTEM = (
     "{%- if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from strop.config import TrainConfig, load_train_config, parse_overrides
-from strop.errors import StropError
+from strop.core.config import TrainConfig, parse_overrides
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
 
 
 def test_overrides_are_typed(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO_DATA, PEER
 from strop.data import load, split
 from strop.data.render import IGNORE, render
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 @pytest.mark.parametrize("name, fmt, rows", [

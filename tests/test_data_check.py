@@ -11,7 +11,7 @@ from strop.data import ANY_KIND, load
 from strop.data import pii
 from strop.data.check import check, format_report
 from strop.data.clean import CleanOptions, clean, read_manifest
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 def _chat(q: str, a: str) -> dict:

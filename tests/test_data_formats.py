@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PEER
 from strop.data import ANY_KIND, load
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 @pytest.mark.parametrize("name, fmt, kind, rows", [

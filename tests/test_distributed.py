@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import strop_cmd
-from strop.config import load_train_config
-from strop.errors import StropError
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
 from strop.train import launch
-from strop.train.rundir import RunDir
-from strop.train.sft import train
+from strop.core.rundir import RunDir
+from strop.train.run import train
 
 EXACT = dict(lora_dropout=0.0, mixed_precision="no", val_size=0, report_to="none", learning_rate=5e-3,
              micro_batch_size=2, logging_steps=1, lr_scheduler_type="constant", warmup_ratio=0,
@@ -294,7 +294,7 @@ def test_plan_memory_per_device_follows_the_strategy():
 
 
 def test_plan_command_takes_processes(tiny_model_dir, chat_file, tmp_path):
-    from strop.config import load_train_config
+    from strop.train.options import load_train_config
     from strop.plan.estimate import make_plan, split_options
 
     cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "val_size": 0})

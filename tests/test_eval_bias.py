@@ -87,7 +87,7 @@ def test_pair_margin_is_the_suffix_log_likelihood_difference(tiny):
 
 def test_counterfactual_scores_are_continuation_log_likelihoods(tiny):
     from strop.data.records import Conversation, Message
-    from strop.eval.metrics import example_nll
+    from strop.eval.likelihood import example_nll
 
     model, tok = tiny
     items = bias.counterfactual_items({"attributes": {"age": ["a child", "an adult"]},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from strop.data.records import Conversation, Message
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.eval.classification import UNPARSED, classification_metrics, parse_label, resolve_labels
 from strop.eval.groups import classification_groups, score_groups
 

@@ -144,7 +144,7 @@ def test_collect_pairwise_section_and_report(pairwise_endpoint, tmp_path):
     from types import SimpleNamespace
 
     from strop.eval.collect import _pairwise
-    from strop.report.eval_report import judge_section, prompts_section
+    from strop.eval.report import judge_section, prompts_section
 
     items = _pairs()
     preds = [{"system": s, "set": "eval", "prompt": it["question"], "reference": "r",
@@ -164,7 +164,7 @@ def test_collect_pairwise_section_and_report(pairwise_endpoint, tmp_path):
 
 
 def test_pairwise_needs_base_and_tuned(tmp_path):
-    from strop.errors import StropError
+    from strop.core.errors import StropError
     from strop.eval.run import Options, _check_judge
     from strop.eval.systems import Spec
 

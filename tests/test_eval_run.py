@@ -94,7 +94,7 @@ def test_classification_groups_bias_and_skipped_judge(full_eval, run_dir):
 
 
 def test_bad_inputs_are_one_line_errors(run_dir, tmp_path):
-    from strop.errors import StropError
+    from strop.core.errors import StropError
     from strop.eval.run import evaluate
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "q"},

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from strop.eval import metrics as M
+from strop import metrics as M
 from strop.eval.analysis import comparisons, verdicts
 from strop.eval.scores import generation_stats, nll_stats
 from strop.eval.stats import (bootstrap_ci, mean_stats, paired_comparison, permutation_p, ratio_stats,

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import strop_cmd, write_jsonl
 
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.eval import sweep
 
 
@@ -79,7 +79,7 @@ def test_the_choice_is_the_best_task_metric_within_the_budget():
 def test_apply_writes_the_scale_into_the_adapter_and_starts_from_the_trained_value(swept, lora_run):
     from strop.eval.forgetting import general_paragraphs, general_text_nll
     from strop.eval.scores import nll_stats
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     run, _ = lora_run
     sweep.apply_scale(run, 0.25)

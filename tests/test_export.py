@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 def make_lora_run(base_dir, out, seed: int = 1, system_prompt: str = "Be brief.", b_std: float = 0.2):
@@ -80,7 +80,7 @@ def test_merged_directory_is_standard_and_verified(lora_run, merged):
 
 def test_merged_differs_from_base_and_keeps_system_prompt(lora_run, merged, tiny_model_dir):
     """The adapter really was folded in (the check above would pass for an unchanged base too)."""
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     base, exported, run = Engine(str(tiny_model_dir)), Engine(merged["output"]), Engine(str(lora_run))
     assert exported.system_prompt == "Be brief."

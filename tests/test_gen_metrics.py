@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from strop.config import load_train_config
-from strop.errors import StropError
-from strop.train.sft import train
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
+from strop.train.run import train
 
 
 def _cfg(tiny_model_dir, chat_file, out, **kw):

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.plan.license import check, format_check
-from strop.plan.licenses import CONDITIONS, LICENSES, NOT_ALLOWED, UNKNOWN, from_text, lookup
+from strop.plan.license_terms import CONDITIONS, LICENSES, NOT_ALLOWED, UNKNOWN, from_text, lookup
 
 
 def _model_dir(tmp_path, readme: str | None = None, license_text: str | None = None):
@@ -91,7 +91,7 @@ def test_run_directory_inherits_base_license(tmp_path):
 
 @pytest.mark.slow
 def test_train_gate_stops_on_conflict_unless_accepted(tmp_path):
-    from strop.config import TrainConfig
+    from strop.core.config import TrainConfig
     from strop.plan.hooks import check_licenses
 
     data = tmp_path / "d.jsonl"

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from strop import methods, models
-from strop.config import load_train_config
-from strop.errors import StropError
-from strop.train.rundir import RunDir
-from strop.train.sft import save_final, train
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
+from strop.core.rundir import RunDir
+from strop.train.run import train
+from strop.train.save import save_final
 
 pytestmark = pytest.mark.methods
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_method_reloads_to_identical_logits(tiny_model_dir, chat_file, tmp_path,
 def test_merge_agrees_with_unmerged(tiny_model_dir, chat_file, tmp_path, method):
     from peft import PeftModel
 
-    from strop.merge import merge
+    from strop.export.merge import merge
 
     _, run = _saved_run(tiny_model_dir, chat_file, tmp_path, method)
     merged, diff = merge(str(run.root))
@@ -122,7 +123,7 @@ def test_merge_agrees_with_unmerged(tiny_model_dir, chat_file, tmp_path, method)
 
 @pytest.mark.parametrize("method", [m for m in ALL if not methods.get(m).mergeable])
 def test_unmergeable_methods_say_so(tiny_model_dir, chat_file, tmp_path, method):
-    from strop.merge import merge
+    from strop.export.merge import merge
 
     _, run = _saved_run(tiny_model_dir, chat_file, tmp_path, method)
     with pytest.raises(StropError, match=f"--method {method} cannot be merged"):
@@ -153,7 +154,7 @@ def test_missing_ia3_target_module_names_option(tiny_model_dir, chat_file, tmp_p
 
 
 def test_pfeiffer_places_half_the_adapters_of_houlsby(tiny_model_dir):
-    from strop import bottleneck
+    from strop.methods import bottleneck
 
     counts = {}
     for placement in ("houlsby", "pfeiffer"):

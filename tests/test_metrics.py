@@ -9,8 +9,9 @@ import pytest
 from conftest import write_jsonl
 
 from strop.data.records import Conversation, Message
-from strop.errors import StropError
-from strop.eval import metrics as M
+from strop.core.errors import StropError
+from strop import metrics as M
+from strop.eval import likelihood as L
 from strop.report.html import format_table, plot_loss_curve, write_report
 
 
@@ -111,7 +112,7 @@ def test_perplexity_matches_manual_masked_cross_entropy(tiny):
             nll += F.cross_entropy(logits[:-1][keep], labels[1:][keep], reduction="sum").item()
             count += int(keep.sum())
     # batch_size=2 forces a padded batch next to an unpadded one
-    out = M.perplexity(model, tok, CONVS, 512, batch_size=2)
+    out = L.perplexity(model, tok, CONVS, 512, batch_size=2)
     assert out["tokens"] == count
     assert out["loss"] == pytest.approx(nll / count, rel=1e-4)
     assert out["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-4)
@@ -127,16 +128,16 @@ def test_perplexity_scores_only_assistant_tokens(tiny):
     n_answer = render(tok, short, 512).n_trainable
     assert 0 < n_answer < len(render(tok, short, 512).input_ids)
     for conv in (short, long):
-        assert M.perplexity(model, tok, [conv], 512)["tokens"] == n_answer
+        assert L.perplexity(model, tok, [conv], 512)["tokens"] == n_answer
     # a system prompt adds context, never scored tokens
-    assert M.perplexity(model, tok, [short], 512, system_prompt="You are Orrin.")["tokens"] == n_answer
-    assert M.perplexity(model, tok, CONVS, 512)["tokens"] == sum(render(tok, c, 512).n_trainable for c in CONVS)
+    assert L.perplexity(model, tok, [short], 512, system_prompt="You are Orrin.")["tokens"] == n_answer
+    assert L.perplexity(model, tok, CONVS, 512)["tokens"] == sum(render(tok, c, 512).n_trainable for c in CONVS)
 
 
 def test_perplexity_empty_raises(tiny):
     model, tok = tiny
     with pytest.raises(StropError, match="no conversations"):
-        M.perplexity(model, tok, [], 512)
+        L.perplexity(model, tok, [], 512)
 
 
 # -- evaluate() end to end ----------------------------------------------------

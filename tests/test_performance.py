@@ -8,7 +8,7 @@ from conftest import DEMO_DATA
 from strop import models
 from strop.data import load
 from strop.data.render import render
-from strop.train.precision import cpu_bf16_flags
+from strop.models.precision import cpu_bf16_flags
 
 
 def _loss_and_grads(model, batch):
@@ -89,7 +89,7 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
 
-    from strop.train.lm_head import labelled_positions_only
+    from strop.patches.lm_head import labelled_positions_only
 
     convs = load(DEMO_DATA / "persona_train.jsonl").conversations[:3]
     rows = [{"input_ids": r.input_ids, "labels": r.labels} for r in (render(smol_tokenizer, c, 512) for c in convs)]
@@ -100,7 +100,7 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
 
     import trl.trainer.utils as tu
 
-    from strop.train import lm_head
+    from strop.patches import lm_head
 
     scored = []  # rows each LM-head call projects
 
@@ -142,8 +142,8 @@ def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokeniz
     from transformers.integrations import sdpa_attention
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from strop.train import varlen
-    from strop.train.varlen import per_example_attention
+    from strop.patches import varlen
+    from strop.patches.varlen import per_example_attention
 
     monkeypatch.setattr(varlen, "CPU_MATMUL", "always" if kernel == "matmul" else "never")
 
@@ -186,7 +186,7 @@ def test_cpu_lm_head_backward_under_bf16_autocast_matches_trl():
     rounding of TRL's (a float32 product per tile), and runs the same forward."""
     import trl.trainer.utils as tu
 
-    from strop.train.lm_head import _cpu_backward_function
+    from strop.patches.lm_head import _cpu_backward_function
 
     torch.manual_seed(0)
     hidden = torch.randn(300, 64)
@@ -212,7 +212,7 @@ def test_cpu_lm_head_backward_under_bf16_autocast_matches_trl():
 def test_auto_dtype_loads_a_frozen_base_in_bf16_only_under_autocast(method, autocast, expected):
     from types import SimpleNamespace
 
-    from strop.train.precision import load_dtype, weights_dtype
+    from strop.models.precision import load_dtype, weights_dtype
 
     assert weights_dtype(SimpleNamespace(dtype="auto", method=method), autocast) == expected
     assert weights_dtype(SimpleNamespace(dtype="float32", method=method), autocast) == "float32"  # the switch
@@ -222,8 +222,8 @@ def test_auto_dtype_loads_a_frozen_base_in_bf16_only_under_autocast(method, auto
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning", "adapter"])
 def test_bf16_base_trains_float32_master_weights(tiny_model_dir, chat_file, tmp_path, method):
     """dtype bfloat16: frozen weights stay bf16, every trainable one is float32 (what the optimizer updates)."""
-    from strop.config import load_train_config
-    from strop.train.sft import load_trainable
+    from strop.train.options import load_train_config
+    from strop.train.setup import load_trainable
 
     cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "method": method,
                                    "dtype": "bfloat16", "output_dir": str(tmp_path / "run")})
@@ -271,7 +271,7 @@ def test_per_example_attention_keeps_sliding_windows(monkeypatch):
     a window no example outgrows changes nothing, so the plain cut runs (tests/models/ checks the values)."""
     from types import SimpleNamespace
 
-    from strop.train import varlen
+    from strop.patches import varlen
 
     monkeypatch.setattr(varlen, "CPU_MATMUL", "always")
     monkeypatch.setattr(varlen, "_cpu_causal", lambda *a: (_ for _ in ()).throw(AssertionError("cut")))
@@ -288,7 +288,7 @@ def test_per_example_attention_keeps_sliding_windows(monkeypatch):
 
 def test_cpu_attention_kernel_follows_the_compute_dtype():
     """Written-out attention where the CPU computes in bf16; SDPA's flash kernel for float32 (as fast there)."""
-    from strop.train import varlen
+    from strop.patches import varlen
 
     q32 = torch.zeros(1, 2, 4, 4)
     assert not varlen._use_matmul(q32)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from strop.config import load_train_config
-from strop.errors import StropError
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "strop" / "demo_data"
 PAIRS = DEMO / "pref_style_train.jsonl"
@@ -36,7 +36,7 @@ def _rose(values: list[float], k: int = 2) -> bool:
 
 
 def _train(cfg):
-    from strop.train.preference import train
+    from strop.train.run import train
 
     return train(cfg, progress=False)
 

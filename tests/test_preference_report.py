@@ -6,7 +6,7 @@ import json
 import pytest
 
 from strop.report.curves import plot_curves
-from strop.report.preference_report import write_preference_report
+from strop.eval.preference_report import write_preference_report
 
 
 def _dpo_rows(n=6):
@@ -63,9 +63,9 @@ def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
     from conftest import DEMO_DATA, fake_chat_endpoint
     from test_eval_judge import _prefer_longer
 
-    from strop.config import load_train_config
+    from strop.train.options import load_train_config
     from strop.eval.preference import evaluate_run
-    from strop.train.preference import train
+    from strop.train.run import train
 
     heldout = tmp_path / "held.jsonl"
     heldout.write_text("".join((DEMO_DATA / "pref_style_heldout.jsonl").read_text().splitlines(True)[:4]))
@@ -87,7 +87,7 @@ def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
 
 
 def test_reward_run_with_judge_is_one_line(tmp_path):
-    from strop.errors import StropError
+    from strop.core.errors import StropError
     from strop.eval.preference import evaluate_run
 
     (tmp_path / "config.yaml").write_text("objective: reward\nbase_model: m\ndata: d.jsonl\n")
@@ -107,7 +107,7 @@ def test_generation_metric_curves(tmp_path):
 
 
 def test_sft_eval_report_shows_generation_curves(tmp_path):
-    from strop.report.eval_report import write_eval_report
+    from strop.eval.report import write_eval_report
 
     rows = [{"step": s, "loss": 1.0 / s} for s in range(1, 5)]
     rows += [{"step": s, "gen_bleu": 10.0 * s, "gen_rougeL": 0.1 * s} for s in (2, 4)]

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from strop import models
-from strop.config import load_train_config
-from strop.errors import StropError
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
 from strop.train import preserve
-from strop.train.sft import train
+from strop.train.run import train
 
 from conftest import DEMO_DATA
 
@@ -54,7 +54,7 @@ def none_run(tiny_model_dir, narrow_file, tmp_path_factory):
 
 def _kl_to_base(base, tuned, tok, questions: list[str]) -> float:
     """Mean KL(base || tuned) over the base's own 16-token greedy answers to ``questions``."""
-    from strop.data.render import prompt_text
+    from strop.models.templates import prompt_text
 
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -81,7 +81,7 @@ def test_replay_forgets_measurably_less_than_none(tiny_model_dir, narrow_file, n
     kl_replay = _kl_to_base(base, models.load(str(replay.root))[0], tok, questions)
     assert kl_replay < 0.7 * kl_none, (kl_replay, kl_none)
     # and the narrow task is still learned with replay
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     assert "Zed" in Engine(str(replay.root)).generate("Who are you?", max_new_tokens=12)
 
@@ -148,7 +148,7 @@ def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_d
     kl_none = _kl_to_base(base, models.load(str(none.root))[0], tok, questions)
     kl_kl = _kl_to_base(base, models.load(str(kl.root))[0], tok, questions)
     assert kl_kl < 0.7 * kl_none, (kl_kl, kl_none)
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     assert "Zed" in Engine(str(kl.root)).generate("Who are you?", max_new_tokens=12)
     rec = json.loads(kl.summary.read_text())["preserve"]

@@ -18,12 +18,12 @@ from conftest import free_port, strop_cmd, wait_for
 from test_export import make_lora_run
 from test_server import MESSAGES, serving
 
-from strop.errors import StropError
+from strop.core.errors import StropError
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     return Engine(str(tiny_model_dir))
 
@@ -60,7 +60,7 @@ def test_adapter_through_symlink_is_refused(lora_run, tmp_path):
 
 def test_several_adapters_over_one_base(tiny_model_dir, lora_run):
     from strop.serve.adapters import parse
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     want_base = Engine(str(tiny_model_dir)).chat(MESSAGES, max_new_tokens=8).text
     want_lora = Engine(str(lora_run)).chat(MESSAGES, max_new_tokens=8).text

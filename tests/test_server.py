@@ -44,7 +44,7 @@ def serving(app):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     return Engine(str(tiny_model_dir))
 

@@ -126,7 +126,7 @@ def test_upload_name_never_becomes_a_path(client, service, tmp_path):
 # -- restarts: the store and the run directory decide, without a live service ----
 def _running_job(store, runs: Path, *, restarts: int = 0, checkpoint: int | None = None) -> str:
     from strop.service.store import new_id
-    from strop.train.manifest import write_manifest
+    from strop.core.manifest import write_manifest
 
     job_id = new_id("ftjob")
     store.add_job({"id": job_id, "created_at": 1, "model": "m", "training_file": "file-x", "seed": 1,

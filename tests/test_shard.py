@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from strop.cli import main
-from strop.errors import StropError
-from strop.shard import Shard, in_order, parse
+from strop.core.errors import StropError
+from strop.core.shard import Shard, in_order, parse
 
 
 @pytest.mark.parametrize("text", ["4/4", "a/b", "-1/3", "1", "2/0"])

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from strop import threads
-from strop.errors import StropError
+from strop.core import threads
+from strop.core.errors import StropError
 
 from conftest import strop_cmd
 

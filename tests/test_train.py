@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from strop import models
-from strop.config import load_train_config
-from strop.train.rundir import RunDir
-from strop.train.sft import save_final, train
+from strop.train.options import load_train_config
+from strop.core.rundir import RunDir
+from strop.train.run import train
+from strop.train.save import save_final
 
 
 def _cfg(tiny_model_dir, chat_file, out, **kw):
@@ -79,7 +80,7 @@ def test_save_load_round_trip_identical_logits(tiny_model_dir, chat_file, tmp_pa
 
 @pytest.mark.slow
 def test_refuses_to_overwrite_and_resumes(tiny_model_dir, chat_file, tmp_path):
-    from strop.errors import StropError
+    from strop.core.errors import StropError
 
     common = dict(max_steps=6, save_steps=3, val_size=0, lora_dropout=0.0)
     full = train(_cfg(tiny_model_dir, chat_file, tmp_path / "a", **common), progress=False)
@@ -107,7 +108,7 @@ def test_refuses_to_overwrite_and_resumes(tiny_model_dir, chat_file, tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_model_dir, chat_file, tmp_path):
-    from strop.errors import StropError
+    from strop.core.errors import StropError
 
     with pytest.raises(StropError, match="no complete checkpoint"):
         train(_cfg(tiny_model_dir, chat_file, tmp_path / "none", resume=True), progress=False)

@@ -15,7 +15,7 @@ os.environ.setdefault("USE_HUB_KERNELS", "0")
 # variable says, and logs a warning when it cannot have one; its own CPU code then runs, as strop expects.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-__version__ = "0.1.0"
+from .core import __version__
 
 
 def load(name: str, dtype: str = "float32"):
@@ -24,7 +24,7 @@ def load(name: str, dtype: str = "float32"):
     >>> m = load("runs/demo")            # doctest: +SKIP
     >>> m.generate("Who are you?")       # doctest: +SKIP
     """
-    from .serve.engine import load as _load
+    from .models.engine import load as _load
 
     return _load(name, dtype)
 

@@ -10,42 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import StropError
-
-
-def _quiet_libraries() -> None:
-    """Keep library chatter (deprecations, load bars) out of the user's way."""
-    import logging
-    import os
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    # the non-finite guard wraps optimizer.step on purpose (train/reliability.py)
-    warnings.filterwarnings("ignore", message=".*optimizer.step\\(\\)` has been overridden.*")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns on every import
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:
-        pass
+from .core import __version__
+from .core.errors import StropError
+from .core.logs import quiet_libraries
 
 
 def cmd_train(args, extra: list[str]) -> int:
-    from .config import load_train_config, parse_overrides
+    from .core.config import parse_overrides
+    from .train.options import load_train_config
 
     rest = list(args.rest)
     if any(a in ("-h", "--help") for a in rest):
@@ -61,16 +33,16 @@ def cmd_train(args, extra: list[str]) -> int:
         from .train.launch import start
 
         return start(launch_opts, cfg, config, overrides)
-    if cfg.objective != "sft":
-        from .train.preference import describe, train as train_preference
+    from .train.run import train
 
-        run = train_preference(cfg)
+    run = train(cfg)
+    if cfg.objective != "sft":
+        from .train.preference import describe
+
         print(describe(cfg, run))
         return 0
     from .train.distributed import world
-    from .train.sft import train
 
-    run = train(cfg)
     if not world().is_main:
         return 0  # rank 0 reports for every process
     summary = json.loads(run.summary.read_text())
@@ -96,7 +68,7 @@ def _check_sources(cfg) -> None:
 def train_help() -> str:
     import dataclasses
 
-    from .config import TrainConfig
+    from .core.config import TrainConfig
 
     lines = ["usage: strop train [CONFIG.yaml] [--KEY VALUE ...]", "", "keys (YAML name / --option, default):"]
     for f in dataclasses.fields(TrainConfig):
@@ -112,7 +84,7 @@ def _fmt(x) -> str:
 
 
 def cmd_generate(args, extra) -> int:
-    from .serve.engine import Engine
+    from .models.engine import Engine
 
     engine = Engine(args.model, allow_pickle=args.allow_pickle)
     print(engine.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
@@ -120,7 +92,7 @@ def cmd_generate(args, extra) -> int:
 
 
 def cmd_chat(args, extra) -> int:
-    from .serve.engine import Engine
+    from .models.engine import Engine
 
     engine = Engine(args.model, allow_pickle=args.allow_pickle)
     history: list[dict] = []
@@ -198,7 +170,7 @@ def cmd_data(args, extra) -> int:
 def cmd_serve(args, extra) -> int:
     import os
 
-    from .serve.guard import check_bind
+    from .http.guard import check_bind
     from .serve.server import run
 
     key = args.api_key or os.environ.get("STROP_API_KEY")
@@ -215,7 +187,7 @@ def cmd_serve(args, extra) -> int:
 def cmd_service(args, extra) -> int:
     import os
 
-    from .serve.guard import check_bind
+    from .http.guard import check_bind
     from .service.app import serve
     from .service.policy import ClientPolicy
 
@@ -284,7 +256,8 @@ def cmd_compare(args, extra) -> int:
 
 
 def cmd_plan(args, extra) -> int:
-    from .config import load_train_config, parse_overrides
+    from .core.config import parse_overrides
+    from .train.options import load_train_config
     from .plan.estimate import format_plan, make_plan, split_options
 
     rest = list(args.rest)
@@ -298,7 +271,7 @@ def cmd_plan(args, extra) -> int:
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
     opts, overrides = split_options(parse_overrides(rest))
     if opts.get("json"):
-        from .paths import check_output
+        from .core.paths import check_output
 
         check_output(opts["json"], label="--json")  # before --measure trains for a while
     plan = make_plan(load_train_config(config, overrides), opts)
@@ -635,9 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _quiet_libraries()
+    quiet_libraries()
     try:
-        from . import threads
+        from .core import threads
 
         threads.policy()  # a bad --threads / STROP_THREADS stops here, in one line
         if getattr(args, "command", None) in THREADED_COMMANDS:

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from . import methods
-from .config import DEFAULT_MODEL
-from .errors import StropError
-from .paths import check_output
+from .core.config import DEFAULT_MODEL
+from .core.errors import StropError
+from .core.paths import check_output
 
 # Learning rates in the range each method's paper / peft examples use; the
 # soft-prompt methods need far larger steps than weight-space methods.

@@ -23,13 +23,13 @@ def demo_data_dir() -> Path:
 
 
 def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
-    from .config import load_train_config
+    from .train.options import load_train_config
     from .data.check import check, format_report
     from .eval.run import evaluate
     from .eval.sweep import sweep_lines
     from .report.html import format_table
-    from .serve.engine import Engine
-    from .train.sft import train
+    from .models.engine import Engine
+    from .train.run import train
 
     data = demo_data_dir()
     train_file, heldout, general = (str(data / f) for f in DEMO_FILES)

@@ -93,7 +93,7 @@ def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_pat
     base_with_tokenizer(kind, tok, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path).float().eval()
     if kind in NEEDS_OWN_TOKENIZER:
-        from strop.errors import StropError
+        from strop.core.errors import StropError
 
         with pytest.raises(StropError, match="converter failed"):  # one line, not a traceback
             convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strop.train import varlen
-from strop.train.fused import lean_layers
-from strop.train.varlen import per_example_attention
+from strop.patches import varlen
+from strop.patches.fused import lean_layers
+from strop.patches.varlen import per_example_attention
 
 VOCAB = 101
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -158,7 +158,7 @@ def test_lora_run_reloads_generates_and_merges_the_same(kind, smol_tokenizer, tm
     from pathlib import Path
 
     from strop.export import export
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from test_export import make_lora_run

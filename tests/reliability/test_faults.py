@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import strop_cmd
-from strop.config import load_train_config
-from strop.errors import StropError
-from strop.train.manifest import MANIFEST, verify_manifest, write_manifest
-from strop.train.rundir import RunDir
+from strop.train.options import load_train_config
+from strop.core.errors import StropError
+from strop.core.manifest import MANIFEST, verify_manifest, write_manifest
+from strop.core.rundir import RunDir
 from strop.train.samples import read_rows
-from strop.train.sft import train
+from strop.train.run import train
 
 EXACT = dict(lora_dropout=0.0, mixed_precision="no", val_size=0, report_to="none", learning_rate=5e-3,
              micro_batch_size=2, logging_steps=1)
@@ -250,7 +250,7 @@ def test_nan_skip_drops_one_update_and_finishes(tiny_model_dir, chat_file, tmp_p
 
 # -- pickle-free checkpoints ---------------------------------------------------
 def test_checkpoints_hold_no_pickle(reference):
-    from strop.pickle_guard import is_pickle
+    from strop.core.pickle_guard import is_pickle
 
     ckpts = sorted((reference / "checkpoints").glob("checkpoint-*"))
     assert ckpts
@@ -366,7 +366,7 @@ def test_disk_full_while_writing_final_leaves_no_half_model(tiny_model_dir, sft_
     import errno
 
     from strop.cli import main
-    from strop.train import sft
+    from strop.train import run as sft
 
     real = sft.save_final
 
@@ -404,7 +404,7 @@ def test_second_ctrl_c_aborts_at_once(tiny_model_dir, sft_data, tmp_path):
 # -- preference objectives resume exactly too ---------------------------------
 @pytest.mark.slow
 def test_dpo_sigkill_then_resume_is_bit_exact(tiny_model_dir, tmp_path):
-    from strop.train.preference import train as train_preference
+    from strop.train.run import train as train_preference
 
     demo = Path(__file__).resolve().parents[2] / "src" / "strop" / "demo_data" / "pref_style_train.jsonl"
     data = tmp_path / "pairs.jsonl"

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from strop import models
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.models import LoadPolicy
-from strop.pickle_guard import is_pickle, pickle_files
+from strop.core.pickle_guard import is_pickle, pickle_files
 from strop.train import checkpoint_io
 
 

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from strop.data import sandbox
+from strop.models import templates as sandbox
 from strop.data.records import Conversation, Message
 from strop.data.render import render
-from strop.data.sandbox import render_chat
-from strop.errors import StropError
+from strop.models.templates import render_chat
+from strop.core.errors import StropError
 
 CHATS = [
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from support import KEY, make_service, rows
 
-from strop.config import field_names
+from strop.core.config import field_names
 from strop.service.policy import API_OWNED, CLIENT_SAFE, OPERATOR_ONLY, ClientPolicy
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -82,7 +82,7 @@ def test_operator_can_allow_an_option_and_health_says_so(tmp_path, root):
 
 
 def test_unknown_operator_option_is_one_line():
-    from strop.errors import StropError
+    from strop.core.errors import StropError
 
     with pytest.raises(StropError, match="did you mean trust_remote_code"):
         ClientPolicy.from_options(["trust_remote_cod"])

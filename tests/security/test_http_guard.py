@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from conftest import free_port, strop_cmd, wait_for
 from support import KEY, drive, make_service, rows
 
-from strop.errors import StropError
-from strop.serve.guard import allowed_hosts, check_bind
+from strop.core.errors import StropError
+from strop.http.guard import allowed_hosts, check_bind
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MB = 1 << 20
@@ -20,7 +20,7 @@ MB = 1 << 20
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from strop.serve.engine import Engine
+    from strop.models.engine import Engine
 
     return Engine(str(tiny_model_dir))
 

@@ -16,7 +16,7 @@ from openai.types.fine_tuning.alpha import GraderRunResponse, GraderValidateResp
 
 from conftest import fake_chat_endpoint
 from strop import graders
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.graders import GraderError, ModelEndpoint, reward_function, run, sandbox, validate
 
 

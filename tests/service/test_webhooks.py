@@ -15,7 +15,7 @@ from openai.types.webhooks import (FineTuningJobCancelledWebhookEvent, FineTunin
                                    FineTuningJobSucceededWebhookEvent)
 
 from conftest import free_port
-from strop.errors import StropError
+from strop.core.errors import StropError
 from strop.service.webhooks import (EVENT_FOR_STATUS, EVENT_TYPES, SECRET_HINT, Endpoint, Webhooks, new_secret,
                                     parse_endpoints)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..paths import check_output
+from ..core.paths import check_output
 
 
 def warn(message: str) -> None:
@@ -11,7 +11,7 @@ def warn(message: str) -> None:
 
 
 def score(args) -> int:
-    from ..shard import parse
+    from ..core.shard import parse
     from .score import score_pool
 
     check_output(args.output, kind="dir", label="--output")  # before the model loads and the pool is scored

@@ -3,7 +3,7 @@
 ``logreg``: logistic regression on frozen all-MiniLM-L6-v2 embeddings of the
 input (cheap: a round takes milliseconds, so many seeds fit on a CPU).
 ``sft``: LoRA (or any strop method) fine-tuning of a causal LM through
-``strop.train.sft.train`` for a few steps, scored through the same code as
+``strop.train.run.train`` for a few steps, scored through the same code as
 ``strop al score``. A learner fits on labelled items and predicts, for other
 items, an answer plus uncertainty signals (the columns ``select`` reads).
 """
@@ -50,8 +50,9 @@ def _predict_logreg(cfg, fitted, items: list[PoolItem], emb):
 
 # -- fine-tuning a language model ------------------------------------------
 def _fit_sft(cfg, items: list[PoolItem], emb, seed: int, workdir: Path):
-    from ..config import TrainConfig
-    from ..train.sft import train
+    from ..core.config import TrainConfig
+    from ..train.options import check
+    from ..train.run import train
 
     data = workdir / "labelled.jsonl"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,8 @@ def _fit_sft(cfg, items: list[PoolItem], emb, seed: int, workdir: Path):
     tc = TrainConfig(base_model=cfg.model, data=str(data), method=cfg.method, output_dir=str(workdir / "run"),
                      max_steps=steps, learning_rate=cfg.learning_rate, val_size=0,
                      micro_batch_size=4, seed=seed, report_to="none", early_stopping_patience=0,
-                     logging_steps=max(1, steps // 2)).validate()
-    return str(train(tc, progress=False).root)
+                     logging_steps=max(1, steps // 2))
+    return str(train(check(tc), progress=False).root)
 
 
 def _predict_sft(cfg, fitted: str, items: list[PoolItem], emb):

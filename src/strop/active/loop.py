@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import DEFAULT_MODEL, build, load_yaml
-from ..errors import StropError
+from ..core.config import DEFAULT_MODEL, build, load_yaml
+from ..core.errors import StropError
 from .learners import LEARNERS
 from .pool import PoolItem, drop_overlap, read_pool
 from .score import ScoreTable
@@ -91,7 +91,7 @@ def load_data(cfg: LoopConfig, warn=print) -> tuple[list[PoolItem], list[PoolIte
 
 
 def accuracy(answers: list[str], items: list[PoolItem]) -> float:
-    from ..eval.metrics import normalize
+    from ..metrics import normalize
 
     return sum(normalize(a) == normalize(it.answer) for a, it in zip(answers, items)) / len(items)
 
@@ -126,7 +126,7 @@ def run_curve(cfg: LoopConfig, strategy: str, seed: int, pool, pool_emb, held, h
 def run_loop(cfg: LoopConfig, progress=print) -> dict:
     """Every strategy x seed; writes curves.json, summary.json and learning_curves.png."""
     from .curves import plot_curves, summarize
-    from .embed import embed
+    from ..models.embeddings import embed
 
     pool, held = load_data(cfg, warn=progress)
     pool_emb, held_emb = embed([it.text for it in pool]), embed([it.text for it in held])

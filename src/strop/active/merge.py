@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.readers import read_rows
-from ..errors import StropError
+from ..core.errors import StropError
 from .pool import fingerprint
 
 YES = {"yes", "y", "x", "1", "true", "ok", "done"}

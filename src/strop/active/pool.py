@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.readers import read_rows
-from ..errors import StropError
+from ..core.errors import StropError
 
 INPUT_KEYS = ("prompt", "text", "input", "question", "instruction")
 ANSWER_KEYS = ("label", "answer", "completion", "output")

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 from .pool import PoolItem
 
 SCORES = "scores.jsonl"
@@ -90,7 +90,7 @@ def margin_of(probs: list[float]) -> float:
 
 def _item_signals(engine, item: PoolItem, labels: list[str] | None, samples: int,
                   max_new_tokens: int, seed: int) -> tuple[str, dict, list[str]]:
-    from ..eval.metrics import normalize
+    from ..metrics import normalize
 
     ids = engine.encode(item.messages)
     text, entropy, chosen = _greedy(engine, ids, max_new_tokens)
@@ -112,7 +112,7 @@ def _item_signals(engine, item: PoolItem, labels: list[str] | None, samples: int
 
 def _semantic_spread(drawn: list[list[str]]) -> list[float]:
     """1 - mean pairwise cosine similarity of each item's sampled answers."""
-    from .embed import embed
+    from ..models.embeddings import embed
 
     flat = [s or " " for group in drawn for s in group]
     vecs = embed(flat)
@@ -129,7 +129,7 @@ def _semantic_spread(drawn: list[list[str]]) -> list[float]:
 def model_signals(model: str, items: list[PoolItem], *, labels: list[str] | None = None, samples: int = 3,
                   max_new_tokens: int = 32, seed: int = 0) -> tuple[list[str], dict[str, list[float]]]:
     """Drafts and signal columns for ``items`` from the model named ``model``."""
-    from ..serve.engine import Engine
+    from ..models.engine import Engine
 
     engine = Engine(model)
     drafts, rows, drawn = [], [], []
@@ -149,11 +149,11 @@ def score_pool(model: str, pool: str, output: str, *, labels: list[str] | None =
                samples: int = 3, max_new_tokens: int = 32, seed: int = 0, warn=print, shard=None) -> ScoreTable:
     """`strop al score`: read the pool, drop inputs already trained on, score, write ``output``.
 
-    ``shard`` (strop.shard.Shard): score only that slice of the pool; every item's
+    ``shard`` (strop.core.shard.Shard): score only that slice of the pool; every item's
     signals depend on the item alone, so `strop al score-merge` (active/shards.py)
     puts the parts together into the table one job would have written.
     """
-    from .embed import embed
+    from ..models.embeddings import embed
     from .pool import drop_overlap, labelled_texts, read_pool
 
     out = Path(output)

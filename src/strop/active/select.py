@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import StropError
+from ..core.errors import StropError
 from .score import ScoreTable
 
 DEDUP = 0.95  # cosine similarity at which two inputs count as the same question

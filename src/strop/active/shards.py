@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import StropError
-from ..shard import in_order
+from ..core.errors import StropError
+from ..core.shard import in_order
 from .score import ScoreTable, load_scores, write_scores
 
 # meta fields that must be equal in every part of one scoring run

@@ -14,7 +14,7 @@ import copy
 import random
 from typing import Callable
 
-from ..errors import StropError
+from ..core.errors import StropError
 from . import dedup
 from .load import ANY_KIND, load
 from .records import Conversation
@@ -75,7 +75,7 @@ class Rewriter:
 
             self.client = OpenAI(base_url=endpoint, api_key="unused")
         else:
-            from ..serve.engine import Engine
+            from ..models.engine import Engine
 
             self.engine = Engine(model)
 

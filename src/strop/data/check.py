@@ -39,7 +39,7 @@ def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int 
           fmt: str | None = None, eval_path: str | None = None, near_threshold: float = 0.8, min_words: int = 2,
           embeddings: bool = False, domain: str | None = None, seeds: str | None = None,
           min_relevance: float = 0.2, shard=None) -> dict:
-    """The report; with ``shard`` (strop.shard.Shard) only that slice's rows, plus what a merge needs."""
+    """The report; with ``shard`` (strop.core.shard.Shard) only that slice's rows, plus what a merge needs."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -23,8 +23,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from ..errors import StropError
-from ..shard import Shard, in_order
+from ..core.errors import StropError
+from ..core.shard import Shard, in_order
 from . import dedup
 from .check import SIZE_GUIDANCE
 from .lengths import histogram

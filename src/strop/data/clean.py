@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 from . import dedup, pii, quality
 from .load import ANY_KIND, load
 from .records import Conversation

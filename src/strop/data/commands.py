@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import StropError
-from ..paths import check_output, check_outputs
+from ..core.errors import StropError
+from ..core.paths import check_output, check_outputs
 
 
 def check_cmd(args) -> int:
-    from ..shard import parse
+    from ..core.shard import parse
     from .check import check
 
     check_outputs((args.json, "file", "--json"), (args.html, "file", "--html"))  # before minutes of checking

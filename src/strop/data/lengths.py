@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .records import Conversation
-from .sandbox import render_chat  # the template is the model's code: sandboxed, with limits
+from ..models.templates import render_chat  # the template is the model's code: sandboxed, with limits
 
 CHUNK = 2000
 

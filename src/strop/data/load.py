@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import StropError
+from ..core.errors import StropError
 from . import registry
 from .formats import FORMATS, Format, RowError, detect
 from .readers import SUFFIXES, Bad, hf_rows, read_rows

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # One row larger than this is almost certainly a broken export (a whole file

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
                   "system": "system", "chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}

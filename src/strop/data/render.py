@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import StropError
-from .records import Conversation, Message
-from .sandbox import render_chat
+from ..core.errors import StropError
+from ..models.templates import render_chat, with_system
+from .records import Conversation
 
 IGNORE = -100
 
@@ -29,13 +29,6 @@ class Rendered:
     @property
     def n_trainable(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
-
-
-def with_system(messages: list[Message], system_prompt: str) -> list[dict]:
-    dicts = [{"role": m.role, "content": m.content} for m in messages]
-    if system_prompt and (not dicts or dicts[0]["role"] != "system"):
-        dicts.insert(0, {"role": "system", "content": system_prompt})
-    return dicts
 
 
 def _template(tok, messages: list[dict], gen: bool) -> str:
@@ -77,14 +70,3 @@ def render(tok, conv: Conversation, max_length: int, *, system_prompt: str = "",
         labels.append(tid if (inside or train_on_inputs) else IGNORE)
     truncated = len(ids) > max_length
     return Rendered(ids[:max_length], labels[:max_length], text, truncated)
-
-
-def prompt_text(tok, messages: list[Message] | list[dict], system_prompt: str = "") -> str:
-    """What the model sees before it answers: template + generation prompt."""
-    if messages and isinstance(messages[0], Message):
-        dicts = with_system(messages, system_prompt)
-    else:
-        dicts = list(messages)
-        if system_prompt and (not dicts or dicts[0]["role"] != "system"):
-            dicts.insert(0, {"role": "system", "content": system_prompt})
-    return _template(tok, dicts, gen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from ..errors import StropError
+from ..core.errors import StropError
 from . import dedup
 from .records import Conversation
 

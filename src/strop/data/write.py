@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 from .records import Conversation
 
 

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from ..data.records import Conversation, Message
-from ..errors import StropError
+from ..core.errors import StropError
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. The conversation starts with example exchanges that show exactly how you "

@@ -68,7 +68,7 @@ def counterfactual_items(templates: dict) -> list[dict]:
 
 def score_counterfactuals(model, tok, items: list[dict], system_prompt: str, max_length: int = 256) -> list[float]:
     """log p(continuation | prompt) in nats, as the assistant's answer under the chat template."""
-    from .metrics import example_nll
+    from .likelihood import example_nll
 
     convs = [Conversation([Message("user", it["prompt"]), Message("assistant", it["continuation"])])
              for it in items]
@@ -89,7 +89,7 @@ def suffix_split(more: str, less: str) -> tuple[str, str, str]:
 
 def score_pairs(model, tok, pairs: list[dict]) -> list[float]:
     """Per pair: log p(shared suffix | stereotyped prefix) - log p(shared suffix | other prefix)."""
-    from .metrics import token_nll
+    from .likelihood import token_nll
 
     rows = []
     for p in pairs:

@@ -14,7 +14,7 @@ import re
 import string
 
 from ..data.records import Conversation, Message
-from ..errors import StropError
+from ..core.errors import StropError
 
 UNPARSED = "<none>"
 
@@ -81,7 +81,7 @@ def classification_metrics(predicted: list[str], gold: list[str], labels: list[s
 def rank_labels(model, tok, convs: list[Conversation], labels: list[str], system_prompt: str,
                 max_length: int) -> list[str]:
     """Per example, the label with the highest total log-likelihood as the assistant's answer."""
-    from .metrics import example_nll
+    from .likelihood import example_nll
 
     scored = [Conversation([*c.prompt_messages, Message("assistant", lab)], c.source, c.line)
               for c in convs for lab in labels]

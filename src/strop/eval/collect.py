@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import StropError
-from ..train.rundir import RunDir
+from ..core.errors import StropError
+from ..core.rundir import RunDir
 from .analysis import comparisons, intervals, verdicts
 from .scores import nll_stats
 from .stats import paired_comparison, resample_indices
@@ -207,7 +207,7 @@ def _bias_flags(out: dict) -> list[str]:
 
 
 def write_outputs(out: Path, metrics: dict, predictions: list[dict], run: RunDir | None, target: str) -> None:
-    from ..report.eval_report import write_eval_report
+    from .report import write_eval_report
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -19,7 +19,7 @@ def general_paragraphs() -> list[str]:
 
 def general_text_nll(model, tok, paragraphs: list[str], max_length: int = 512) -> tuple[list[float], list[int]]:
     """Per paragraph: summed NLL and the number of scored tokens."""
-    from .metrics import token_nll
+    from .likelihood import token_nll
 
     rows = []
     for p in paragraphs:

@@ -13,7 +13,7 @@ score (keyword hit or ROUGE-L) and its spread are reported instead.
 """
 from __future__ import annotations
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 def _spread(values: list[float]) -> float:

@@ -15,9 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from ..config import TrainConfig, build, load_yaml
-from ..errors import StropError
-from ..train.precision import load_dtype
+from ..core.config import TrainConfig, build, load_yaml
+from ..core.errors import StropError
+from ..models.precision import load_dtype
 
 
 def run_config(run: Path) -> TrainConfig:
@@ -133,11 +133,11 @@ def reward_pair_accuracy(rm, tok, rows: list[dict]) -> dict:
 def _rows(cfg: TrainConfig, tok, data: str, objective: str) -> list[dict]:
     from ..data import load
     from ..data.load import ANY_KIND
-    from ..train.preference_data import ROW_BUILDERS, _prompt_row
+    from ..train.preference_data import ROW_BUILDERS, prompt_row
 
     ds = load(data, kinds=ANY_KIND)
     if objective == "grpo":
-        return [_prompt_row(tok, c, cfg) for c in ds.conversations]
+        return [prompt_row(tok, c, cfg) for c in ds.conversations]
     if ds.kind != "preference":
         raise StropError(f"{data}: preference evaluation needs paired rows (prompt, chosen, rejected), "
                          f"this file holds {ds.kind} data")
@@ -152,7 +152,7 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     (preference_judge.py).
     """
     from .. import models
-    from ..paths import check_output
+    from ..core.paths import check_output
 
     run = Path(run)
     out = check_output(output if output else run / "eval", kind="dir", label="--output" if output else "eval output")
@@ -190,8 +190,8 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     result["eval_wall_s"] = round(time.monotonic() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preference.json").write_text(json.dumps(result, indent=2))
-    from ..report.preference_report import write_preference_report
-    from ..train.rundir import RunDir
+    from .preference_report import write_preference_report
+    from ..core.rundir import RunDir
 
     write_preference_report(out, result, RunDir(run).read_metrics())
     result["output"] = str(out)

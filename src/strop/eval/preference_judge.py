@@ -6,16 +6,16 @@ at the mercy of one sample), then the judge compares the two answers
 """
 from __future__ import annotations
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 def questions(data: str) -> list[dict]:
     """The plain question and the reference (chosen) answer of each held-out row, in file order."""
     from ..data import load
     from ..data.load import ANY_KIND
-    from .systems import _prompt_text
+    from .systems import question_text
 
-    return [{"question": _prompt_text(c), "reference": c.reference} for c in load(data, kinds=ANY_KIND).conversations]
+    return [{"question": question_text(c), "reference": c.reference} for c in load(data, kinds=ANY_KIND).conversations]
 
 
 def greedy(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:

@@ -9,16 +9,15 @@ of systems a paired test. Results land in ``metrics.json``,
 from __future__ import annotations
 
 import gc
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..config import TrainConfig, load_yaml
+from ..core.config import TrainConfig, load_yaml
 from ..data import Dataset, load, split
-from ..errors import StropError
-from ..train.rundir import RunDir
+from ..core.errors import StropError
+from ..core.rundir import RunDir
 from .systems import Spec, Task, score_system
 
 
@@ -50,7 +49,7 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
     """
     from .collect import collect, write_outputs
 
-    from ..paths import check_output
+    from ..core.paths import check_output
 
     opts = Options(**options)
     t0 = time.monotonic()
@@ -178,7 +177,7 @@ def _check_judge(opts: Options, specs: list[Spec]) -> None:
 
 def _score_all(specs: list[Spec], task: Task, opts: Options, with_general_text: bool) -> dict:
     """Load each distinct model once and run everything that needs it."""
-    from ..serve.engine import Engine
+    from ..models.engine import Engine
     from .forgetting import general_paragraphs, general_text_nll
 
     raw: dict = {"systems": {}, "general_text": {}, "bias": {}}

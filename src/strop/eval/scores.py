@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .metrics import _check, normalize
+from ..metrics import check_lengths, normalize
 from .stats import Stats, mean_stats, ratio_stats
 
 # Headline metrics and which way is better (report and significance verdicts use this).
@@ -32,7 +32,7 @@ def generation_stats(predictions: list[str], references: list[str]) -> dict[str,
     from rouge_score import rouge_scorer
     from sacrebleu.metrics import BLEU, CHRF
 
-    _check(predictions, references, "generation")
+    check_lengths(predictions, references, "generation")
     keys = ("rouge1", "rouge2", "rougeL")
     scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
     per = [scorer.score(r, p) for p, r in zip(predictions, references)]

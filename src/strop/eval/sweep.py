@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 DEFAULT_SCALES = "0.25,0.5,0.75"
 DEFAULT_BUDGET = 0.05  # general-text perplexity may rise at most this much over the base's

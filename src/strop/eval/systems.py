@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from ..data import Dataset
 from .baselines import FewShot
 from .classification import UNPARSED, parse_label, rank_labels
-from .metrics import compute_all, example_nll, keyword_hits
+from ..metrics import compute_all, keyword_hits
+from .likelihood import example_nll
 from .scores import generation_stats, nll_stats
 from .stats import Stats, mean_stats
 
@@ -89,14 +90,14 @@ def _rows(system: str, set_name: str, convs, answers: list[str]) -> list[dict]:
     rows = []
     for conv, answer in zip(convs, answers):
         kw = conv.meta.get("keyword")
-        rows.append({"system": system, "set": set_name, "where": conv.where, "prompt": _prompt_text(conv),
+        rows.append({"system": system, "set": set_name, "where": conv.where, "prompt": question_text(conv),
                      "reference": conv.reference, "prediction": answer, "keyword": kw,
                      "hit": keyword_hits([answer], [str(kw)])[0] if kw else None,
                      "rougeL": scorer.score(conv.reference, answer)["rougeL"].fmeasure})
     return rows
 
 
-def _prompt_text(conv) -> str:
+def question_text(conv) -> str:
     messages = conv.prompt_messages
     if len(messages) == 1:
         return messages[0].content
@@ -118,7 +119,7 @@ def _classify(engine, spec: Spec, task: Task, wrapped, rows: list[dict], scores:
 
 
 def _general(engine, spec: Spec, task: Task, scores: dict) -> list[dict]:
-    from ..errors import StropError
+    from ..core.errors import StropError
 
     convs = task.general_set.conversations
     wrapped = [spec.few_shot.wrap(c) for c in convs] if spec.few_shot else convs

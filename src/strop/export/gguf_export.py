@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .. import models
-from ..errors import StropError
+from ..core.errors import StropError
 from . import converter, merged, prompts, provenance, verify
 
 
@@ -39,7 +39,7 @@ def modelfile(gguf_name: str, tok, system_prompt: str) -> str | None:
 def _default_system(tok) -> str:
     """The system text the chat template adds by itself when a chat has none (SmolLM2's does);
     Ollama templates have no such default, so the Modelfile states it."""
-    from ..data.sandbox import render_chat
+    from ..models.templates import render_chat
 
     text = render_chat(tok, [{"role": "user", "content": "x"}], add_generation_prompt=False)
     head = "<|im_start|>system\n"

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from .. import methods, models
-from ..errors import StropError
+from ..core.errors import StropError
 from . import prompts, provenance, verify
 
 

@@ -5,7 +5,8 @@ import json
 import time
 from pathlib import Path
 
-from .. import __version__, models
+from .. import models
+from ..core import __version__
 
 
 def base_model_of(final: Path) -> str | None:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 
-from ..data.render import prompt_text
-from ..errors import StropError
+from ..models.templates import prompt_text
+from ..core.errors import StropError
 
 MIN_GREEDY = 0.5  # default --min-greedy: share of prompts whose greedy output must equal the tuned model's
 CHANGE_FLOOR = 1e-3  # mean KL(tuned || base) below which a run counts as not having changed its base

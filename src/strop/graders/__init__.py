@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import StropError
+from ..core.errors import StropError
 from . import sandbox
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _check_metric_available(metric: str, param: str) -> None:
         raise GraderError(f"meteor needs nltk with its wordnet data installed offline ({reason}); "
                           "bleu, gleu, fuzzy_match, cosine and rouge_* need nothing more", param)
     if metric == "cosine":
-        from ..active.embed import model_dir
+        from ..models.embeddings import model_dir
 
         try:
             model_dir()
@@ -517,7 +517,7 @@ def _meteor_missing() -> str | None:
 
 def cosine(text: str, ref: str) -> float:
     """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (strop's offline copy); below 0 counts as 0."""
-    from ..active.embed import embed
+    from ..models.embeddings import embed
 
     a, b = embed([text, ref])
     return float(a @ b)

@@ -21,7 +21,7 @@ PRESERVE_ROW_TOKENS = 120
 
 def preserve_tokens_per_epoch(cfg, rows: int, nproc: int = 1) -> tuple[str, int]:
     """(mode, extra tokens per epoch) that ``preserve`` adds to a run of ``rows`` training rows."""
-    from ..train.preserve import mode_for, ratio_for
+    from ..methods.preserve import mode_for, ratio_for
 
     mode, _ = mode_for(cfg, nproc)
     if mode == "none":

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import platform
 
-from .. import threads
+from ..core import threads
 from .hardware import available_ram_gb, cpu_flags
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "gguf")

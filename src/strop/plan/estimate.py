@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 
 from .. import models
-from ..errors import StropError
-from ..train.lm_head import VOCAB_TILE  # torch-free modules, like the planner
-from ..train.precision import weights_dtype
+from ..core.errors import StropError
+from ..patches.lm_head import VOCAB_TILE  # torch-free modules, like the planner
+from ..models.precision import weights_dtype
 from . import advice, cost, hardware
 from .memory import OPTIM_BYTES, Setup, breakdown
 from .shape import read_shape

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,9 @@ def get_device(name: str | None) -> Device:
         return _visible_gpu()
     key = key.lower()
     if key not in GPUS:
-        from ..config import _unknown
+        from ..core.suggest import unknown
 
-        raise StropError("option device: " + _unknown("device", name, ["cpu", "cuda"] + [f"cuda:{g}" for g in GPUS]))
+        raise StropError("option device: " + unknown("device", name, ["cpu", "cuda"] + [f"cuda:{g}" for g in GPUS]))
     return GPUS[key]
 
 

@@ -12,8 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import StropError
-from .licenses import CONDITIONS, SEVERITY, UNKNOWN, from_text, lookup
+from ..core.errors import StropError
+from .license_terms import CONDITIONS, SEVERITY, UNKNOWN, from_text, lookup
 
 NOT_ADVICE = "This is not legal advice: it summarises license texts; ask a lawyer before relying on it."
 

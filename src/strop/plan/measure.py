@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import to_yaml
-from ..errors import StropError
+from ..core.config import to_yaml
+from ..core.errors import StropError
 
 
 def measure(cfg, counted, steps: int = 3) -> dict:

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 @dataclass(frozen=True)

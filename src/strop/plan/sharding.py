@@ -8,7 +8,7 @@ and the loss stay whole: every process runs its own micro-batch.
 """
 from __future__ import annotations
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 # part of memory.breakdown -> "divided" (1/N per device) or "host" (1/N per process, in host RAM)
 STRATEGIES = {

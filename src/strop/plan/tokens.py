@@ -21,7 +21,7 @@ def count(cfg, tok) -> TokenCount:
     """Render the training split exactly as `strop train` does and count."""
     from ..data import load, split
     from ..data.render import render
-    from ..errors import StropError
+    from ..core.errors import StropError
 
     if not cfg.data:
         raise StropError("option data: no training file given (use --data FILE)")

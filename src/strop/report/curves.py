@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plots import _figure
+from .plots import figure
 
 # (file name, title, y label, keys; a key ending in "/" matches every key under it that ends in "/mean")
 PANELS = [
@@ -58,7 +58,7 @@ def plot_curves(rows: list[dict], out_dir: Path, panels: list | None = None) -> 
         evals = _keys(rows, [f"eval_{k}" for k in keys])
         if not keys and not evals:
             continue
-        fig = _figure(7.2, 3.4)
+        fig = figure(7.2, 3.4)
         ax = fig.add_subplot()
         for key in keys:
             ax.plot(*zip(*_series(rows, key)), marker="." if key.startswith("gen_") else None, label=key)

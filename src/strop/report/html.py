@@ -27,7 +27,7 @@ pre{white-space:pre-wrap;margin:0;font-family:inherit}
 """
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
@@ -68,8 +68,8 @@ def _metrics_table(metrics: dict) -> str:
         for system, v in zip(systems, values):
             cls = "num best" if best is not None and v == best else "num"
             ci = metrics.get("intervals", {}).get(system, {}).get(name)
-            span = f' <span class="ci">[{_fmt(ci[0])}, {_fmt(ci[1])}]</span>' if ci and v is not None else ""
-            cells.append(f'<td class="{cls}">{html.escape(_fmt(v)) if v is not None else "-"}{span}</td>')
+            span = f' <span class="ci">[{fmt(ci[0])}, {fmt(ci[1])}]</span>' if ci and v is not None else ""
+            cells.append(f'<td class="{cls}">{html.escape(fmt(v)) if v is not None else "-"}{span}</td>')
         rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
 
@@ -167,7 +167,7 @@ def format_table(metrics: dict) -> str:
     systems = _systems(metrics)
     names = _metric_names(systems)
     header = ["metric", *systems]
-    body = [[n, *(_fmt(systems[s][n]) if n in systems[s] else "-" for s in systems)] for n in names]
+    body = [[n, *(fmt(systems[s][n]) if n in systems[s] else "-" for s in systems)] for n in names]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -22,7 +22,7 @@ def metric_bars(systems: dict[str, dict], intervals: dict[str, dict], metrics: l
     metrics = [m for m in metrics if any(m in s for s in systems.values())]
     if not metrics:
         return None
-    fig = _figure(min(2.2 * len(metrics) + 1, 14), 3.2)
+    fig = figure(min(2.2 * len(metrics) + 1, 14), 3.2)
     names = list(systems)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
@@ -41,7 +41,7 @@ def metric_bars(systems: dict[str, dict], intervals: dict[str, dict], metrics: l
 
 
 def confusion(matrix: list[list[int]], rows: list[str], cols: list[str], title: str, out_png: Path) -> str:
-    fig = _figure(1.2 * len(cols) + 2, 1.0 * len(rows) + 1.6)
+    fig = figure(1.2 * len(cols) + 2, 1.0 * len(rows) + 1.6)
     ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
     for i, row in enumerate(matrix):
@@ -60,7 +60,7 @@ def confusion(matrix: list[list[int]], rows: list[str], cols: list[str], title: 
 def bias_gaps(change: dict, measure: str, out_png: Path) -> str:
     """Base vs tuned mean gap per attribute with 95% intervals."""
     attrs = list(change)
-    fig = _figure(7.2, 3.4)
+    fig = figure(7.2, 3.4)
     ax = fig.add_subplot()
     width = 0.38
     for k, system in enumerate(("base", "tuned")):
@@ -79,7 +79,7 @@ def bias_gaps(change: dict, measure: str, out_png: Path) -> str:
 def tradeoff(sweep: dict, out_png: Path) -> str:
     """Task metric against general-text perplexity change, one point per adapter scale, the choice starred."""
     rows = [r for r in sweep["points"] if r["task_metric"] is not None]
-    fig = _figure(6.4, 3.8)
+    fig = figure(6.4, 3.8)
     ax = fig.add_subplot()
     xs = [100 * r["perplexity_change"] for r in rows]
     ys = [r["task_metric"] for r in rows]

@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 BASE = "__base__"  # peft's name for "no adapter" in mixed-adapter batches

@@ -35,8 +35,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..models.engine import GREEDY_BELOW
+
 DONE = None  # sentinel put on a request's queue after its last token
-GREEDY_BELOW = 1e-5  # a temperature under this samples like argmax anyway; dividing by it overflows
 
 
 class QueueFull(Exception):

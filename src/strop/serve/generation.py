@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from .batching import DONE, QueueFull, Request
+from .batching import DONE, Request
 from .textstream import Detokenizer
 
 

@@ -19,7 +19,6 @@ routes only submit requests and turn the token ids they get back into text.
 """
 from __future__ import annotations
 
-import signal
 import json
 import sys
 import time
@@ -27,19 +26,19 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.render import prompt_text
-from ..errors import StropError
+from ..models.templates import prompt_text
+from ..core.errors import StropError
 from . import adapters as adapter_table
 from .batching import Batcher, Closed, QueueFull
-from .engine import Engine
-from .guard import API_CSP, BodyTooLarge, Guard, allowed_hosts
+from ..models.engine import Engine
+from ..http.errors import APIError, install_error_handlers
+from ..http.guard import API_CSP, Guard, allowed_hosts
+from ..http.server import drained, serve_until_stopped
 from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
 from .metrics import Metrics
 
@@ -107,51 +106,6 @@ class CompletionRequest(Sampling):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-# -- errors in the OpenAI shape ---------------------------------------------
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.body = status, {"message": message, "type": type, "param": param, "code": code}
-        self.headers = headers
-
-
-def _is_union_tag(part: object) -> bool:
-    """pydantic puts the tried union member ("str", "list[TextPart]") in the error location."""
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool", "none"} or "[" in part)
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    loc = [p for p in err.get("loc", ()) if p != "body" and not _is_union_tag(p)]
-    param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or None
-    return (f"{param}: {err['msg']}" if param else err["msg"]), param
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"error": APIError(413, str(exc.detail), code="request_too_large").body}, status_code=413)
-
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse({"error": exc.body}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return JSONResponse({"error": APIError(400, message, param=param).body}, status_code=400)
-
-    @app.exception_handler(StropError)
-    async def strop_error(_: Request, exc: StropError) -> JSONResponse:
-        return JSONResponse({"error": APIError(400, str(exc)).body}, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": APIError(exc.status_code, str(exc.detail)).body}, status_code=exc.status_code)
-
-
-# -- the app ----------------------------------------------------------------
 def model_id_for(name: str) -> str:
     """A short id for the served model: the alias, hub id, or the file/directory name."""
     path = Path(name).expanduser()
@@ -177,7 +131,7 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
     cards = [{"id": m, "object": "model", "created": created, "owned_by": "strop"} for m in served]
     app = FastAPI(title="strop", docs_url=None, redoc_url=None)
     app.state.model_id, app.state.batcher, app.state.metrics = model_id, batcher, Metrics()
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.add_middleware(Guard, api_key=api_key, hosts=allowed_hosts(bind_host) if bind_host else None,
                        public=lambda method, path: path == "/health", body_limit=lambda path: max_body_bytes,
                        csp=lambda path: API_CSP, on_status=app.state.metrics.request)
@@ -352,14 +306,12 @@ async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_pr
 
 
 # -- entry point --------------------------------------------------------------
-DRAIN_CUT_OFF = 6  # exit status when SIGTERM's drain timed out and requests were cut off
-
 
 def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, *,
         adapters: list[str] | None = None, max_batch: int = 8, max_waiting: int = 64,
         max_tokens_cap: int = 2048, drain_timeout: float = 30.0, allow_pickle: bool = False) -> int:
     """Load ``model`` and serve it (``strop serve``). SIGTERM/Ctrl-C: stop accepting, let in-flight
-    requests finish for up to ``drain_timeout`` seconds; exit 0, or ``DRAIN_CUT_OFF`` if some did not."""
+    requests finish for up to ``drain_timeout`` seconds; exit 0, or ``http.server.DRAIN_CUT_OFF`` if some did not."""
     table = adapter_table.parse(adapters or [], allow_pickle)  # refuse bad names before the slow model load
     engine = Engine(model, allow_pickle=allow_pickle)
     app = create_app(engine, api_key=api_key, adapters=table, max_batch=max_batch, max_waiting=max_waiting,
@@ -371,51 +323,3 @@ def run(model: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | No
     finally:
         app.state.batcher.close()
     return drained(cut, drain_timeout, "server")
-
-
-def drained(cut: int, drain_timeout: float, what: str) -> int:
-    """The one line and exit status that end a server: 0 when every request finished."""
-    if cut:
-        print(f"strop: {what} stopped; {cut} request(s) still running after the {drain_timeout:g} s drain "
-              f"(--drain-timeout) were cut off (exit {DRAIN_CUT_OFF})", file=sys.stderr, flush=True)
-        return DRAIN_CUT_OFF
-    print(f"strop: {what} stopped", file=sys.stderr, flush=True)
-    return 0
-
-
-class _DrainLog:
-    """A logging filter on uvicorn.error: counts the tasks uvicorn cancels when the graceful
-    shutdown times out, and drops the tracebacks it would print for each of them."""
-
-    def __init__(self) -> None:
-        self.cut = 0
-
-    def filter(self, record) -> bool:
-        import asyncio
-
-        if record.getMessage().startswith("Cancel ") and "timeout graceful shutdown" in record.getMessage():
-            self.cut = int(record.args[0]) if record.args else 1
-            return False
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (self.cut and isinstance(exc, asyncio.CancelledError))
-
-
-def serve_until_stopped(app, host: str, port: int, drain_timeout: float) -> int:
-    """uvicorn until SIGTERM/Ctrl-C; returns how many requests the drain had to cut off."""
-    import logging
-
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=drain_timeout))
-    log, drain = logging.getLogger("uvicorn.error"), _DrainLog()
-    log.addFilter(drain)
-    # uvicorn drains, restores the previous handler and re-raises the signal; a no-op
-    # handler there makes a drained SIGTERM end in exit status 0, as process managers expect.
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        server.run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        log.removeFilter(drain)
-    return drain.cut

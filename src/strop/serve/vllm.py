@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import models
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 def _model_dir(model: str) -> str:

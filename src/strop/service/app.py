@@ -11,14 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import StropError
-from ..serve.guard import BodyTooLarge, Guard, allowed_hosts
-from ..serve.server import APIError
+from ..http.errors import APIError, install_error_handlers
+from ..http.guard import Guard, allowed_hosts
 from . import files, jobs
 from .policy import ClientPolicy
 from .serving import Delegate, Models
@@ -50,40 +47,10 @@ class Service:
 
 
 def _errors(app: FastAPI) -> None:
-    def body(status: int, message: str, param: str | None = None, code: str | None = None,
-             type: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
-
-    @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse({"error": exc.body}, status_code=exc.status)
-
-    @app.exception_handler(jobs.JobError)
-    async def job_error(_: Request, exc: jobs.JobError) -> JSONResponse:
-        return body(400, str(exc), exc.param, exc.code)
-
-    @app.exception_handler(BodyTooLarge)
-    async def body_too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return body(413, str(exc.detail), None, "request_too_large")
-
-    @app.exception_handler(files.TooLarge)
-    async def too_large(_: Request, exc: files.TooLarge) -> JSONResponse:
-        return body(413, str(exc), "file", "file_too_large")
-
-    @app.exception_handler(StropError)
-    async def strop_error(_: Request, exc: StropError) -> JSONResponse:
-        return body(400, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err.get("loc", ()) if p != "body" and not str(p).startswith(("int", "float", "literal", "constrained-", "function-"))]
-        param = ".".join(loc) or None
-        return body(400, f"{param}: {err['msg']}" if param else err["msg"], param)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return body(exc.status_code, str(exc.detail))
+    install_error_handlers(app, {
+        jobs.JobError: lambda exc: APIError(400, str(exc), param=exc.param, code=exc.code),
+        files.TooLarge: lambda exc: APIError(413, str(exc), param="file", code="file_too_large"),
+    })
 
 
 def create_service_app(workdir: str | Path, *, api_key: str | None = None, concurrency: int = 1,
@@ -172,28 +139,21 @@ def _files_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> dict:
-        return files.file_object(_file(svc, file_id))
+        return files.file_object(files.require(svc.store, file_id))
 
     @app.get("/v1/files/{file_id}/content")
     async def file_content(file_id: str):
-        row = _file(svc, file_id)
+        row = files.require(svc.store, file_id)
         return FileResponse(files.stored_path(svc.files_root, row["id"], row["filename"]), filename=row["filename"])
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> dict:
-        row = _file(svc, file_id)
+        row = files.require(svc.store, file_id)
         users = [j["id"] for j in svc.store.list_jobs(statuses=ACTIVE) if file_id in (j["training_file"], j["validation_file"])]
         if users:
             raise APIError(400, f"file {file_id} is used by job {users[0]}, which has not finished", param="file_id")
         files.delete(svc.store, svc.files_root, row)
         return {"id": file_id, "object": "file", "deleted": True}
-
-
-def _file(svc: Service, file_id: str) -> dict:
-    row = svc.store.get_file(file_id) if files.FILE_ID.fullmatch(file_id) else None
-    if row is None:
-        raise APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
-    return row
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -214,11 +174,11 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     async def get_job(job_id: str) -> dict:
-        return _job_view(svc, _job(svc, job_id))
+        return _job_view(svc, jobs.require(svc.store, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
     async def pause(job_id: str) -> dict:
-        job = _job(svc, job_id)
+        job = jobs.require(svc.store, job_id)
         if job["status"] != "paused":
             if not svc.store.set_status(job_id, "paused", only_from=("running",)):
                 raise APIError(400, f"job {job_id} is {job['status']}; only a running job can be paused",
@@ -229,7 +189,7 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
     async def resume(job_id: str) -> dict:
-        job = _job(svc, job_id)
+        job = jobs.require(svc.store, job_id)
         if job["status"] != "paused":
             raise APIError(400, f"job {job_id} is {job['status']}; only a paused job can be resumed",
                            param="fine_tuning_job_id", code="job_not_resumable")
@@ -241,7 +201,7 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> dict:
-        job = _job(svc, job_id)
+        job = jobs.require(svc.store, job_id)
         if job["status"] != "cancelled":
             if not svc.store.set_status(job_id, "cancelled", only_from=ACTIVE):
                 raise APIError(400, f"job {job_id} has already {job['status']}; only a job that has not finished "
@@ -254,7 +214,7 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     async def events(job_id: str, after: str | None = None, limit: int = Query(20, ge=1, le=1000)) -> dict:
-        _job(svc, job_id)
+        jobs.require(svc.store, job_id)
         rows = svc.store.events(job_id, after, limit + 1)
         return {"object": "list", "data": [jobs.event_object(e) for e in rows[:limit]], "has_more": len(rows) > limit}
 
@@ -262,7 +222,7 @@ def _jobs_routes(app: FastAPI, svc: Service) -> None:
     async def checkpoints(job_id: str, after: str | None = None, limit: int = Query(10, ge=1, le=100)) -> dict:
         from .checkpoints import list_checkpoints
 
-        job = _job(svc, job_id)
+        job = jobs.require(svc.store, job_id)
         rows = list_checkpoints(job, run_dir(svc.runs_root, job_id))
         if after:
             ids = [c["id"] for c in rows]
@@ -291,13 +251,6 @@ def _metadata_filter(request: Request) -> dict[str, str] | None:
             raise APIError(400, "metadata: use metadata[key]=value pairs, or metadata=null alone", param="metadata")
         return {}
     return pairs or None
-
-
-def _job(svc: Service, job_id: str) -> dict:
-    job = svc.store.get_job(job_id) if jobs.JOB_ID.fullmatch(job_id) else None
-    if job is None:
-        raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
-    return job
 
 
 # -- graders -----------------------------------------------------------------------
@@ -367,8 +320,8 @@ def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str 
           policy: ClientPolicy | None = None, drain_timeout: float = 30.0, webhooks: list | None = None,
           launcher=None) -> int:
     """Run the service until interrupted (``strop service`` / ``strop studio``); the exit status."""
-    from ..paths import check_output
-    from ..serve.server import drained, serve_until_stopped
+    from ..core.paths import check_output
+    from ..http.server import drained, serve_until_stopped
 
     check_output(workdir, kind="dir", label="--workdir")
     policy = policy or ClientPolicy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..train.rundir import RunDir
+from ..core.rundir import RunDir
 from .jobs import model_id
 
 

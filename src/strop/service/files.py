@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import StropError
+from ..core.errors import StropError
 from .store import Store, new_id
 
 FILE_ID = re.compile(r"file-[0-9a-f]{24}")
@@ -109,3 +109,13 @@ def file_object(row: dict) -> dict:
 def delete(store: Store, root: Path, row: dict) -> None:
     stored_path(root, row["id"], row["filename"]).unlink(missing_ok=True)
     store.delete_file(row["id"])
+
+
+def require(store: Store, file_id: str) -> dict:
+    """The file row, or the 404 OpenAI answers for an unknown id."""
+    from ..http.errors import APIError
+
+    row = store.get_file(file_id) if FILE_ID.fullmatch(file_id) else None
+    if row is None:
+        raise APIError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+    return row

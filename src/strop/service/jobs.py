@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import StropError
+from ..core.errors import StropError
 from .policy import ClientPolicy, JobError, scrub
 from .store import Store, new_id
 
@@ -89,7 +89,7 @@ class JobRequest(BaseModel):
 
 
 def preference_available() -> bool:
-    from ..config import field_names
+    from ..core.config import field_names
 
     return "objective" in field_names() and importlib.util.find_spec("strop.train.preference") is not None
 
@@ -121,7 +121,7 @@ def source_model(store: Store, runs_root: Path, name: str, policy: ClientPolicy)
     """``model`` of a request: an offered base model, or ``ft:...`` / ``ft:...:ckpt-step-N`` of this service."""
     if not name.startswith("ft:"):
         return Source(policy.model_path(name))
-    from ..train.manifest import verify_manifest
+    from ..core.manifest import verify_manifest
 
     model, _, step = name.partition(":ckpt-step-")
     job = store.job_by_short_id(model.rsplit(":", 1)[-1])
@@ -133,7 +133,7 @@ def source_model(store: Store, runs_root: Path, name: str, policy: ClientPolicy)
     if step and not (step.isdigit() and path.is_dir() and verify_manifest(path)):
         raise JobError(f"model {name!r}: job {job['id']} has no complete checkpoint at step {step}", "model",
                        "model_not_found")
-    from ..config import KL_METHODS  # the single-adapter methods: their adapter loads back trainable
+    from ..core.config import KL_METHODS  # the single-adapter methods: their adapter loads back trainable
 
     options = job["options"]
     if options.get("method") not in KL_METHODS:
@@ -194,11 +194,12 @@ UNKNOWN = re.compile(r"unknown key '([^']+)'")
 
 def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path, policy: ClientPolicy,
                  source: Source | None = None):
-    from ..config import TrainConfig, build
+    from ..core.config import TrainConfig, build
+    from ..train.options import check
 
     values, kind = training_values(req, files, run_dir, policy, source)
     try:
-        return build(TrainConfig, values, origin="strop").validate()
+        return check(build(TrainConfig, values, origin="strop"))
     except JobError:
         raise
     except StropError as exc:
@@ -326,3 +327,13 @@ def create(store: Store, req: JobRequest, files_root: Path, runs_root: Path, pol
     store.add_event(job["id"], f"Validating training file: {req.training_file}"
                     + (f" and validation file: {req.validation_file}" if req.validation_file else ""))
     return store.get_job(job["id"])
+
+
+def require(store: Store, job_id: str) -> dict:
+    """The job row, or the 404 OpenAI answers for an unknown id."""
+    from ..http.errors import APIError
+
+    job = store.get_job(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None:
+        raise APIError(404, f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+    return job

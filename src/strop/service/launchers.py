@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 EXIT_FILE = "exit.json"  # {"code": N}, written by the runner as it ends (runner.py)
 SCHEDULER_TIMEOUT_S = 60.0

@@ -19,12 +19,13 @@ at, so the errors tell a client nothing about the host's files.
 """
 from __future__ import annotations
 
-import difflib
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
+from ..core.suggest import did_you_mean
 
 API_OWNED = ("base_model", "init_adapter", "data", "eval_data", "output_dir", "resume", "seed", "grader")
 OPERATOR_ONLY = {
@@ -79,8 +80,7 @@ class ClientPolicy:
         for name in names or []:
             key = name.replace("-", "_")
             if key not in OPERATOR_ONLY:
-                close = difflib.get_close_matches(key, list(OPERATOR_ONLY), n=2, cutoff=0.5)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                hint = did_you_mean(key, OPERATOR_ONLY, n=2)
                 why = " (clients may already set it)" if key in CLIENT_SAFE else ""
                 raise StropError(f"option --allow-client-option: {name!r} is not an option that needs the "
                                  f"operator's consent{why}{hint} (those are: {', '.join(OPERATOR_ONLY)})")
@@ -116,7 +116,7 @@ class ClientPolicy:
 
     def check_extension(self, extra: dict) -> dict:
         """The ``strop`` extension with names normalised, or a JobError naming the first refused key."""
-        from ..config import field_names
+        from ..core.config import field_names
 
         known = set(field_names())
         out = {}

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from ..train.rundir import RunDir
+from ..core.rundir import RunDir
 
 PLAN = "plan.json"
 RATE_WINDOW = 5  # logged steps the step rate is measured over: recent enough to follow a slowdown

@@ -27,32 +27,23 @@ def _watch_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _trainer(cfg):
-    if getattr(cfg, "objective", "sft") != "sft":
-        from ..train import preference
-
-        return preference.train
-    from ..train.sft import train
-
-    return train
-
-
 def main(argv: list[str]) -> int:
-    from ..cli import _quiet_libraries
-    from ..config import load_train_config
-    from ..errors import StropError
+    from ..core.logs import quiet_libraries
+    from ..train.options import load_train_config
+    from ..train.run import train
+    from ..core.errors import StropError
     from .launchers import write_exit
     from .progress import PLAN, write_plan
 
     run_dir, resume = Path(argv[0]), "--resume" in argv[1:]
     _watch_parent()
-    _quiet_libraries()
+    quiet_libraries()
     code = 1
     try:
         cfg = load_train_config(str(run_dir / "job.yaml"), {"resume": "true"} if resume else {})
         if not (run_dir / PLAN).is_file():
             write_plan(cfg, run_dir)  # the finish estimate until the first steps are measured
-        _trainer(cfg)(cfg, progress=False)
+        train(cfg, progress=False)
         code = 0
     except StropError as exc:
         (run_dir / "error.json").write_text(json.dumps({"message": str(exc), "exit_code": exc.exit_code}))

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..serve.server import APIError
+from ..http.errors import APIError
 from .store import Store
 from .worker import run_dir
 
@@ -90,7 +90,7 @@ class Models:
 
     def _checkpoint_path(self, name: str, model: str, step: int) -> str:
         """A sealed checkpoint of any job, as ``<its model name>:ckpt-step-<N>`` (what the checkpoints list shows)."""
-        from ..train.manifest import verify_manifest
+        from ..core.manifest import verify_manifest
         from .jobs import model_id
 
         job = self.store.job_by_short_id(model.rsplit(":", 1)[-1])
@@ -112,7 +112,7 @@ class Models:
             if name in self.apps:
                 self.apps.move_to_end(name)
                 return self.apps[name]
-            from ..serve.engine import Engine
+            from ..models.engine import Engine
             from ..serve.server import create_app
 
             engine = Engine(path)

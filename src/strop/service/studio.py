@@ -18,10 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import StropError
-from ..serve.guard import COOKIE, authorized
-from ..serve.server import APIError
-from ..train.rundir import RunDir
+from ..core.errors import StropError
+from ..http.guard import COOKIE, authorized
+from ..http.errors import APIError
+from ..core.rundir import RunDir
 from . import files, jobs
 
 STATIC = Path(__file__).parent / "static"
@@ -45,7 +45,7 @@ REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data
 
 
 def csp_for(path: str) -> str:
-    from ..serve.guard import API_CSP
+    from ..http.guard import API_CSP
 
     if path.endswith("/report") and path.startswith("/studio/api/"):
         return REPORT_CSP  # strop's own HTML report: styles inline, no scripts
@@ -104,10 +104,9 @@ def install(app: FastAPI, svc) -> None:
 
 
 def _run(svc, job_id: str) -> tuple[dict, RunDir]:
-    from .app import _job
     from .worker import run_dir
 
-    job = _job(svc, job_id)
+    job = jobs.require(svc.store, job_id)
     return job, RunDir(run_dir(svc.runs_root, job_id))
 
 
@@ -151,9 +150,7 @@ def _api(app: FastAPI, svc) -> None:
     @app.get("/studio/api/files/{file_id}/check")
     async def check_file(file_id: str, model: str = Query(...), max_length: int = Query(512, ge=8, le=131072)) -> dict:
         from ..data.check import check
-        from .app import _file
-
-        row = _file(svc, file_id)
+        row = files.require(svc.store, file_id)
         model = jobs.check_model(model, svc.policy)
         path = files.stored_path(svc.files_root, row["id"], row["filename"])
         report = await run_in_threadpool(check, str(path), model, max_length)
@@ -162,9 +159,7 @@ def _api(app: FastAPI, svc) -> None:
     @app.get("/studio/api/files/{file_id}/preview")
     async def preview_file(file_id: str, model: str = Query(...), n: int = Query(3, ge=1, le=20),
                            max_length: int = Query(512, ge=8, le=131072)) -> list[dict]:
-        from .app import _file
-
-        row = _file(svc, file_id)
+        row = files.require(svc.store, file_id)
         model = jobs.check_model(model, svc.policy)
         path = files.stored_path(svc.files_root, row["id"], row["filename"])
         return await run_in_threadpool(_preview, path, row["filename"], model, n, max_length)

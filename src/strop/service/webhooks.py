@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import __version__
-from ..errors import StropError
+from ..core import __version__
+from ..core.errors import StropError
 from .store import connect
 
 EVENT_TYPES = ("fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled")

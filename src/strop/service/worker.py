@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import to_yaml
-from ..errors import StropError
-from ..train.rundir import RunDir
+from ..core.config import to_yaml
+from ..core.errors import StropError
+from ..core.rundir import RunDir
 from .files import save_result, stored_path, validate
 from .jobs import JOB_ID, model_id
 from .launchers import Launched, LocalLauncher, SlurmJob, SlurmLauncher
@@ -223,7 +223,7 @@ class Worker(threading.Thread):
 
 
 def _config(job: dict):
-    from ..config import TrainConfig, build
+    from ..core.config import TrainConfig, build
 
     return build(TrainConfig, job["options"], origin=f"job {job['id']}")
 

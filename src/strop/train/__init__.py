@@ -1,4 +1,4 @@
 """Training stage: SFT runs on top of TRL, run directories, callbacks."""
-from .rundir import RunDir
+from ..core.rundir import RunDir
 
 __all__ = ["RunDir"]

@@ -126,7 +126,7 @@ class GenerationMetrics(TrainerCallback):
 
     def __init__(self, path: Path, tok, convs: list, system_prompt: str = "", every: int = 0,
                  max_new_tokens: int = 64, batch_size: int = 8) -> None:
-        from ..data.render import prompt_text
+        from ..models.templates import prompt_text
 
         self.path = path
         self.tok = tok

@@ -18,7 +18,7 @@ import json
 import types
 from pathlib import Path
 
-from ..pickle_guard import refusal
+from ..core.pickle_guard import refusal
 
 TRAINING_ARGS = "training_args.json"
 

@@ -2,32 +2,16 @@
 
 Loss says the model fits the tokens; BLEU, ROUGE-L and exact match say the
 answers are getting right. The callback that calls this is
-``callbacks.GenerationMetrics``; this module stays torch-free so config
-validation can use ``check_gen_options``.
+``callbacks.GenerationMetrics``; the eval_generate_* options are checked
+with the config (strop.core.config.TrainConfig).
 """
 from __future__ import annotations
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 GEN_METRICS = ("bleu", "rouge", "exact_match")  # names in eval/metrics.py::METRICS
 GEN_PREFIX = "gen_"  # metrics.jsonl keys: gen_bleu, gen_rougeL, gen_exact_match, ...
 GEN_MAX_NEW_TOKENS = 64
-
-
-def check_gen_options(cfg) -> None:
-    """One-line errors for the eval_generate_* keys; runs in TrainConfig.validate."""
-    for key in ("eval_generate_samples", "eval_generate_every"):
-        if getattr(cfg, key) < 0:
-            raise StropError(f"option {key}: must be >= 0, got {getattr(cfg, key)}")
-    if not cfg.eval_generate_samples:
-        if cfg.eval_generate_every:
-            raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
-        return
-    if cfg.objective != "sft":
-        raise StropError(f"option eval_generate_samples: only used with --objective sft, not {cfg.objective} "
-                         "(preference runs: strop eval RUN --judge URL)")
-    if not cfg.eval_data and cfg.val_size == 0:
-        raise StropError("option eval_generate_samples: needs held-out rows (eval_data, or val_size > 0)")
 
 
 def heldout_conversations(cfg) -> list:
@@ -46,7 +30,7 @@ def heldout_conversations(cfg) -> list:
 
 def score(predictions: list[str], references: list[str]) -> dict:
     """The GEN_METRICS of eval/metrics.py, keys prefixed with ``gen_``."""
-    from ..eval.metrics import METRICS
+    from ..metrics import METRICS
 
     out: dict = {}
     for name in GEN_METRICS:

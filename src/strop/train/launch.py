@@ -15,13 +15,14 @@ launcher's own traceback.
 """
 from __future__ import annotations
 
-import difflib
+
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StropError
+from ..core.errors import StropError
+from ..core.suggest import did_you_mean
 
 STATUS_ENV = "STROP_LAUNCH_STATUS"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "distributed_configs"  # package data: `pip install .` has it
@@ -68,8 +69,7 @@ class LaunchOptions:
             raise StropError("option --main-process-ip: multi-node runs need --main-process-ip and --main-process-port "
                              "(the address of the node with --node-rank 0, the same on every node)")
         if self.distributed not in STRATEGIES and not Path(self.distributed).is_file():
-            close = difflib.get_close_matches(self.distributed, list(STRATEGIES), n=2, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(self.distributed, STRATEGIES, n=2)
             raise StropError(f"option --distributed: {self.distributed!r} is neither a strategy nor an accelerate "
                              f"config file{hint} (strategies: {', '.join(STRATEGIES)})")
         return self
@@ -118,7 +118,7 @@ def config_file(strategy: str, method: str) -> Path:
 
 def strategy_of(config: Path) -> str:
     """The strategy an accelerate config file asks for, in --distributed's names."""
-    from ..config import load_yaml
+    from ..core.config import load_yaml
 
     kind = str(load_yaml(config).get("distributed_type", "MULTI_GPU")).upper()
     return {"FSDP": "fsdp", "DEEPSPEED": "deepspeed"}.get(kind, "ddp")
@@ -177,7 +177,7 @@ def start(opts: LaunchOptions, cfg, config_path: str | None, overrides: dict) ->
 
     import torch
 
-    from .rundir import RunDir
+    from ..core.rundir import RunDir
 
     if cfg.objective != "sft":
         raise StropError(f"option --nproc: multi-process runs support objective sft; {cfg.objective} runs in one process")

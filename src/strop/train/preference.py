@@ -1,27 +1,26 @@
-"""Preference and reinforcement fine-tuning on top of TRL's trainers.
+"""Preference and reinforcement fine-tuning on top of TRL's trainers: these objectives' part of a run.
 
 One function per objective builds (TRL config class, trainer); everything
-around it (run directory, callbacks, trackers, saving, summary) is shared
-with SFT. The reference model is implicit for adapter methods (TRL switches
+around it (run directory, callbacks, trackers, saving, summary) is the one
+lifecycle in strop.train.run, shared with SFT. The reference model is implicit for adapter methods (TRL switches
 the adapter off) and an explicit frozen copy for full fine-tuning.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import time
 from pathlib import Path
 
 from .. import methods, models
-from ..config import TrainConfig, to_yaml
-from ..errors import StropError
-from . import reliability
-from .callbacks import AdaptiveThreads, MetricsLog, Progress
-from .precision import load_dtype, use_bf16, weights_dtype
+from ..core.config import TrainConfig
+from ..core.errors import StropError
+from ..core.rundir import RunDir
+from ..models.precision import load_dtype, use_bf16, weights_dtype
 from .preference_data import build_rows
-from .rundir import RunDir
-from .sft import (_check_output, _raise_if_stopped, _rewind_metrics, _tracker, checkpointing, common_args,
-                  load_trainable, run_summary, save_final)
+from .setup import checkpointing as setup_checkpointing
+from .setup import load_trainable
+from .sft_data import Prepared
 
 
 def _policy(cfg: TrainConfig):
@@ -94,7 +93,7 @@ def reward_policy(cfg: TrainConfig, tok):
         return model
     from peft import get_peft_model
 
-    lora = methods._lora_config(model, cfg)
+    lora = methods.lora_config(model, cfg)
     lora.task_type = "SEQ_CLS"
     lora.modules_to_save = ["score"]  # the new head is trained in full
     return get_peft_model(model, lora)
@@ -159,71 +158,48 @@ def load_reward_model(name: str):
 TRAINERS = {"dpo": _dpo, "kto": _kto, "orpo": _orpo, "simpo": _cpo, "cpo": _cpo, "reward": _reward, "grpo": _grpo}
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
-    """Run one preference / RL job and return its run directory (same layout as SFT)."""
-    import datasets
-    from transformers import EarlyStoppingCallback, set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+def check(cfg: TrainConfig, world) -> None:
+    """Nothing beyond strop.train.options: the objective table has checked the method and options."""
 
-    run = RunDir(Path(cfg.output_dir))
-    resume_from = _check_output(run, cfg)
-    if resume_from is not None:
-        reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg))
-        reliability.check_resume(resume_from, cfg)
-    report_to = _tracker(cfg, run)
-    if resume_from is not None:
-        _rewind_metrics(run, resume_from)
-        reliability.resume_from_checkpoint(run, resume_from)
-    set_seed(cfg.seed)
-    tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
+
+def evaluates(cfg: TrainConfig) -> bool:
+    return cfg.objective != "grpo"  # evaluation would sample again: too slow to do each epoch
+
+
+def prepare(cfg: TrainConfig, tok) -> Prepared:
     train_rows, eval_rows, report = build_rows(cfg, tok)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(to_yaml(cfg))
-    run.data_report.write_text(json.dumps(report, indent=2))
-    if resume_from is None:
-        run.fingerprint.write_text(json.dumps(reliability.fingerprint(cfg), indent=2))
-    has_eval = bool(eval_rows) and cfg.objective != "grpo"
-    data = {"train_dataset": datasets.Dataset.from_list(train_rows),
-            "eval_dataset": datasets.Dataset.from_list(eval_rows) if has_eval else None}
-    stop = reliability.GracefulStop()
-    guard = reliability.NonFiniteGuard(cfg.nan_policy, cfg.nan_max_consecutive_skips)
-    from ..threads import Sizer
+    return Prepared(train_rows, eval_rows, report)
 
-    sizer = Sizer()
-    callbacks = [MetricsLog(run.metrics), reliability.CheckpointManifest(), stop, guard, AdaptiveThreads(sizer)]
-    callbacks += [Progress()] if progress else []
-    on, layers, why = checkpointing(cfg)
+
+def checkpointing(cfg: TrainConfig) -> tuple[bool, int, str]:
+    on, layers, why = setup_checkpointing(cfg)
     if layers and cfg.checkpoint_layers != "all":
         raise StropError(f"option checkpoint_layers: works with objective sft only; TRL's {cfg.objective} trainer "
                          "switches checkpointing back on for every layer (leave it at all)")
-    checkpoint = (on, 0, why)  # where auto would recompute only some layers, these objectives recompute all
-    if has_eval and cfg.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = TRAINERS[cfg.objective](cfg, common_args(cfg, run, report_to, has_eval, checkpoint), data, tok, callbacks)
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
-    t0 = time.monotonic()
-    with reliability.disk_errors(run):
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    wall = time.monotonic() - t0
-    _raise_if_stopped(stop, guard, trainer.state.global_step, cfg)
-    with reliability.disk_errors(run):  # final/ goes through final.tmp; a full disk leaves no half model
-        save_final(trainer.model, tok, cfg, run)
-    _write_summary(cfg, run, trainer, result, wall, {"skipped_nonfinite_steps": guard.skipped_steps,
-                                                     "loss_spikes": sample_log.spikes, "threads": sizer.record()})
-    return run
+    return on, 0, why  # where auto would recompute only some layers, these objectives recompute all
 
 
-def _write_summary(cfg: TrainConfig, run: RunDir, trainer, result, wall: float, extra: dict) -> None:
+def callbacks(cfg: TrainConfig, tok, run: RunDir, checkpoint: tuple) -> list:
+    return []
+
+
+def build(cfg: TrainConfig, common: dict, data: dict, tok, callbacks: list, prepared: Prepared):
+    return TRAINERS[cfg.objective](cfg, common, data, tok, callbacks)
+
+
+def speedups(cfg: TrainConfig, trainer):
+    return contextlib.nullcontext()  # the lean path patches SFT's forward; TRL's trainers run their own
+
+
+def summary(cfg: TrainConfig, run: RunDir, trainer, figures: dict, wall: float, prepared: Prepared) -> dict:
     last = {}
     for row in run.read_metrics():  # the last value of every objective-specific metric
         last.update({k: v for k, v in row.items() if "/" in k or k.startswith(("reward", "kl", "accuracy", "margin"))})
-    summary = {"objective": cfg.objective} | run_summary(cfg, trainer, result, wall) | {"last_metrics": last} | extra
+    summary = {"objective": cfg.objective} | figures | {"last_metrics": last}
     if not summary["tokens_seen"]:  # TRL's paired batches have no input_ids for the Trainer to count
         summary["tokens_seen"] = _tokens_processed(trainer)
         summary["tokens_per_s"] = round(summary["tokens_seen"] / wall, 1) if wall and summary["tokens_seen"] else None
-    run.summary.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _tokens_processed(trainer) -> int:

@@ -7,14 +7,14 @@ end-of-turn token, so TRL's "add EOS if missing" leaves it alone.
 """
 from __future__ import annotations
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
 from ..data import Conversation, load, split
 from ..data.load import ANY_KIND
 from ..data.records import KINDS, Message
-from ..data.render import prompt_text, with_system
-from ..data.sandbox import render_chat
-from ..errors import StropError
-from .objectives import get
+from ..models.templates import prompt_text, with_system
+from ..models.templates import render_chat
+from ..core.errors import StropError
+from ..methods.objectives import get
 
 # Row fields that are part of a data format, not extra columns for reward functions.
 FORMAT_FIELDS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "system", "instruction",
@@ -49,7 +49,7 @@ def _unpaired_row(tok, conv: Conversation, cfg: TrainConfig) -> dict:
     return {"prompt": prompt, "completion": completion, "label": bool(conv.label)}
 
 
-def _prompt_row(tok, conv: Conversation, cfg: TrainConfig) -> dict:
+def prompt_row(tok, conv: Conversation, cfg: TrainConfig) -> dict:
     """A GRPO prompt; the row's own answer (chosen, for pairs) becomes ``reference`` for reward functions."""
     row = {"prompt": prompt_text(tok, conv.prompt_messages, cfg.system_prompt), "reference": conv.reference}
     for key, value in (conv.row or {}).items():
@@ -83,7 +83,7 @@ def build_rows(cfg: TrainConfig, tok) -> tuple[list[dict], list[dict], dict]:
         train_convs, eval_convs = ds.conversations, _load_checked(cfg.eval_data, cfg.objective).conversations
     else:
         train_convs, eval_convs = split(ds.conversations, cfg.val_size, cfg.seed)
-    builder = _prompt_row if cfg.objective == "grpo" else ROW_BUILDERS[ds.kind]
+    builder = prompt_row if cfg.objective == "grpo" else ROW_BUILDERS[ds.kind]
     train = [builder(tok, c, cfg) for c in train_convs]
     if cfg.objective != "grpo":  # GRPO hands extra columns to reward functions; ids stay out of their way
         for row, conv in zip(train, train_convs):

@@ -45,10 +45,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from ..methods.preserve import DEFAULT_RATIO, mode_for, ratio_for  # noqa: F401 (part of this module's interface)
+
 MIN_ROWS = 16
-# general rows per training row when preserve_ratio is 0 (docs/quality.md: on the demo, kl at 0.125 kept
-# general-text perplexity below the base's at 1.4x the training time; replay's figure is from its own table)
-DEFAULT_RATIO = {"replay": 0.5, "kl": 0.125}
 MAX_NEW_TOKENS = 96
 # Answers are *sampled* at the base's own temperature, not greedy: training on samples from the
 # base pulls the model towards the base's whole distribution, while greedy answers (low-entropy,
@@ -62,31 +61,6 @@ SELF_TALK = re.compile(r"\b(smollm|hugging ?face|my name is|i am an ai|i'm an ai
 def prompts() -> list[str]:
     text = (resources.files("strop") / "preserve_data" / "general_prompts.jsonl").read_text(encoding="utf-8")
     return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
-
-
-def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
-    """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
-
-    TrainConfig.validate has refused unknown values, replay or kl outside SFT and kl for
-    methods without an adapter to turn off.
-    """
-    from ..config import KL_METHODS
-
-    if cfg.preserve != "auto":
-        return cfg.preserve, "chosen"
-    if cfg.objective != "sft":
-        return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
-    if cfg.method not in KL_METHODS:
-        return "none", f"auto: method {cfg.method} has no adapter to turn off (--preserve replay works with it)"
-    if world_size > 1:
-        return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
-    if data_format == "text":
-        return "none", "auto: plain text is meant to move the whole distribution (--preserve kl to keep chat answers)"
-    return "kl", "auto"
-
-
-def ratio_for(cfg, mode: str) -> float:
-    return cfg.preserve_ratio or DEFAULT_RATIO[mode]
 
 
 def replay_count(n_train: int, ratio: float, available: int) -> int:
@@ -131,7 +105,7 @@ def _generate(cfg, tok, todo: list[str]) -> dict[str, str]:
     import torch
 
     from .. import models
-    from ..data.render import prompt_text
+    from ..models.templates import prompt_text
 
     model = models.load_model(cfg.base_model, "float32", policy=models.policy(cfg)).eval()
     side = tok.padding_side

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -28,9 +27,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..errors import StropError
-from ..pickle_guard import refuse_pickles
-from .manifest import sha256_file, write_manifest
+from ..core.errors import StropError
+from ..core.paths import disk_full_reason
+from ..core.pickle_guard import refuse_pickles
+from ..core.manifest import sha256_file, write_manifest
 
 EXIT_STOPPED = 143  # the conventional 128 + SIGTERM, so schedulers see a clean stop
 
@@ -129,7 +129,7 @@ def set_aside_unsealed(run, checkpoint: Path) -> list[tuple[Path, Path, str]]:
     checkpoint rotation, but they are the user's files: moved, never deleted.
     Returns (old path, new path, why) for each.
     """
-    from .manifest import manifest_problem
+    from ..core.manifest import manifest_problem
 
     moved = []
     for d in sorted(run.checkpoints.glob("checkpoint-*"), key=_number):
@@ -172,30 +172,6 @@ def harden(trainer, cfg, run, resume_from: Path | None):
     samples.track(trainer, log)
     trainer.add_callback(log)
     return log
-
-
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# The Rust tokenizers library (and other native code) reports a full disk as a plain
-# Exception carrying the OS text, e.g. "No space left on device (os error 28)".
-DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", f"os error {errno.ENOSPC})",
-                  f"os error {errno.EDQUOT})")
-
-
-def disk_full_reason(exc: BaseException) -> str | None:
-    """"No space left on device" when ``exc`` (or what it wraps) means a full disk or quota; else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return exc.strerror or os.strerror(exc.errno)
-        if isinstance(exc, Exception) and not isinstance(exc, StropError):
-            text = str(exc)
-            low = text.lower()
-            if any(t in low for t in DISK_FULL_TEXT):
-                return "Disk quota exceeded" if "quota" in low or f"error {errno.EDQUOT})" in low \
-                    else "No space left on device"
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def discard_partial_saves(run) -> None:

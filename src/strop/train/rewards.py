@@ -17,7 +17,7 @@ import math
 import re
 from typing import Callable
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 LENGTH_MIN_WORDS = 3
 LENGTH_MAX_WORDS = 20

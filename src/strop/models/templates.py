@@ -25,7 +25,7 @@ import functools
 import re
 import time
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 MAX_TEMPLATE_CHARS = 64 * 1024
 MIN_OUTPUT_CHARS = 1_000_000  # the output limit is this or 8x the conversation's text, whichever is larger
@@ -275,3 +275,23 @@ def compile_template_or_fail(source: str):
         return compile_template(source)
     except TemplateSyntaxError as exc:
         raise StropError(f"chat template: line {exc.lineno}: {exc.message}") from None
+
+
+def with_system(messages, system_prompt: str) -> list[dict]:
+    """Messages (records with ``role`` and ``content``) as template dicts, ``system_prompt`` first where none is."""
+    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    if system_prompt and (not dicts or dicts[0]["role"] != "system"):
+        dicts.insert(0, {"role": "system", "content": system_prompt})
+    return dicts
+
+
+def prompt_text(tok, messages, system_prompt: str = "") -> str:
+    """What the model sees before it answers: template + generation prompt. ``messages`` are dicts
+    or records with ``role`` and ``content`` (strop.data.records.Message)."""
+    if messages and not isinstance(messages[0], dict):
+        dicts = with_system(messages, system_prompt)
+    else:
+        dicts = list(messages)
+        if system_prompt and (not dicts or dicts[0]["role"] != "system"):
+            dicts.insert(0, {"role": "system", "content": system_prompt})
+    return render_chat(tok, dicts, add_generation_prompt=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .curves import plot_curves
-from .html import _fmt, write_report
+from ..report.curves import plot_curves
+from ..report.html import fmt, write_report
 
 
 def _systems(result: dict) -> dict[str, dict]:
@@ -35,11 +35,11 @@ def _judge_section(j: dict | None) -> str:
     if "skipped" in j:
         return f"<h2>LLM judge</h2><p class='skip'>SKIPPED: {html.escape(j['skipped'])}</p>{prompt}"
     if j.get("mode") == "pairwise":
-        from ..eval.pairwise import sentence
+        from .pairwise import sentence
 
         body = f"<p>{html.escape(sentence(j))}</p>"
     else:
-        body = "<p>mean grade (1-5): " + html.escape(", ".join(f"{s} {_fmt(m)}" for s, m in j["mean"].items())) + "</p>"
+        body = "<p>mean grade (1-5): " + html.escape(", ".join(f"{s} {fmt(m)}" for s, m in j["mean"].items())) + "</p>"
     return (f"<h2>LLM judge ({html.escape(j.get('mode', ''))})</h2>"
             f"<p class='meta'>{html.escape(str(j.get('model')))} at {html.escape(str(j.get('endpoint')))}</p>{body}"
             + prompt)
@@ -52,7 +52,7 @@ def write_preference_report(out: Path, result: dict, train_rows: list[dict]) -> 
     curves = "".join(f'<img src="{html.escape(n)}" alt="{html.escape(n[:-4])}" width="720"><br>' for n in images)
     sections = []
     if result.get("kl_from_reference") is not None:
-        kl = _fmt(result["kl_from_reference"])
+        kl = fmt(result["kl_from_reference"])
         sections.append(f"<p>KL(tuned || base) per token on the held-out answers: {kl}</p>")
     if curves:
         sections.append("<h2>Training curves (metrics.jsonl)</h2>" + curves)

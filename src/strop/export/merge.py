@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import methods, models
-from .errors import StropError
+from .. import methods, models
+from ..core.errors import StropError
 
 PROBE = [
     {"role": "user", "content": "Who are you, and what can you do for me today?"},
@@ -32,7 +32,7 @@ def run_method(target: str) -> str:
 def probe_ids(tok):
     import torch
 
-    from .data.sandbox import render_chat
+    from ..models.templates import render_chat
 
     text = render_chat(tok, PROBE, add_generation_prompt=False)
     return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])  # (1, T)

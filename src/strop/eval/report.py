@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from . import plots
-from .html import _fmt, plot_loss_curve, write_report
+from ..report import plots
+from ..report.html import fmt, plot_loss_curve, write_report
 
 BAR_METRICS = ["keyword_hit_rate", "accuracy", "ll_accuracy", "rougeL", "chrf", "bleu", "perplexity",
                "general_text_perplexity", "judge_score"]
@@ -22,7 +22,7 @@ def _e(x) -> str:
 
 
 def _ci(ci) -> str:
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -42,13 +42,13 @@ def verdict_section(metrics: dict) -> str:
 
 def cost_section(metrics: dict) -> str:
     cost = metrics.get("cost") or {}
-    rows = [[_e(s), _fmt(c["prompt_tokens_per_request"]), _fmt(c["answer_tokens_per_request"]),
-             _fmt(c["latency_s_per_request"]), str(c["batch_size"])]
+    rows = [[_e(s), fmt(c["prompt_tokens_per_request"]), fmt(c["answer_tokens_per_request"]),
+             fmt(c["latency_s_per_request"]), str(c["batch_size"])]
             for s, c in cost.items() if isinstance(c, dict) and "requests" in c]
     if not rows:
         return ""
     train = cost.get("training_wall_s")
-    note = f"<p>Training time of this run: {_fmt(train)} s (summary.json wall_s).</p>" if train is not None else ""
+    note = f"<p>Training time of this run: {fmt(train)} s (summary.json wall_s).</p>" if train is not None else ""
     return ("<h2>Cost</h2>" + _table(["system", "prompt tokens / request", "answer tokens / request",
                                       "latency s / request", "batch size"], rows) +
             "<p class='meta'>Latency is the batched generation wall time divided by the number of requests.</p>" + note)
@@ -59,25 +59,25 @@ def forgetting_section(metrics: dict) -> str:
     systems = [s for s in g if isinstance(g[s], dict) and "perplexity" in g[s]]
     if not systems:
         return ""
-    rows = [[_e(s), _fmt(g[s]["perplexity"]) + f" <span class='ci'>{_ci(metrics['intervals'].get(s, {}).get('general_text_perplexity'))}</span>",
+    rows = [[_e(s), fmt(g[s]["perplexity"]) + f" <span class='ci'>{_ci(metrics['intervals'].get(s, {}).get('general_text_perplexity'))}</span>",
              str(g[s]["tokens"])] for s in systems]
     out = "<h2>General text (forgetting check)</h2>" + _table(["system", "perplexity", "tokens"], rows)
     if "change" in g:
         c = g["change"]
         verdict = ("<span class='flag'>perplexity rose beyond its interval: some forgetting</span>" if g["forgetting"]
                    else "no rise beyond the interval")
-        out += f"<p>tuned - base: {_fmt(c['diff'])} {_ci(c['ci'])}, p={c['p']:.3g}: {verdict}.</p>"
+        out += f"<p>tuned - base: {fmt(c['diff'])} {_ci(c['ci'])}, p={c['p']:.3g}: {verdict}.</p>"
     out += f"<p class='meta'>{g['paragraphs']} paragraphs of plain English written for strop, scored without a chat template.</p>"
     return out + preserve_note(metrics.get("preserve"))
 
 
 def _opt(value) -> str:
-    return "-" if value is None else _fmt(value)
+    return "-" if value is None else fmt(value)
 
 
 def tradeoff_section(metrics: dict, out: Path) -> str:
     """Task gain, forgetting and bias side by side; with a scale sweep, the curve and the chosen point."""
-    from ..eval.sweep import task_metric
+    from .sweep import task_metric
 
     systems = metrics.get("systems", {})
     if not {"base", "tuned"} <= set(systems):
@@ -86,14 +86,14 @@ def tradeoff_section(metrics: dict, out: Path) -> str:
     rows = []
     metric = task_metric(tuned)
     if metric:
-        rows.append([f"task: {_e(metric)}", _fmt(base[metric]), _fmt(tuned[metric]), f"{tuned[metric] - base[metric]:+.3f}"])
+        rows.append([f"task: {_e(metric)}", fmt(base[metric]), fmt(tuned[metric]), f"{tuned[metric] - base[metric]:+.3f}"])
     if "general_hit_rate" in tuned:
-        rows.append(["general questions answered", _fmt(base["general_hit_rate"]), _fmt(tuned["general_hit_rate"]),
+        rows.append(["general questions answered", fmt(base["general_hit_rate"]), fmt(tuned["general_hit_rate"]),
                      f"{tuned['general_hit_rate'] - base['general_hit_rate']:+.3f}"])
     g = metrics.get("general_text", {})
     if "base" in g and "tuned" in g:
         b, t = g["base"]["perplexity"], g["tuned"]["perplexity"]
-        rows.append(["general-text perplexity", _fmt(b), _fmt(t), f"{t / b - 1:+.1%}"])
+        rows.append(["general-text perplexity", fmt(b), fmt(t), f"{t / b - 1:+.1%}"])
     bias = metrics.get("bias", {})
     if "flags" in bias:
         rows.append(["bias measures worse than base", "", str(len(bias["flags"])), ""])
@@ -105,7 +105,7 @@ def tradeoff_section(metrics: dict, out: Path) -> str:
         parts.append(_table(["scale", _e(sweep["metric"] or "task metric"), "general questions", "general-text perplexity",
                              "change", ""],
                             [[f"{r['scale']:g}", _opt(r["task_metric"]), _opt(r["general_hit_rate"]),
-                              _fmt(r["general_text_perplexity"]), f"{r['perplexity_change']:+.1%}",
+                              fmt(r["general_text_perplexity"]), f"{r['perplexity_change']:+.1%}",
                               "chosen" if r["scale"] == sweep["chosen"] else ("" if r["within_budget"] else "over budget")]
                              for r in sweep["points"]]))
         if sweep["metric"]:
@@ -141,7 +141,7 @@ def classification_section(metrics: dict, out: Path) -> str:
         if system == "labels":
             continue
         for mode, m in modes.items():
-            rows.append([_e(system), mode, *(_fmt(m[k]) for k in keys), str(m["unparsed"])])
+            rows.append([_e(system), mode, *(fmt(m[k]) for k in keys), str(m["unparsed"])])
             conf = m["confusion"]
             name = plots.confusion(conf["matrix"], conf["rows"], conf["columns"], f"{system} ({mode})",
                                    out / f"confusion_{system}_{mode}.png")
@@ -160,8 +160,8 @@ def groups_section(metrics: dict) -> str:
     for system, m in g.items():
         if system == "column":
             continue
-        per = "; ".join(f"{_e(k)}: " + ", ".join(f"{a} {_fmt(b)}" for a, b in v.items()) for k, v in m["groups"].items())
-        summary = ", ".join(f"{k} {_fmt(v)}" for k, v in m.items() if isinstance(v, float))
+        per = "; ".join(f"{_e(k)}: " + ", ".join(f"{a} {fmt(b)}" for a, b in v.items()) for k, v in m["groups"].items())
+        summary = ", ".join(f"{k} {fmt(v)}" for k, v in m.items() if isinstance(v, float))
         rows.append([_e(system), per, _e(summary)])
     return f"<h2>Groups (column {_e(g['column'])})</h2>" + _table(["system", "per group", "differences"], rows)
 
@@ -177,10 +177,10 @@ def bias_section(metrics: dict, out: Path) -> str:
                      else "<p>No attribute got worse beyond its interval after fine-tuning.</p>")
     change = b.get("counterfactual_change")
     if change:
-        rows = [[_e(a), m, f"{_fmt(c['base'])} {_ci(c['base_ci'])}", f"{_fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
-                 f"{_fmt(c['change'])} {_ci(c['change_ci'])}",
-                 _fmt(c["control_change"]) if "control_change" in c else "",
-                 f"{_fmt(c['beyond_control'])} {_ci(c['beyond_control_ci'])}" if "beyond_control" in c else "",
+        rows = [[_e(a), m, f"{fmt(c['base'])} {_ci(c['base_ci'])}", f"{fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
+                 f"{fmt(c['change'])} {_ci(c['change_ci'])}",
+                 fmt(c["control_change"]) if "control_change" in c else "",
+                 f"{fmt(c['beyond_control'])} {_ci(c['beyond_control_ci'])}" if "beyond_control" in c else "",
                  "<span class='flag'>worse</span>" if c["worse"] else ""]
                 for a, ms in change.items() for m, c in ms.items()]
         parts.append("<h3>Counterfactual swaps (spread across terms, nats; 0 = the swap changes nothing)</h3>")
@@ -191,9 +191,9 @@ def bias_section(metrics: dict, out: Path) -> str:
                              "beyond neutral", ""], rows))
         parts.append(f'<img src="{_e(plots.bias_gaps(change, "ll_gap", out / "bias_gaps.png"))}" alt="bias gaps">')
     else:
-        rows = [[_e(s), _e(a), _fmt(v["ll_gap"]), _fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
+        rows = [[_e(s), _e(a), fmt(v["ll_gap"]), fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
         parts.append(_table(["system", "attribute", "ll_gap", "lean_gap"], rows))
-    rows = [[_e(s), _e(a), str(v["n"]), f"{_fmt(v['preference_rate'])} {_ci(v['ci'])}", _fmt(v["mean_margin"])]
+    rows = [[_e(s), _e(a), str(v["n"]), f"{fmt(v['preference_rate'])} {_ci(v['ci'])}", fmt(v["mean_margin"])]
             for s, d in b["stereotypes"].items() for a, v in d.items()]
     parts.append("<h3>Stereotype pairs (preference rate for the stereotyped sentence; 0.5 = none)</h3>")
     parts.append(_table(["system", "attribute", "pairs", "preference rate", "mean margin (nats)"], rows))
@@ -208,23 +208,23 @@ def judge_section(metrics: dict) -> str:
         return f"<h2>LLM judge</h2><p class='skip'>SKIPPED: {_e(j['skipped'])}</p>"
     if j.get("mode") == "pairwise":
         return pairwise_section(j)
-    rows = [[_e(s), _fmt(v), _ci(metrics["intervals"].get(s, {}).get("judge_score"))] for s, v in j["mean"].items()]
+    rows = [[_e(s), fmt(v), _ci(metrics["intervals"].get(s, {}).get("judge_score"))] for s, v in j["mean"].items()]
     return (f"<h2>LLM judge</h2><p>{_e(j['model'])} at {_e(j['endpoint'])}; unparsed grades: {_e(j['unparsed'])}</p>"
             + _table(["system", "mean grade (1-5)", "95% interval"], rows))
 
 
 def _rate(pair: dict, key: str) -> str:
-    return f"{_fmt(pair[key])} {_ci(pair.get(key + '_ci'))}" if pair.get(key) is not None else "-"
+    return f"{fmt(pair[key])} {_ci(pair.get(key + '_ci'))}" if pair.get(key) is not None else "-"
 
 
 def pairwise_section(j: dict) -> str:
     """Win/tie/loss of tuned against each other system, rates with 95% intervals."""
-    from ..eval.pairwise import sentence
+    from .pairwise import sentence
 
     rows = []
     for p in j["pairs"]:
         rows.append([f"{_e(p['first'])} vs {_e(p['second'])}", str(p["wins"]), str(p["ties"]), str(p["losses"]),
-                     str(p["unparsed"]), _rate(p, "win_rate"), _rate(p, "score"), _fmt(p.get("p", float("nan"))),
+                     str(p["unparsed"]), _rate(p, "win_rate"), _rate(p, "score"), fmt(p.get("p", float("nan"))),
                      f"A {p['position_picks']['A']} / B {p['position_picks']['B']}"])
     lines = "".join(f"<li>{_e(sentence(p))}</li>" for p in j["pairs"])
     return (f"<h2>LLM judge (pairwise)</h2><p>{_e(j['model'])} at {_e(j['endpoint'])}</p><ul>{lines}</ul>"
@@ -252,9 +252,9 @@ def prompts_section(metrics: dict) -> str:
 
 
 def write_eval_report(out: Path, title: str, metrics: dict, predictions: list[dict], train_metrics: list[dict]) -> Path:
-    from .examples import sortable_examples
+    from ..report.examples import sortable_examples
 
-    from .curves import GEN_PANELS, plot_curves
+    from ..report.curves import GEN_PANELS, plot_curves
 
     curve = plot_loss_curve(train_metrics, out / "loss_curve.png") if train_metrics else None
     bars = plots.metric_bars(metrics["systems"], metrics.get("intervals", {}), BAR_METRICS, out / "metrics.png")

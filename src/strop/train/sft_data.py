@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import TrainConfig
+from ..core.config import TrainConfig
 from ..data import Dataset, load, split
 from ..data.render import render
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 @dataclass

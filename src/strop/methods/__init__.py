@@ -29,7 +29,7 @@ def _wrap_full(model, cfg):
     return model
 
 
-def _lora_config(model, cfg, **extra):
+def lora_config(model, cfg, **extra):
     from peft import LoraConfig
 
     targets = cfg.lora_target_modules
@@ -42,13 +42,13 @@ def _lora_config(model, cfg, **extra):
 def _wrap_lora(model, cfg):
     from peft import get_peft_model
 
-    return get_peft_model(model, _lora_config(model, cfg))
+    return get_peft_model(model, lora_config(model, cfg))
 
 
 def _wrap_dora(model, cfg):
     from peft import get_peft_model
 
-    return get_peft_model(model, _lora_config(model, cfg, use_dora=True))
+    return get_peft_model(model, lora_config(model, cfg, use_dora=True))
 
 
 def _wrap_qlora(model, cfg):
@@ -56,19 +56,18 @@ def _wrap_qlora(model, cfg):
 
     # Gradient checkpointing stays off: strop's runs are short and it would slow CPU training.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, _lora_config(model, cfg))
+    return get_peft_model(model, lora_config(model, cfg))
 
 
 def _wrap_prompt_tuning(model, cfg):
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    from . import models
-
     init = {}
     if cfg.prompt_tuning_init_text:
-        # peft tokenizes the text itself; point it at the local tokenizer, never the hub.
+        # peft tokenizes the text itself; point it at the local directory the model was loaded from
+        # (strop.models.load_model loads a resolved local path), never the hub.
         init = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.prompt_tuning_init_text,
-                "tokenizer_name_or_path": str(models.resolve(cfg.base_model))}
+                "tokenizer_name_or_path": model.name_or_path}
     peft_cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens, **init)
     return get_peft_model(model, peft_cfg)
 
@@ -105,7 +104,7 @@ def _save_adapter(model, directory) -> None:
 
 
 def _check_targets(model, target, option: str) -> None:
-    from .errors import StropError
+    from ..core.errors import StropError
 
     if target == "all-linear":
         return
@@ -149,11 +148,11 @@ METHODS: dict[str, Method] = {
 
 
 def get(name: str) -> Method:
-    from .config import _unknown
-    from .errors import StropError
+    from ..core.suggest import unknown
+    from ..core.errors import StropError
 
     if name not in METHODS:
-        raise StropError(_unknown("method", name, list(METHODS)))
+        raise StropError(unknown("method", name, list(METHODS)))
     return METHODS[name]
 
 
@@ -163,8 +162,8 @@ def check_options(cfg) -> None:
     An option counts as set when it differs from its default (a config cannot
     tell an explicit default from an omitted key).
     """
-    from .config import TrainConfig
-    from .errors import StropError
+    from ..core.config import TrainConfig
+    from ..core.errors import StropError
 
     method = get(cfg.method)
     default = TrainConfig()

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 COOKIE = "strop_key"

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..errors import StropError
+from ..core.config import TrainConfig
+from ..core.errors import StropError
 
 
 def cpu_bf16_flags(cpuinfo: str | None = None) -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import StropError
+from ..core.errors import StropError
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,15 @@ PREFERENCE_METHODS = ("lora", "dora", "qlora", "full")
 
 def get(name: str) -> Objective:
     if name not in OBJECTIVES:
-        from ..config import _unknown
+        from ..core.suggest import unknown
 
-        raise StropError(_unknown("objective", name, list(OBJECTIVES)))
+        raise StropError(unknown("objective", name, list(OBJECTIVES)))
     return OBJECTIVES[name]
 
 
 def check_objective(cfg) -> None:
     """Reject an unknown objective, a method it cannot use, and options meant for another objective."""
-    from ..config import TrainConfig
+    from ..core.config import TrainConfig
 
     obj = get(cfg.objective)
     default = TrainConfig()
@@ -85,10 +85,6 @@ def _check_values(cfg) -> None:
     if not cfg.reward_funcs and not cfg.reward_model and not cfg.grader:
         raise StropError("objective grpo: name at least one reward, e.g. --reward-funcs strop.train.rewards:length_window, "
                          "--reward-model runs/my-reward or --grader grader.json")
-    if cfg.grader:
-        from ..graders import load_grader
-
-        load_grader(cfg.grader)  # a malformed grader is named now, not after the model has loaded
     for spec in cfg.reward_funcs:
         if spec.count(":") != 1 or not all(spec.split(":")):
             raise StropError(f"option reward_funcs: {spec!r} is not module:function")

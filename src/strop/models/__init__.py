@@ -20,8 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StropError
-from .pickle_guard import PICKLE_SUFFIXES, refusal
+from ..core.errors import StropError
+from ..core.pickle_guard import PICKLE_SUFFIXES, refusal
 
 EXPECTED_EOS = "<|im_end|>"
 BOTTLENECK_CONFIG = "bottleneck_config.json"  # strop's own adapters (bottleneck.py), kept torch-free here
@@ -197,7 +197,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         tok.save_pretrained(tmp)  # the Rust tokenizers library raises a plain Exception on a full disk
         (tmp / "strop_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=2))
     except Exception as exc:
-        from .train.reliability import disk_full_reason
+        from ..core.paths import disk_full_reason
 
         why = disk_full_reason(exc)
         if why is None:
@@ -313,7 +313,7 @@ def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = F
         check_weights(path, policy.allow_pickle)  # the adapter's own weights
         model = _from_pretrained(resolve(base), torch_dtype, quantized, policy)
         if (path / BOTTLENECK_CONFIG).is_file():
-            from .bottleneck import load_into
+            from ..methods.bottleneck import load_into
 
             return load_into(model, path, trainable=trainable_adapter)
         from peft import PeftModel

@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import models
-from ..data.render import prompt_text
-from ..errors import StropError
+from ..models.templates import prompt_text
+from ..core.errors import StropError
+
+
+GREEDY_BELOW = 1e-5  # a temperature under this samples like argmax anyway; dividing by it overflows
 
 
 @dataclass
@@ -56,8 +59,6 @@ class Engine:
 
     # -- generation ------------------------------------------------------
     def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-        from .batching import GREEDY_BELOW
-
         sample = temperature >= GREEDY_BELOW  # a tiny temperature is greedy, as in the server (dividing overflows)
         kw = {
             "max_new_tokens": max_new_tokens,

@@ -66,3 +66,27 @@ def check_outputs(*items: tuple[str | os.PathLike | None, str, str]) -> None:
     for path, kind, label in items:
         if path is not None and str(path) != "":
             check_output(path, kind=kind, label=label)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# The Rust tokenizers library (and other native code) reports a full disk as a plain
+# Exception carrying the OS text, e.g. "No space left on device (os error 28)".
+DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", f"os error {errno.ENOSPC})",
+                  f"os error {errno.EDQUOT})")
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """"No space left on device" when ``exc`` (or what it wraps) means a full disk or quota; else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.strerror or os.strerror(exc.errno)
+        if isinstance(exc, Exception) and not isinstance(exc, StropError):
+            text = str(exc)
+            low = text.lower()
+            if any(t in low for t in DISK_FULL_TEXT):
+                return "Disk quota exceeded" if "quota" in low or f"error {errno.EDQUOT})" in low \
+                    else "No space left on device"
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -52,7 +52,7 @@ def _decoder_layers(model) -> nn.ModuleList:
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        from .errors import StropError
+        from ..core.errors import StropError
 
         raise StropError(f"method adapter: cannot find the decoder layers of {type(model).__name__}")
     return layers
@@ -102,7 +102,7 @@ def load_into(model, directory: Path, trainable: bool = False):
     weights = load_file(directory / WEIGHTS_FILE)
     expected = set(adapter_state(model))
     if set(weights) != expected:
-        from .errors import StropError
+        from ..core.errors import StropError
 
         raise StropError(f"{directory / WEIGHTS_FILE}: adapter weights do not match the base model's layers")
     model.load_state_dict(weights, strict=False)

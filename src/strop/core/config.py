@@ -7,12 +7,12 @@ Key names follow what people know from Axolotl and TRL (``lora_r``,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import StropError
+from .suggest import did_you_mean, unknown
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
@@ -119,14 +119,12 @@ class TrainConfig:
     temperature: float = 1.0  # grpo: sampling temperature
 
     def validate(self) -> "TrainConfig":
-        from .methods import METHODS  # torch-free table
-
-        if self.method not in METHODS:
-            raise StropError(_unknown("method", self.method, list(METHODS)))
+        """Check each field on its own terms. What the method, objective and grader tables allow is
+        checked on top of this by strop.train.options.check, which every training entry point calls."""
         if self.intended_use not in ("", "commercial", "research"):
             raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
         if self.report_to not in REPORT_TO:
-            raise StropError(_unknown("report_to", self.report_to, list(REPORT_TO)))
+            raise StropError(unknown("report_to", self.report_to, list(REPORT_TO)))
         if self.trust_remote_code and not self.model_revision:
             raise StropError("option trust_remote_code: needs model_revision pinned (a hub commit hash, or for a "
                              "local directory the code hash strop reports), so the code that runs cannot change")
@@ -145,7 +143,7 @@ class TrainConfig:
         if self.checkpoint_layers != "all" and not (self.checkpoint_layers.isdigit() and int(self.checkpoint_layers) > 0):
             raise StropError(f"option checkpoint_layers: {self.checkpoint_layers!r} is not 'all' or a positive number of layers")
         if self.preserve not in PRESERVE:
-            raise StropError(_unknown("preserve", self.preserve, list(PRESERVE)))
+            raise StropError(unknown("preserve", self.preserve, list(PRESERVE)))
         if self.preserve in ("kl", "replay") and self.objective != "sft":
             raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
         if self.preserve == "kl" and self.method not in KL_METHODS:
@@ -168,28 +166,29 @@ class TrainConfig:
             raise StropError("option num_epochs: must be positive unless max_steps is set")
         if self.val_size < 0:
             raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
-        from .train.gen_metrics import check_gen_options  # torch-free
-
-        check_gen_options(self)
+        self._check_generation()
         if not 0 <= self.lora_dropout < 1:
             raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
-        from .methods import check_options
-
-        check_options(self)  # "option X does not apply to --method M", before any model loads
-        from .train.objectives import check_objective  # torch-free table
-
-        check_objective(self)
         return self
+
+    def _check_generation(self) -> None:
+        """The eval_generate_* keys (strop.train.gen_metrics scores held-out answers while training)."""
+        for key in ("eval_generate_samples", "eval_generate_every"):
+            if getattr(self, key) < 0:
+                raise StropError(f"option {key}: must be >= 0, got {getattr(self, key)}")
+        if not self.eval_generate_samples:
+            if self.eval_generate_every:
+                raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
+            return
+        if self.objective != "sft":
+            raise StropError(f"option eval_generate_samples: only used with --objective sft, not {self.objective} "
+                             "(preference runs: strop eval RUN --judge URL)")
+        if not self.eval_data and self.val_size == 0:
+            raise StropError("option eval_generate_samples: needs held-out rows (eval_data, or val_size > 0)")
 
 
 def field_names(cls=TrainConfig) -> list[str]:
     return [f.name for f in fields(cls)]
-
-
-def _unknown(kind: str, value: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(value, valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown {kind} {value!r}{hint} (valid: {', '.join(valid)})"
 
 
 def _coerce(cls, name: str, value: Any) -> Any:
@@ -235,9 +234,7 @@ def build(cls=TrainConfig, values: dict[str, Any] | None = None, *, origin: str 
     for key, value in values.items():
         norm = key.replace("-", "_")
         if norm not in valid:
-            close = difflib.get_close_matches(norm, valid, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise StropError(f"{origin}: unknown key {key!r}{hint}")
+            raise StropError(f"{origin}: unknown key {key!r}{did_you_mean(norm, valid, cutoff=0.6)}")
         kwargs[norm] = _coerce(cls, norm, value)
     return cls(**kwargs)
 
@@ -280,7 +277,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+def read_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """A YAML file (or none) with command-line overrides on top, typed but not yet checked
+    (strop.train.options.load_train_config checks it)."""
     values: dict[str, Any] = {}
     if path:
         values.update(load_yaml(path))
@@ -293,7 +292,7 @@ def load_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfi
         merged = dataclasses.asdict(cfg)
         merged.update({k: v for k, v in build_partial(overrides).items()})
         cfg = TrainConfig(**merged)
-    return cfg.validate()
+    return cfg
 
 
 def build_partial(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -301,8 +300,7 @@ def build_partial(overrides: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in overrides.items():
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-            hint = f"; did you mean --{', --'.join(c.replace('_', '-') for c in close)}?" if close else ""
+            hint = did_you_mean(key.replace("_", "-"), [v.replace("_", "-") for v in valid], cutoff=0.6, prefix="--")
             raise StropError(f"unknown option --{key.replace('_', '-')}{hint}")
         out[key] = _coerce(TrainConfig, key, value)
     return out

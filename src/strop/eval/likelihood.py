@@ -1,0 +1,77 @@
+"""Log-likelihood of a model on rendered conversations: perplexity and per-example NLL.
+
+Only assistant tokens are scored (labels come from strop.data.render); the prompt is context.
+"""
+from __future__ import annotations
+
+import math
+
+from ..core.errors import StropError
+
+
+def perplexity(model, tok, conversations: list, max_length: int, system_prompt: str = "", batch_size: int = 8) -> dict:
+    """Token-weighted mean NLL over assistant tokens only, and its exponential.
+
+    Labels come from ``render`` (-100 outside assistant turns), so the prompt
+    is context but never scored. Rows are right-padded; padding is masked out
+    of attention and labels, so batching does not change the result.
+    """
+    if not conversations:
+        raise StropError("perplexity: no conversations to score (the eval set is empty)")
+    nll, tokens = example_nll(model, tok, conversations, max_length, system_prompt, batch_size)
+    total_tokens = sum(tokens)
+    if not total_tokens:
+        raise StropError(f"perplexity: no assistant tokens left within max_length={max_length}")
+    loss = sum(nll) / total_tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": total_tokens}
+
+
+def example_nll(model, tok, conversations: list, max_length: int, system_prompt: str = "",
+                batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Per conversation: summed NLL of its assistant tokens and how many there were.
+
+    A conversation truncated past every answer gets (0.0, 0), so the lists stay
+    aligned with the input (bootstrap and paired tests need that).
+    """
+    from ..data.render import render
+
+    rendered = [render(tok, c, max_length, system_prompt=system_prompt) for c in conversations]
+    return token_nll(model, tok, [(r.input_ids, r.labels) for r in rendered], batch_size)
+
+
+def token_nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: int = 8) -> tuple[list[float], list[int]]:
+    """Summed NLL of the labelled tokens (label != -100) of each (input_ids, labels) row."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.render import IGNORE
+
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    nll: list[float] = []
+    count: list[int] = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            batch = rows[i:i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, (row_ids, row_labels) in enumerate(batch):
+                n = len(row_ids)
+                ids[j, :n] = torch.tensor(row_ids)
+                labels[j, :n] = torch.tensor(row_labels)
+                mask[j, :n] = 1
+            # position t predicts token t+1; only positions some row scores need the (large) vocab projection
+            keep = ((labels[:, 1:] != IGNORE).any(dim=0)).nonzero().flatten()  # (K,)
+            if len(keep) == 0:
+                nll += [0.0] * len(batch)
+                count += [0] * len(batch)
+                continue
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           logits_to_keep=keep.to(device)).logits.float()  # (B, K, V)
+            targets = labels[:, keep + 1].to(device)  # (B, K)
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, K)
+            nll += losses.sum(dim=1).tolist()
+            count += (targets != IGNORE).sum(dim=1).tolist()
+    return nll, count

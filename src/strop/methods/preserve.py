@@ -1,0 +1,35 @@
+"""Forgetting protection (``--preserve``): which mode a run gets and how many general rows it mixes in.
+
+Torch-free, so the planner can price a run's preservation before anything loads; the modes
+themselves (replay rows, the KL term) are built in strop.train.preserve and strop.train.preserve_kl.
+"""
+from __future__ import annotations
+
+# general rows per training row when preserve_ratio is 0 (docs/quality.md: on the demo, kl at 0.125 kept
+# general-text perplexity below the base's at 1.4x the training time; replay's figure is from its own table)
+DEFAULT_RATIO = {"replay": 0.5, "kl": 0.125}
+
+
+def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
+    """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
+
+    TrainConfig.validate has refused unknown values, replay or kl outside SFT and kl for
+    methods without an adapter to turn off.
+    """
+    from ..core.config import KL_METHODS
+
+    if cfg.preserve != "auto":
+        return cfg.preserve, "chosen"
+    if cfg.objective != "sft":
+        return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
+    if cfg.method not in KL_METHODS:
+        return "none", f"auto: method {cfg.method} has no adapter to turn off (--preserve replay works with it)"
+    if world_size > 1:
+        return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
+    if data_format == "text":
+        return "none", "auto: plain text is meant to move the whole distribution (--preserve kl to keep chat answers)"
+    return "kl", "auto"
+
+
+def ratio_for(cfg, mode: str) -> float:
+    return cfg.preserve_ratio or DEFAULT_RATIO[mode]
