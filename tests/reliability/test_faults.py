@@ -313,7 +313,7 @@ def test_disk_full_during_save_keeps_last_checkpoint_and_says_so(tiny_model_dir,
     import errno
 
     from strop.cli import main
-    from strop.train import checkpoint_io
+    from strop.patches import checkpoints as checkpoint_io
 
     real = checkpoint_io.save_state
 

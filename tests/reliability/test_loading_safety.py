@@ -15,7 +15,7 @@ from strop import models
 from strop.core.errors import StropError
 from strop.models import LoadPolicy
 from strop.core.pickle_guard import is_pickle, pickle_files
-from strop.train import checkpoint_io
+from strop.patches import checkpoints as checkpoint_io
 
 
 class _Evil:

@@ -1,6 +1,13 @@
-"""Every change strop makes to a third-party library's internals, each one a context manager.
+"""Every change strop makes to another library's internals, in one folder.
 
-Inventory: ``INVENTORY`` below lists what each patch replaces; ``tests/test_patches.py``
-checks that every target still exists in the installed library and that each patch
-leaves the library as it found it when the context exits.
+- ``fused.lean_layers(model)``: LoRA linears, SwiGLU MLPs and RMSNorms keep fewer tensors for backward;
+- ``varlen.per_example_attention(model)``: padding-free rows attend within their own example;
+- ``lm_head.labelled_positions_only()``: TRL's LM head scores only labelled positions, in CPU-sized tiles;
+- ``checkpoints.install(trainer)``: the Trainer's persistence methods write safetensors + JSON, never pickles.
+
+The first three change a model or a module for the length of a ``with`` block and put back what
+they found. ``checkpoints.install`` replaces methods on one trainer instance, for that trainer's
+life (its checkpoints are written and read inside ``train()`` and by the final save).
+``inventory.INVENTORY`` lists each private name these patches and strop's other modules touch;
+``tests/test_patches.py`` fails by name when an upgrade moves one.
 """

@@ -162,7 +162,8 @@ def resume_from_checkpoint(run, checkpoint: Path) -> None:
 
 def harden(trainer, cfg, run, resume_from: Path | None):
     """Pickle-free checkpoints and the per-step sample log, for any trainer strop builds. Returns the log."""
-    from . import checkpoint_io, samples
+    from ..patches import checkpoints as checkpoint_io
+    from . import samples
 
     checkpoint_io.install(trainer, cfg.allow_pickle)
     history = []

@@ -1,0 +1,68 @@
+"""The canary for strop's patches: every private name of another library strop touches still exists,
+with the parameters strop calls it with (strop.patches.inventory), and each global patch puts the
+library back as it found it."""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+
+from strop.patches.inventory import INVENTORY
+
+
+def resolve(where: str):
+    module, _, attrs = where.partition(":")
+    obj = importlib.import_module(module)
+    for name in attrs.split("."):
+        obj = inspect.getattr_static(obj, name) if isinstance(obj, type) else getattr(obj, name)
+    return obj
+
+
+@pytest.mark.parametrize("touched", INVENTORY, ids=lambda t: t.where)
+def test_each_touched_name_still_exists_with_its_parameters(touched):
+    try:
+        obj = resolve(touched.where)
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"{touched.where} (used by strop.{touched.used_by}) is gone from the installed library: {exc}")
+    if touched.params is None:
+        return
+    func = obj.__func__ if isinstance(obj, (staticmethod, classmethod)) else obj
+    names = list(inspect.signature(func).parameters)
+    assert names[:len(touched.params)] == list(touched.params), (
+        f"{touched.where} (used by strop.{touched.used_by}) now takes {names}; strop expects {list(touched.params)} first")
+
+
+def test_the_fused_class_lists_match_the_inventory():
+    from strop.patches import fused
+
+    listed = {t.where.split(":")[1].split(".")[0] for t in INVENTORY if t.used_by == "patches.fused"}
+    assert fused.MLP_CLASSES | fused.RMSNORM_CLASSES <= listed
+
+
+def test_the_lm_head_patch_restores_trl():
+    import trl.trainer.utils as tu
+
+    from strop.patches.lm_head import labelled_positions_only
+
+    before = (tu._use_triton, getattr(tu, "_ChunkedLogProbFunction", None), getattr(tu, "_CHUNKED_LOGPROB_CHUNK_SIZE", None))
+    with labelled_positions_only(True) as on:
+        assert on and tu._use_triton is not before[0]
+    assert (tu._use_triton, getattr(tu, "_ChunkedLogProbFunction", None),
+            getattr(tu, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)) == before
+
+
+def test_the_lean_layers_and_attention_patches_restore_the_model(tiny_model_dir):
+    from strop import methods
+    from strop.core.config import TrainConfig
+    from strop.models import load_model
+    from strop.patches.fused import lean_layers
+    from strop.patches.varlen import per_example_attention
+
+    model = methods.get("lora").wrap(load_model(str(tiny_model_dir), "float32"), TrainConfig())
+    forwards = {name: m.forward for name, m in model.named_modules()}
+    implementation = model.config._attn_implementation
+    with lean_layers(model), per_example_attention(model):
+        assert any(m.forward != forwards[name] for name, m in model.named_modules())
+    assert all(m.forward == forwards[name] for name, m in model.named_modules())
+    assert model.config._attn_implementation == implementation
