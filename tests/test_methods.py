@@ -112,7 +112,7 @@ def test_method_reloads_to_identical_logits(tiny_model_dir, chat_file, tmp_path,
 def test_merge_agrees_with_unmerged(tiny_model_dir, chat_file, tmp_path, method):
     from peft import PeftModel
 
-    from strop.export.merge import merge
+    from strop.export.merged import merge
 
     _, run = _saved_run(tiny_model_dir, chat_file, tmp_path, method)
     merged, diff = merge(str(run.root))
@@ -123,7 +123,7 @@ def test_merge_agrees_with_unmerged(tiny_model_dir, chat_file, tmp_path, method)
 
 @pytest.mark.parametrize("method", [m for m in ALL if not methods.get(m).mergeable])
 def test_unmergeable_methods_say_so(tiny_model_dir, chat_file, tmp_path, method):
-    from strop.export.merge import merge
+    from strop.export.merged import merge
 
     _, run = _saved_run(tiny_model_dir, chat_file, tmp_path, method)
     with pytest.raises(StropError, match=f"--method {method} cannot be merged"):

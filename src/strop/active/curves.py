@@ -58,11 +58,9 @@ def format_summary(summary: dict) -> str:
 
 def plot_curves(summary: dict, out_png: str | Path, title: str = "") -> str:
     """Mean accuracy vs labels per strategy (shaded ±1 sd), random dashed, its final level dotted."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..report.plots import figure, save
 
-    fig = Figure(figsize=(7.2, 4.2), dpi=100)
-    FigureCanvasAgg(fig)  # the Figure API leaves pyplot's global backend alone
+    fig = figure(7.2, 4.2)  # the Figure API leaves pyplot's global backend alone
     ax = fig.add_subplot()
     for name, s in summary["strategies"].items():
         lo = [m - d for m, d in zip(s["mean"], s["std"])]
@@ -77,8 +75,4 @@ def plot_curves(summary: dict, out_png: str | Path, title: str = "") -> str:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return str(out_png)
+    return save(fig, out_png)

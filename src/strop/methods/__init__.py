@@ -157,22 +157,12 @@ def get(name: str) -> Method:
 
 
 def check_options(cfg) -> None:
-    """Reject options set for a method they do not apply to, before any model is loaded.
-
-    An option counts as set when it differs from its default (a config cannot
-    tell an explicit default from an omitted key).
-    """
-    from ..core.config import TrainConfig
+    """Reject options set for a method they do not apply to, before any model is loaded."""
+    from ..core.config import reject_others_options
     from ..core.errors import StropError
 
-    method = get(cfg.method)
-    default = TrainConfig()
-    for other in METHODS.values():
-        for key in other.options:
-            if key in method.options or getattr(cfg, key) == getattr(default, key):
-                continue
-            users = ", ".join(m.name for m in METHODS.values() if key in m.options)
-            raise StropError(f"option {key} does not apply to --method {cfg.method} (it is for: {users})")
+    get(cfg.method)
+    reject_others_options(cfg, METHODS, cfg.method, "method")
     if getattr(cfg, "padding_free", False) and cfg.method in ("prompt_tuning", "prefix_tuning"):
         # padding_free is on by default; peft drops position_ids and prepends virtual
         # tokens once per row, so packed rows would train silently mis-positioned.

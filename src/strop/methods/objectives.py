@@ -51,16 +51,10 @@ def get(name: str) -> Objective:
 
 def check_objective(cfg) -> None:
     """Reject an unknown objective, a method it cannot use, and options meant for another objective."""
-    from ..core.config import TrainConfig
+    from ..core.config import reject_others_options
 
     obj = get(cfg.objective)
-    default = TrainConfig()
-    for other in OBJECTIVES.values():
-        for key in other.options:
-            if key in obj.options or getattr(cfg, key) == getattr(default, key):
-                continue
-            users = ", ".join(o.name for o in OBJECTIVES.values() if key in o.options)
-            raise StropError(f"option {key} does not apply to --objective {cfg.objective} (it is for: {users})")
+    reject_others_options(cfg, OBJECTIVES, obj.name, "objective")
     if obj.name == "sft":
         return
     if cfg.method not in PREFERENCE_METHODS:

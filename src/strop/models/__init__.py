@@ -89,7 +89,7 @@ def code_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _custom_code(path: Path) -> str | None:
+def custom_code(path: Path) -> str | None:
     """What makes a local directory need its own code: an auto_map entry or a .py file."""
     for name in ("config.json", "tokenizer_config.json", "adapter_config.json"):
         f = path / name
@@ -102,7 +102,7 @@ def _custom_code(path: Path) -> str | None:
 def _code_kwargs(path: Path | str, pol: LoadPolicy) -> dict:
     path = Path(path) if Path(path).is_dir() else path
     if not pol.trust_remote_code:
-        custom = _custom_code(path) if isinstance(path, Path) else None
+        custom = custom_code(path) if isinstance(path, Path) else None
         if custom:
             raise StropError(f"{path}: ships its own Python code ({custom}); strop does not run it unless "
                              "trust_remote_code is true and model_revision pins that code")
@@ -180,7 +180,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    _fix_special_tokens(tok, model)
+    fix_special_tokens(tok, model)
     # A GGUF-loaded model carries a quantizer marker that makes save_pretrained
     # refuse; the weights are already dequantized, so the marker is stale.
     model.hf_quantizer = None
@@ -209,7 +209,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     os.replace(tmp, target)  # the directory appears complete or not at all
 
 
-def _fix_special_tokens(tok, model) -> None:
+def fix_special_tokens(tok, model) -> None:
     """ChatML models must stop on <|im_end|>; older transformers swapped bos/eos here."""
     if "<|im_end|>" in tok.get_vocab() and tok.eos_token != EXPECTED_EOS:
         tok.eos_token = EXPECTED_EOS

