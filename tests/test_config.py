@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from strop.core.config import TrainConfig, parse_overrides
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 
 

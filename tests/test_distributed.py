@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import strop_cmd
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 from strop.train import launch
 from strop.core.rundir import RunDir
@@ -294,7 +294,7 @@ def test_plan_memory_per_device_follows_the_strategy():
 
 
 def test_plan_command_takes_processes(tiny_model_dir, chat_file, tmp_path):
-    from strop.train.options import load_train_config
+    from strop.methods.options import load_train_config
     from strop.plan.estimate import make_plan, split_options
 
     cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "val_size": 0})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 from strop.train.run import train
 

@@ -217,7 +217,7 @@ def test_lean_layers_stay_on_for_every_step_of_a_run(monkeypatch, tiny_model_dir
     """Every training step of `strop train` runs the lean norms, not only the first: transformers >= 5.2x
     re-kernelizes a model with hub kernels on each train()/eval() switch, which took the patched
     forwards off after step 1 (and made the restore raise) until strop turned hub kernels off."""
-    from strop.train.options import load_train_config
+    from strop.methods.options import load_train_config
     from strop.train.run import train
 
     calls = _count_calls(monkeypatch)

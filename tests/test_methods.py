@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from strop import methods, models
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 from strop.core.rundir import RunDir
 from strop.train.run import train

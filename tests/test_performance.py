@@ -222,7 +222,7 @@ def test_auto_dtype_loads_a_frozen_base_in_bf16_only_under_autocast(method, auto
 @pytest.mark.parametrize("method", ["lora", "prompt_tuning", "adapter"])
 def test_bf16_base_trains_float32_master_weights(tiny_model_dir, chat_file, tmp_path, method):
     """dtype bfloat16: frozen weights stay bf16, every trainable one is float32 (what the optimizer updates)."""
-    from strop.train.options import load_train_config
+    from strop.methods.options import load_train_config
     from strop.train.setup import load_trainable
 
     cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "method": method,

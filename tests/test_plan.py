@@ -176,7 +176,7 @@ def test_partial_checkpointing_sits_between_none_and_all():
 def test_auto_checkpointing_recomputes_only_the_layers_it_must(tiny_model_dir, monkeypatch):
     from types import SimpleNamespace
 
-    from strop.train.options import load_train_config
+    from strop.methods.options import load_train_config
     from strop.plan import estimate
 
     shape = read_shape_from_numbers()

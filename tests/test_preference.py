@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "strop" / "demo_data"

@@ -63,7 +63,7 @@ def test_preference_eval_with_pairwise_judge(tiny_model_dir, tmp_path):
     from conftest import DEMO_DATA, fake_chat_endpoint
     from test_eval_judge import _prefer_longer
 
-    from strop.train.options import load_train_config
+    from strop.methods.options import load_train_config
     from strop.eval.preference import evaluate_run
     from strop.train.run import train
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from strop import models
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 from strop.train import preserve
 from strop.train.run import train

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from strop import models
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.rundir import RunDir
 from strop.train.run import train
 from strop.train.save import save_final

@@ -185,3 +185,27 @@ def plot(rows: list[dict], out_png: Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_png)
     return out_png
+
+
+def compare_cmd(args) -> int:
+    names = parse_methods(args.methods)
+    result = compare(args.data, names, args.output, base_model=args.base_model, max_steps=args.max_steps,
+                     val_size=args.val_size, seed=args.seed)
+    print(markdown_table(result["rows"]))
+    print(f"table and plot: {args.output}/compare.md, compare.json, compare.png")
+    return 0
+
+
+def add_compare(sub) -> None:
+    cp = sub.add_parser("compare", help="train several methods on one split and step budget; table + plot")
+    cp.add_argument("--data", required=True, help="conversations; a seeded held-out part is split off")
+    cp.add_argument("--methods", default="lora,dora,ia3,prompt_tuning,adapter,full", help="comma-separated")
+    cp.add_argument("--max-steps", type=int, default=30, help="the same step budget for every method")
+    cp.add_argument("--output", default="runs/compare", help="a new or empty directory")
+    cp.add_argument("--base-model", default="smollm2-135m-instruct")
+    cp.add_argument("--val-size", type=float, default=0.1)
+    cp.add_argument("--seed", type=int, default=42)
+    cp.set_defaults(func=compare_cmd)
+
+
+PARSERS = {"compare": add_compare}

@@ -23,7 +23,7 @@ def demo_data_dir() -> Path:
 
 
 def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
-    from .train.options import load_train_config
+    from .methods.options import load_train_config
     from .data.check import check, format_report
     from .eval.run import evaluate
     from .eval.sweep import sweep_lines
@@ -112,3 +112,17 @@ def print_figures(result: dict, run) -> list[bool]:
         print(f"[demo] forgetting protection: {rec['replay_rows']} replayed base answers beside {rec['task_rows']} "
               f"training rows ({rec['generation_s']:.0f} s to generate; training {summary['wall_s']:.0f} s)")
     return [identity, not lost, within, not flags]
+
+
+def demo_cmd(args) -> int:
+    return run_demo(args.output_dir, epochs=args.num_epochs)
+
+
+def add_demo(sub) -> None:
+    dm = sub.add_parser("demo", help="the main job on the built-in default model")
+    dm.add_argument("--output-dir", default="runs/demo")
+    dm.add_argument("--num-epochs", type=float, default=5.0)
+    dm.set_defaults(func=demo_cmd)
+
+
+PARSERS = {"demo": add_demo}

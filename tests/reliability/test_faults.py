@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import strop_cmd
-from strop.train.options import load_train_config
+from strop.methods.options import load_train_config
 from strop.core.errors import StropError
 from strop.core.manifest import MANIFEST, verify_manifest, write_manifest
 from strop.core.rundir import RunDir

@@ -77,3 +77,47 @@ def score_merge(args) -> int:
 
 
 ACTIONS = {"score": score, "score-merge": score_merge, "select": select, "merge": merge, "loop": loop}
+
+
+def run_action(args) -> int:
+    return ACTIONS[args.al_action](args)
+
+
+def add_al(sub) -> None:
+    al = sub.add_parser("al", help="active learning: score a pool, select what to label, merge labels, oracle loop")
+    alsub = al.add_subparsers(dest="al_action", required=True, metavar="ACTION")
+    a = alsub.add_parser("score", help="uncertainty signals + embeddings for every pool input")
+    a.add_argument("--model", required=True, help="run directory, model directory, .gguf file or alias")
+    a.add_argument("--pool", required=True, help="unlabelled inputs (JSONL/CSV rows with id + prompt)")
+    a.add_argument("--output", required=True, help="new directory for the scores")
+    a.add_argument("--labels", help="comma-separated candidate answers (classification): adds the top-two margin")
+    a.add_argument("--train", help="training file: pool inputs already in it are dropped, its inputs count as labelled")
+    a.add_argument("--samples", type=int, default=3, help="sampled answers per input for disagreement (0 = off)")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--shard", metavar="I/N", help="score only part I of N of the pool (0-based), for score-merge")
+    a = alsub.add_parser("score-merge", help="one scores directory from the parts of `strop al score --shard I/N`")
+    a.add_argument("parts", nargs="+", help="every part's scores directory")
+    a.add_argument("--output", required=True, help="new directory for the merged scores")
+    a = alsub.add_parser("select", help="pick the next items to label; writes FILE.jsonl + FILE.csv")
+    a.add_argument("--scores", required=True, help="directory written by `strop al score`")
+    a.add_argument("--budget", type=int, required=True, help="how many items to pick")
+    a.add_argument("--strategy", default="hybrid", choices=["uncertainty", "diversity", "hybrid", "random"])
+    a.add_argument("--signal", help="uncertainty column (default: margin with --labels, else entropy_mean)")
+    a.add_argument("--dedup", type=float, default=0.95, help="skip inputs at this cosine similarity to labelled ones")
+    a.add_argument("--output", required=True, help="labelling file (FILE.csv and FILE.jsonl are written)")
+    a.add_argument("--seed", type=int, default=0)
+    a = alsub.add_parser("merge", help="validate labelled rows and append them to a training file")
+    a.add_argument("labelled", help="the labelled CSV (or JSONL) from `strop al select`")
+    a.add_argument("--into", required=True, help="training JSONL to append to (created if missing)")
+    a.add_argument("--selection", help="the selection JSONL (default: LABELLED with .jsonl)")
+    a.add_argument("--skip-unlabelled", action="store_true", help="merge the labelled rows, skip the rest")
+    a = alsub.add_parser("loop", help="oracle experiment: select -> reveal -> retrain -> eval per strategy")
+    a.add_argument("--config", required=True, help="loop YAML (pool, eval, learner, strategies, seeds ...)")
+    a.add_argument("--rounds", type=int)
+    a.add_argument("--budget", type=int)
+    a.add_argument("--output-dir")
+    al.set_defaults(func=run_action)
+
+
+PARSERS = {"al": add_al}

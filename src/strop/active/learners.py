@@ -51,7 +51,7 @@ def _predict_logreg(cfg, fitted, items: list[PoolItem], emb):
 # -- fine-tuning a language model ------------------------------------------
 def _fit_sft(cfg, items: list[PoolItem], emb, seed: int, workdir: Path):
     from ..core.config import TrainConfig
-    from ..train.options import check
+    from ..methods.options import check
     from ..train.run import train
 
     data = workdir / "labelled.jsonl"

@@ -120,7 +120,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check each field on its own terms. What the method, objective and grader tables allow is
-        checked on top of this by strop.train.options.check, which every training entry point calls."""
+        checked on top of this by strop.methods.options.check, which every training entry point calls."""
         if self.intended_use not in ("", "commercial", "research"):
             raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
         if self.report_to not in REPORT_TO:
@@ -294,7 +294,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 def read_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """A YAML file (or none) with command-line overrides on top, typed but not yet checked
-    (strop.train.options.load_train_config checks it)."""
+    (strop.methods.options.load_train_config checks it)."""
     values: dict[str, Any] = {}
     if path:
         values.update(load_yaml(path))

@@ -47,3 +47,6 @@ def refuse_pickles(directory: Path, allow_pickle: bool) -> None:
     found = [] if allow_pickle else pickle_files(directory)
     if found:
         raise refusal(found[0])
+
+
+ALLOW_PICKLE_HELP = "load .bin/.pt weights (pickle; read with weights_only=True) when no safetensors exist"

@@ -195,7 +195,7 @@ UNKNOWN = re.compile(r"unknown key '([^']+)'")
 def build_config(req: JobRequest, files: dict[str, Path], run_dir: Path, policy: ClientPolicy,
                  source: Source | None = None):
     from ..core.config import TrainConfig, build
-    from ..train.options import check
+    from ..methods.options import check
 
     values, kind = training_values(req, files, run_dir, policy, source)
     try:

@@ -29,7 +29,7 @@ def _watch_parent(interval: float = 1.0) -> None:
 
 def main(argv: list[str]) -> int:
     from ..core.logs import quiet_libraries
-    from ..train.options import load_train_config
+    from ..methods.options import load_train_config
     from ..train.run import train
     from ..core.errors import StropError
     from .launchers import write_exit

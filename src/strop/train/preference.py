@@ -159,7 +159,11 @@ TRAINERS = {"dpo": _dpo, "kto": _kto, "orpo": _orpo, "simpo": _cpo, "cpo": _cpo,
 
 
 def check(cfg: TrainConfig, world) -> None:
-    """Nothing beyond strop.train.options: the objective table has checked the method and options."""
+    """What the config check cannot see: a GRPO grader file is read now, before the model loads."""
+    if cfg.objective == "grpo" and cfg.grader:
+        from ..graders import load_grader
+
+        load_grader(cfg.grader)
 
 
 def evaluates(cfg: TrainConfig) -> bool:

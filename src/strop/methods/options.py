@@ -1,6 +1,7 @@
-"""What a training run accepts: each field's own check (strop.core.config), then what the method,
-objective and grader tables allow. Every way into training (the CLI, the service's worker, active
-learning, the demo) goes through :func:`check`, so a bad option is named before any model loads.
+"""What a training run accepts: each field's own check (strop.core.config), then what the method
+and objective tables allow. Every way into training or planning (the CLI, the service's jobs and
+worker, active learning, the demo) goes through :func:`check`, so a bad option is named before any
+model loads. (A grader file is read when a GRPO run starts: strop.train.preference.check.)
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from .. import methods
 from ..core.config import TrainConfig, read_train_config
-from ..methods.objectives import check_objective
+from .objectives import check_objective
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
@@ -16,10 +17,6 @@ def check(cfg: TrainConfig) -> TrainConfig:
     cfg.validate()
     methods.check_options(cfg)  # "option X does not apply to --method M"
     check_objective(cfg)
-    if cfg.objective == "grpo" and cfg.grader:
-        from ..graders import load_grader
-
-        load_grader(cfg.grader)  # a malformed grader is named now, not after the model has loaded
     return cfg
 
 
