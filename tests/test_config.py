@@ -61,3 +61,22 @@ def test_examples_parse():
     assert examples, "no example configs shipped"
     for path in examples:
         assert isinstance(load_train_config(str(path), {}), TrainConfig)
+
+
+def test_every_key_belongs_to_one_group_and_yaml_stays_flat(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from strop.core.config import GROUPS, to_yaml
+
+    grouped = [f.name for g in GROUPS for f in dataclasses.fields(g)]
+    assert len(grouped) == len(set(grouped))
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    cfg = load_train_config(None, {"lora_r": "8", "learning_rate": "1e-4", "preserve": "none"})
+    written = yaml.safe_load(to_yaml(cfg))
+    assert written["lora_r"] == 8 and written["preserve"] == "none" and set(written) == set(grouped)
+    path = tmp_path / "again.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_train_config(str(path), {}) == cfg
+

@@ -20,30 +20,56 @@ PRESERVE = ("auto", "kl", "replay", "none")  # forgetting protection (train/pres
 KL_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
 
 
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise StropError(f"option {name}: must be at least 1, got {getattr(cfg, name)}")
+
+
+def _one_of(cfg, name: str, allowed) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise StropError(f"option {name}: {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+
+
+# The run configuration, one group per concern. YAML keys and --options are the flat field
+# names; a group is a way to read and check the fields, not a level of nesting.
 @dataclass
-class TrainConfig:
-    # what to train
+class ModelOptions:
     base_model: str = DEFAULT_MODEL
+    # precision the base weights are loaded in: auto = bf16 for a frozen base under bf16 autocast
+    # (adapters and master weights stay float32, models/precision.py), float32 otherwise
+    dtype: str = "auto"
+    # loading safety (docs/reliability.md): pickles and a model's own code are refused unless asked for
+    allow_pickle: bool = False  # load .bin/.pt/.pth files (with weights_only=True)
+    trust_remote_code: bool = False  # run the model's own Python code; needs model_revision
+    model_revision: str = ""  # hub commit hash, or the code hash strop prints for a local directory
+
+    def check_model(self) -> None:
+        if self.trust_remote_code and not self.model_revision:
+            raise StropError("option trust_remote_code: needs model_revision pinned (a hub commit hash, or for a "
+                             "local directory the code hash strop reports), so the code that runs cannot change")
+        _one_of(self, "dtype", ("auto", "float32", "bfloat16"))
+
+
+@dataclass
+class DataOptions:
     data: str = ""
     eval_data: str = ""
-    method: str = "lora"
-    init_adapter: str = ""  # an adapter directory to train on from (same method), not a new adapter
-    output_dir: str = "runs/latest"
-    # data handling
     max_length: int = 512
     val_size: float = 0.1  # fraction (<1) or count (>=1) held out when eval_data is empty
     train_on_inputs: bool = False  # True: loss on every token, not just assistant turns
-    # optimisation
-    num_epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    seed: int = 42
+    system_prompt: str = ""  # prepended to conversations that have no system turn
+
+    def check_data(self) -> None:
+        _positive(self, "max_length")
+        if self.val_size < 0:
+            raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
+
+
+@dataclass
+class MethodOptions:
+    method: str = "lora"
+    init_adapter: str = ""  # an adapter directory to train on from (same method), not a new adapter
     # LoRA family
     lora_r: int = 16
     lora_alpha: int = 32
@@ -59,53 +85,18 @@ class TrainConfig:
     adapter_reduction_factor: int = 16  # bottleneck width = hidden size / this
     adapter_placement: str = "houlsby"  # houlsby: after attention and MLP; pfeiffer: after MLP only
     adapter_non_linearity: str = "relu"
-    # evaluation, checkpoints, early stopping
-    eval_steps: int = 0  # 0: once per epoch
-    save_steps: int = 0  # 0: together with evaluation
-    save_total_limit: int = 2  # at least 2, so the last good checkpoint survives a save cut short
-    nan_policy: str = "abort"  # abort: stop without saving; skip: drop that update and go on
-    nan_max_consecutive_skips: int = 3
-    loss_spike_factor: float = 3.0  # log a step whose loss exceeds this x the running median, with its sample ids; 0: off
-    early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
-    keep_best: bool = True  # final/ = the checkpoint with the lowest eval loss; false: the last step
-    eval_generate_samples: int = 0  # held-out prompts answered greedily for BLEU/ROUGE/exact match; 0: off
-    eval_generate_every: int = 0  # 0: at each evaluation; N: every N steps (train/gen_metrics.py)
-    logging_steps: int = 1
-    report_to: str = "tensorboard"
-    resume: bool = False
-    # loading safety (docs/reliability.md): pickles and a model's own code are refused unless asked for
-    allow_pickle: bool = False  # load .bin/.pt/.pth files (with weights_only=True)
-    trust_remote_code: bool = False  # run the model's own Python code; needs model_revision
-    model_revision: str = ""  # hub commit hash, or the code hash strop prints for a local directory
-    # misc
-    # precision the base weights are loaded in: auto = bf16 for a frozen base under bf16 autocast
-    # (adapters and master weights stay float32, train/precision.py), float32 otherwise
-    dtype: str = "auto"
-    # Speed levers (see docs/performance.md); all switchable off for debugging.
-    mixed_precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU does bf16 natively; bf16; no
-    padding_free: bool = True  # flatten each micro-batch into one row, no pad tokens
-    # auto: off (faster) when the planner's estimate without it fits in 60% of the
-    # device's memory, on otherwise; true/false force it (docs/performance.md)
-    gradient_checkpointing: str = "auto"
-    # with checkpointing on: how many decoder layers recompute (the first N); the others keep their
-    # activations, trading memory back for speed. "all" or a count.
-    checkpoint_layers: str = "all"
-    score_labelled_only: bool = True  # the LM head scores only positions with a label (train/lm_head.py)
-    per_example_attention: bool = True  # padding-free rows: attention per example, not one masked square (train/varlen.py)
-    lean_layers: bool = True  # LoRA linears, SwiGLU and RMSNorm keep fewer tensors for backward (train/fused.py)
-    system_prompt: str = ""  # prepended to conversations that have no system turn
-    # forgetting-aware training (train/preserve.py, docs/quality.md): replay = mix the base model's own
-    # (sampled) answers to general prompts into training; none = the task data only
-    # kl = keep the model's next-token distribution on those answers near the base's (adapter methods)
-    # auto (default) = kl for SFT with an adapter method in one process, none otherwise
-    preserve: str = "auto"
-    # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
-    preserve_ratio: float = 0.0
-    preserve_weight: float = 2.0  # kl: weight of the mean per-token KL(base || model) next to the task loss
-    # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
-    intended_use: str = ""  # "", commercial, research
-    accept_license_risk: bool = False
-    # preference and reinforcement objectives (train/preference.py, docs/preference.md)
+
+    def check_method(self) -> None:
+        """The values; which options apply to which method is the method table's (strop.methods.check_options)."""
+        _positive(self, "lora_r", "num_virtual_tokens", "adapter_reduction_factor")
+        if not 0 <= self.lora_dropout < 1:
+            raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
+
+
+@dataclass
+class ObjectiveOptions:
+    # preference and reinforcement objectives (train/preference.py, docs/preference.md); the
+    # objective table (methods/objectives.py) says which of these each objective reads
     objective: str = "sft"  # sft, dpo, orpo, kto, simpo, cpo, reward, grpo
     beta: float = 0.1  # strength of the pull towards the reference (dpo, kto, grpo KL) or ORPO/CPO weight
     dpo_loss_type: str = "sigmoid"  # sigmoid, ipo, robust (dpo only)
@@ -118,73 +109,142 @@ class TrainConfig:
     max_completion_length: int = 64  # grpo: tokens per sampled completion
     temperature: float = 1.0  # grpo: sampling temperature
 
-    def validate(self) -> "TrainConfig":
-        """Check each field on its own terms. What the method, objective and grader tables allow is
-        checked on top of this by strop.methods.options.check, which every training entry point calls."""
-        if self.intended_use not in ("", "commercial", "research"):
-            raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
-        if self.report_to not in REPORT_TO:
-            raise StropError(unknown("report_to", self.report_to, list(REPORT_TO)))
-        if self.trust_remote_code and not self.model_revision:
-            raise StropError("option trust_remote_code: needs model_revision pinned (a hub commit hash, or for a "
-                             "local directory the code hash strop reports), so the code that runs cannot change")
+    def check_objective(self) -> None:
+        """Nothing on its own: the objective table checks these against each other (strop.methods.objectives)."""
+
+
+@dataclass
+class PreserveOptions:
+    # forgetting-aware training (train/preserve.py, docs/quality.md): replay = mix the base model's own
+    # (sampled) answers to general prompts into training; none = the task data only
+    # kl = keep the model's next-token distribution on those answers near the base's (adapter methods)
+    # auto (default) = kl for SFT with an adapter method in one process, none otherwise
+    preserve: str = "auto"
+    # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
+    preserve_ratio: float = 0.0
+    preserve_weight: float = 2.0  # kl: weight of the mean per-token KL(base || model) next to the task loss
+
+    def check_preserve(self) -> None:
+        if self.preserve not in PRESERVE:
+            raise StropError(unknown("preserve", self.preserve, list(PRESERVE)))
+        if not 0 < self.preserve_weight <= 100:
+            raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
+        if not 0 <= self.preserve_ratio <= 4:
+            raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
+
+
+@dataclass
+class OptimisationOptions:
+    num_epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    seed: int = 42
+    nan_policy: str = "abort"  # abort: stop without saving; skip: drop that update and go on
+    nan_max_consecutive_skips: int = 3
+    loss_spike_factor: float = 3.0  # log a step whose loss exceeds this x the running median, with its sample ids; 0: off
+
+    def check_optimisation(self) -> None:
+        _positive(self, "micro_batch_size", "gradient_accumulation_steps")
+        if not 0 < self.learning_rate < 1:
+            raise StropError(f"option learning_rate: {self.learning_rate} is outside (0, 1)")
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            raise StropError("option num_epochs: must be positive unless max_steps is set")
+        _one_of(self, "nan_policy", ("abort", "skip"))
         if self.loss_spike_factor < 0:
             raise StropError(f"option loss_spike_factor: must be >= 0 (0 turns it off), got {self.loss_spike_factor}")
-        if self.nan_policy not in ("abort", "skip"):
-            raise StropError(f"option nan_policy: {self.nan_policy!r} is not one of abort, skip")
-        if self.save_total_limit < 2:
-            raise StropError(f"option save_total_limit: must be at least 2 (got {self.save_total_limit}) so a good checkpoint always survives")
-        if self.mixed_precision not in ("auto", "bf16", "no"):
-            raise StropError(f"option mixed_precision: {self.mixed_precision!r} is not one of auto, bf16, no")
+
+
+@dataclass
+class SpeedOptions:
+    # Speed levers (see docs/performance.md); all switchable off for debugging.
+    mixed_precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU does bf16 natively; bf16; no
+    padding_free: bool = True  # flatten each micro-batch into one row, no pad tokens
+    # auto: off (faster) when the planner's estimate without it fits in 60% of the
+    # device's memory, on otherwise; true/false force it (docs/performance.md)
+    gradient_checkpointing: str = "auto"
+    # with checkpointing on: how many decoder layers recompute (the first N); the others keep their
+    # activations, trading memory back for speed. "all" or a count.
+    checkpoint_layers: str = "all"
+    score_labelled_only: bool = True  # the LM head scores only positions with a label (patches/lm_head.py)
+    per_example_attention: bool = True  # padding-free rows: attention per example, not one masked square (patches/varlen.py)
+    lean_layers: bool = True  # LoRA linears, SwiGLU and RMSNorm keep fewer tensors for backward (patches/fused.py)
+
+    def check_speed(self) -> None:
+        _one_of(self, "mixed_precision", ("auto", "bf16", "no"))
         self.gradient_checkpointing = str(self.gradient_checkpointing).lower()
-        if self.gradient_checkpointing not in ("auto", "true", "false"):
-            raise StropError(f"option gradient_checkpointing: {self.gradient_checkpointing!r} is not one of auto, true, false")
+        _one_of(self, "gradient_checkpointing", ("auto", "true", "false"))
         self.checkpoint_layers = str(self.checkpoint_layers).lower()
         if self.checkpoint_layers != "all" and not (self.checkpoint_layers.isdigit() and int(self.checkpoint_layers) > 0):
             raise StropError(f"option checkpoint_layers: {self.checkpoint_layers!r} is not 'all' or a positive number of layers")
-        if self.preserve not in PRESERVE:
-            raise StropError(unknown("preserve", self.preserve, list(PRESERVE)))
+
+
+@dataclass
+class EvaluationOptions:
+    eval_steps: int = 0  # 0: once per epoch
+    early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
+    keep_best: bool = True  # final/ = the checkpoint with the lowest eval loss; false: the last step
+    eval_generate_samples: int = 0  # held-out prompts answered greedily for BLEU/ROUGE/exact match; 0: off
+    eval_generate_every: int = 0  # 0: at each evaluation; N: every N steps (train/gen_metrics.py)
+
+    def check_evaluation(self) -> None:
+        for key in ("eval_generate_samples", "eval_generate_every"):
+            if getattr(self, key) < 0:
+                raise StropError(f"option {key}: must be >= 0, got {getattr(self, key)}")
+        if self.eval_generate_every and not self.eval_generate_samples:
+            raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
+
+
+@dataclass
+class RunOptions:
+    output_dir: str = "runs/latest"
+    save_steps: int = 0  # 0: together with evaluation
+    save_total_limit: int = 2  # at least 2, so the last good checkpoint survives a save cut short
+    logging_steps: int = 1
+    report_to: str = "tensorboard"
+    resume: bool = False
+    # licenses (strop license): commercial stops on a known conflict unless the risk is accepted
+    intended_use: str = ""  # "", commercial, research
+    accept_license_risk: bool = False
+
+    def check_run(self) -> None:
+        if self.report_to not in REPORT_TO:
+            raise StropError(unknown("report_to", self.report_to, list(REPORT_TO)))
+        if self.save_total_limit < 2:
+            raise StropError(f"option save_total_limit: must be at least 2 (got {self.save_total_limit}) so a good checkpoint always survives")
+        _positive(self, "logging_steps")
+        if self.intended_use not in ("", "commercial", "research"):
+            raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
+
+
+GROUPS = (ModelOptions, DataOptions, MethodOptions, ObjectiveOptions, PreserveOptions, OptimisationOptions,
+          SpeedOptions, EvaluationOptions, RunOptions)  # in the order `strop train --help` lists them
+
+
+@dataclass
+class TrainConfig(RunOptions, EvaluationOptions, SpeedOptions, OptimisationOptions, PreserveOptions,
+                  ObjectiveOptions, MethodOptions, DataOptions, ModelOptions):  # fields come out in GROUPS order
+    def validate(self) -> "TrainConfig":
+        """Check each group's fields, then what ties groups together. What the method and objective tables
+        allow is checked on top of this by strop.methods.options.check, which every training entry point calls."""
+        for group in GROUPS:
+            getattr(self, "check_" + group.__name__.removesuffix("Options").lower())()
         if self.preserve in ("kl", "replay") and self.objective != "sft":
             raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
         if self.preserve == "kl" and self.method not in KL_METHODS:
             raise StropError(f"option preserve: kl needs an adapter method (the base is the model with its adapter "
                              f"off: {', '.join(KL_METHODS)}), not method {self.method}; use --preserve replay")
-        if not 0 < self.preserve_weight <= 100:
-            raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
-        if not 0 <= self.preserve_ratio <= 4:
-            raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise StropError(f"option dtype: {self.dtype!r} is not one of auto, float32, bfloat16")
-        positive = ("max_length", "micro_batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps",
-                    "num_virtual_tokens", "adapter_reduction_factor")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise StropError(f"option {name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.learning_rate < 1:
-            raise StropError(f"option learning_rate: {self.learning_rate} is outside (0, 1)")
-        if self.num_epochs <= 0 and self.max_steps <= 0:
-            raise StropError("option num_epochs: must be positive unless max_steps is set")
-        if self.val_size < 0:
-            raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
-        self._check_generation()
-        if not 0 <= self.lora_dropout < 1:
-            raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
-        return self
-
-    def _check_generation(self) -> None:
-        """The eval_generate_* keys (strop.train.gen_metrics scores held-out answers while training)."""
-        for key in ("eval_generate_samples", "eval_generate_every"):
-            if getattr(self, key) < 0:
-                raise StropError(f"option {key}: must be >= 0, got {getattr(self, key)}")
-        if not self.eval_generate_samples:
-            if self.eval_generate_every:
-                raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
-            return
-        if self.objective != "sft":
+        if self.eval_generate_samples and self.objective != "sft":
             raise StropError(f"option eval_generate_samples: only used with --objective sft, not {self.objective} "
                              "(preference runs: strop eval RUN --judge URL)")
-        if not self.eval_data and self.val_size == 0:
+        if self.eval_generate_samples and not self.eval_data and self.val_size == 0:
             raise StropError("option eval_generate_samples: needs held-out rows (eval_data, or val_size > 0)")
+        return self
 
 
 def reject_others_options(cfg: TrainConfig, table: dict, chosen: str, flag: str) -> None:

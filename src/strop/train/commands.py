@@ -63,12 +63,14 @@ def _check_sources(cfg) -> None:
 def train_help() -> str:
     import dataclasses
 
-    from ..core.config import TrainConfig
+    from ..core.config import GROUPS
 
-    lines = ["usage: strop train [CONFIG.yaml] [--KEY VALUE ...]", "", "keys (YAML name / --option, default):"]
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  {f.name:<30} --{f.name.replace('_', '-'):<32} {default!r}")
+    lines = ["usage: strop train [CONFIG.yaml] [--KEY VALUE ...]", "", "keys (YAML name / --option, default), by concern:"]
+    for group in GROUPS:
+        lines.append(f" {group.__name__.removesuffix('Options').lower()}")
+        for f in dataclasses.fields(group):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name:<30} --{f.name.replace('_', '-'):<32} {default!r}")
     lines += ["", "several processes (docs/distributed.md): --nproc N [--distributed ddp|fsdp|deepspeed-zero2|"
               "deepspeed-zero3|FILE.yaml]", "  multi-node: --nnodes M --node-rank R --main-process-ip IP --main-process-port P"]
     return "\n".join(lines)
