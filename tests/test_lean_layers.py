@@ -1,4 +1,4 @@
-"""Lean LoRA / SwiGLU / RMSNorm (train/fused.py): the same loss and gradients as the stock modules
+"""Lean LoRA / SwiGLU / RMSNorm (patches/fused.py): the same loss and gradients as the stock modules
 (to 1e-5 in fp32), fewer tensors kept for backward, and the stock forward wherever they do not apply."""
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def _fused_loss_and_grads(model, batch):
 
 @pytest.mark.parametrize("head", ["frozen", "trained"])
 def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_model_dir, smol_tokenizer, monkeypatch, head):
-    """The compact LM head (train/lm_head.py) against TRL's every-position path and the plain full-logits loss.
+    """The compact LM head (patches/lm_head.py) against TRL's every-position path and the plain full-logits loss.
 
     A frozen head (adapter methods) takes strop's CPU backward; a trained one (full fine-tuning) TRL's own.
     """
@@ -135,7 +135,7 @@ def test_scoring_labelled_positions_only_gives_same_loss_and_gradients(tiny_mode
 
 @pytest.mark.parametrize("kernel", ["matmul", "sdpa"])
 def test_per_example_attention_matches_padded_batch(tiny_model_dir, smol_tokenizer, monkeypatch, kernel):
-    """train/varlen.py: a padding-free row cut at each position reset == the padded batch, to 1e-5.
+    """patches/varlen.py: a padding-free row cut at each position reset == the padded batch, to 1e-5.
 
     ``matmul`` is the written-out attention CPU runs use; ``sdpa`` is the per-example SDPA path CUDA uses.
     """

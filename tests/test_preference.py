@@ -241,3 +241,18 @@ def test_checkpoint_layers_is_refused_for_preference_objectives(tiny_model_dir, 
                checkpoint_layers=1)
     with pytest.raises(StropError, match="checkpoint_layers: works with objective sft only"):
         _train(cfg)
+
+
+@pytest.mark.slow
+def test_preference_runs_pass_the_license_gate_and_record_the_environment(tiny_model_dir, tmp_path):
+    rows = [json.loads(line) | {"license": "cc-by-nc-sa-4.0"} for line in PAIRS.read_text().splitlines()[:8]]
+    data = tmp_path / "noncommercial.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(StropError, match="commercial use is not allowed"):
+        _train(_cfg(tiny_model_dir, tmp_path, data, objective="dpo", max_steps=1, intended_use="commercial",
+                    output_dir=tmp_path / "refused"))
+    assert not (tmp_path / "refused" / "final").exists()
+    run = _train(_cfg(tiny_model_dir, tmp_path, data, objective="dpo", max_steps=1, intended_use="research"))
+    assert json.loads((run.root / "env.json").read_text())
+    summary = json.loads(run.summary.read_text())
+    assert summary["objective"] == "dpo" and summary["licenses"]["use"] == "research"

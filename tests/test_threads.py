@@ -1,4 +1,4 @@
-"""CPU thread sizing for a busy machine (strop/threads.py): the choice, the reading of others' load, the override."""
+"""CPU thread sizing for a busy machine (strop/core/threads.py): the choice, the reading of others' load, the override."""
 from __future__ import annotations
 
 import subprocess

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _take_threads(argv: list[str]) -> list[str]:
-    """``--threads N|auto|fixed`` may follow any command; it becomes STROP_THREADS (strop/threads.py)."""
+    """``--threads N|auto|fixed`` may follow any command; it becomes STROP_THREADS (strop/core/threads.py)."""
     import os
 
     out, i = [], 0

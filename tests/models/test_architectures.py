@@ -1,8 +1,8 @@
 """The speed path on every model family people fine-tune, not only the tiny Llama.
 
 For each architecture, a tiny random model from its transformers config
-(2 layers, hidden 64): strop's lean layers (train/fused.py) and per-example
-attention (train/varlen.py) must give the loss and every gradient of the
+(2 layers, hidden 64): strop's lean layers (patches/fused.py) and per-example
+attention (patches/varlen.py) must give the loss and every gradient of the
 plain transformers + peft path to 1e-5 in float32, or switch themselves off
 for that architecture. A lever that silently computes something else on one
 family is the failure this file exists to catch.

@@ -24,7 +24,7 @@ from ..core.errors import StropError
 from ..core.pickle_guard import PICKLE_SUFFIXES, refusal
 
 EXPECTED_EOS = "<|im_end|>"
-BOTTLENECK_CONFIG = "bottleneck_config.json"  # strop's own adapters (bottleneck.py), kept torch-free here
+BOTTLENECK_CONFIG = "bottleneck_config.json"  # strop's own adapters (methods/bottleneck.py), kept torch-free here
 
 
 @dataclass(frozen=True)

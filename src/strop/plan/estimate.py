@@ -40,7 +40,7 @@ def split_options(overrides: dict) -> tuple[dict, dict]:
 
 
 def autocast_for(cfg, device_kind: str) -> bool:
-    """The same choice strop train makes (train/precision.py), without importing torch for the CPU case."""
+    """The same choice strop train makes (models/precision.py), without importing torch for the CPU case."""
     mp = getattr(cfg, "mixed_precision", "no")
     if cfg.dtype == "bfloat16" or mp == "bf16":
         return True
@@ -65,7 +65,7 @@ def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens:
               checkpointing: bool = False, checkpoint_layers: int = 0) -> Setup:
     # Keys other methods add to the config are read when present.
     autocast = autocast_for(cfg, device_kind)
-    # strop narrows the LM-head tiles on CPU only (train/lm_head.py)
+    # strop narrows the LM-head tiles on CPU only (patches/lm_head.py)
     tile = VOCAB_TILE if getattr(cfg, "score_labelled_only", False) and device_kind == "cpu" else Setup.vocab_tile
     return Setup(method=cfg.method, dtype=weights_dtype(cfg, autocast), micro_batch=cfg.micro_batch_size, seq_len=seq_len,
                  vocab_tile=tile,

@@ -72,7 +72,7 @@ def model_facts(name: str) -> list[dict]:
 
     if name in models.ALIASES:
         alias = models.ALIASES[name]
-        facts = [_fact(name, alias.license, "strop's alias table (src/strop/models.py)")]
+        facts = [_fact(name, alias.license, "strop's alias table (src/strop/models/__init__.py)")]
         spec = importlib.util.find_spec(alias.package)  # locate without importing (see models.alias_gguf)
         if spec and spec.submodule_search_locations:
             gguf = Path(list(spec.submodule_search_locations)[0]) / alias.filename

@@ -43,12 +43,12 @@ DROPOUT_COEF = {"q_proj": "h", "k_proj": "h", "v_proj": "h", "o_proj": "q", "gat
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 FROZEN_BODY_METHODS = ("prompt_tuning", "prefix_tuning")  # trained state sits outside the decoder layers
 # Bytes per activation value (units of ACT_COEF) with the base loaded in bf16 under autocast
-# (train/precision.py, the default for adapter methods on bf16 hardware). Fitted to
+# (models/precision.py, the default for adapter methods on bf16 hardware). Fitted to
 # benchmarks/plan_accuracy.py (LoRA and prompt tuning at max_length 128 and 512, 2026-11-26,
 # after the CPU attention and LM-head changes); a structure-only count (2 bytes, all bf16) missed
 # 25-36%: the fp32 norm copies, the step's temporaries and allocator slack stay.
 BF16_BASE_ACT_BYTES = {"adapter": 3.8, "frozen_body": 2.6}
-# What lean LoRA layers keep (train/fused.py), units of (hidden, kv width, intermediate): the two
+# What lean LoRA layers keep (patches/fused.py), units of (hidden, kv width, intermediate): the two
 # norm inputs, the input shared by q/k/v and the one shared by gate/up, q (with the attention
 # output, both hidden wide), k and v, gate and up; no dropout masks (drawn again in backward).
 LEAN_LORA_COEF = (6.0, 2.0, 2.0)
@@ -79,7 +79,7 @@ class Setup:
     optim: str = "adamw"
     gradient_checkpointing: bool = False
     checkpoint_layers: int = 0  # with checkpointing: how many layers recompute (0: all); the rest keep activations
-    lean_layers: bool = False  # train/fused.py; modelled for LoRA on a bf16 base, stock counts elsewhere
+    lean_layers: bool = False  # patches/fused.py; modelled for LoRA on a bf16 base, stock counts elsewhere
     lora_r: int = 16
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
@@ -87,9 +87,9 @@ class Setup:
     adapter_size: int = 64
     device_kind: str = "cpu"
     # Share of the batch's positions the LM head scores: the labelled ones
-    # (score_labelled_only, train/lm_head.py), or all of them (1.0).
+    # (score_labelled_only, patches/lm_head.py), or all of them (1.0).
     scored_share: float = 1.0
-    vocab_tile: int = 32768  # LM-head tile width: TRL's 32,768, or strop's narrower one (train/lm_head.py)
+    vocab_tile: int = 32768  # LM-head tile width: TRL's 32,768, or strop's narrower one (patches/lm_head.py)
     nproc: int = 1  # processes the run is split over (strop train --nproc), per device figures
     strategy: str = "ddp"  # ddp, fsdp, deepspeed-zero2, deepspeed-zero3 (plan/sharding.py)
 
@@ -167,7 +167,7 @@ def activation_bytes(shape: ModelShape, s: Setup) -> float:
     tokens = batch_tokens(s)
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
     if s.lean_layers and s.method == "lora" and s.dtype == "bfloat16":
-        # what train/fused.py keeps; no dropout copies (its masks are drawn again in backward)
+        # what patches/fused.py keeps; no dropout copies (its masks are drawn again in backward)
         b, coef, dropout = LEAN_LORA_BF16_BYTES, LEAN_LORA_COEF, 0.0
     else:
         b, coef = _bytes_per_value(s), ACT_COEF

@@ -58,7 +58,7 @@ def create_service_app(workdir: str | Path, *, api_key: str | None = None, concu
                        policy: ClientPolicy | None = None, bind_host: str | None = None,
                        webhooks: list | None = None, launcher=None) -> FastAPI:
     """The service app. ``policy``: what API clients may set beyond the safe options (policy.py);
-    ``bind_host``: the address it listens on, whose names alone it answers to (serve/guard.py);
+    ``bind_host``: the address it listens on, whose names alone it answers to (http/guard.py);
     ``webhooks``: webhooks.Endpoint list told when a job ends (webhooks.py); ``launcher``: where training
     processes run (launchers.py; default this machine)."""
     from .studio import csp_for, install, is_public

@@ -58,7 +58,7 @@ class CheckpointFirstLayers(TrainerCallback):
 
 
 class AdaptiveThreads(TrainerCallback):
-    """Between steps, size torch's CPU thread pool to the cores other programs leave free (strop/threads.py)."""
+    """Between steps, size torch's CPU thread pool to the cores other programs leave free (strop/core/threads.py)."""
 
     def __init__(self, sizer) -> None:
         self.sizer = sizer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..core.errors import StropError
 
-GEN_METRICS = ("bleu", "rouge", "exact_match")  # names in eval/metrics.py::METRICS
+GEN_METRICS = ("bleu", "rouge", "exact_match")  # names in metrics.py::METRICS
 GEN_PREFIX = "gen_"  # metrics.jsonl keys: gen_bleu, gen_rougeL, gen_exact_match, ...
 GEN_MAX_NEW_TOKENS = 64
 
@@ -29,7 +29,7 @@ def heldout_conversations(cfg) -> list:
 
 
 def score(predictions: list[str], references: list[str]) -> dict:
-    """The GEN_METRICS of eval/metrics.py, keys prefixed with ``gen_``."""
+    """The GEN_METRICS of metrics.py, keys prefixed with ``gen_``."""
     from ..metrics import METRICS
 
     out: dict = {}

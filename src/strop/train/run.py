@@ -1,8 +1,9 @@
 """One training lifecycle for every objective: check, resume, load, set up, train, save, summarise.
 
 What differs between objectives (the data rows, TRL's trainer, the speed levers, extra summary
-figures) comes from the objective's own module, ``sft`` or ``preference``, through five functions
-with the same names in each: ``prepare``, ``checkpointing``, ``build``, ``speedups`` and ``summary``.
+figures) comes from the objective's own module, ``sft`` or ``preference``, through eight functions
+with the same names in each: ``check``, ``prepare``, ``evaluates``, ``checkpointing``, ``callbacks``,
+``build``, ``speedups`` and ``summary``.
 Everything else, the license gate and the environment record included, happens here once.
 """
 from __future__ import annotations
