@@ -12,7 +12,6 @@ from .core import __version__
 from .core.errors import StropError
 from .core.logs import quiet_libraries
 
-
 # The commands in the order `strop --help` lists them, each with the stage module that owns it.
 COMMANDS = (
     ("train", "train.commands"), ("generate", "serve.commands"), ("chat", "serve.commands"),

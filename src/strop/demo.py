@@ -23,12 +23,12 @@ def demo_data_dir() -> Path:
 
 
 def run_demo(output_dir: str = "runs/demo", epochs: float = 5.0) -> int:
-    from .methods.options import load_train_config
     from .data.check import check, format_report
     from .eval.run import evaluate
     from .eval.sweep import sweep_lines
-    from .report.html import format_table
+    from .methods.options import load_train_config
     from .models.engine import Engine
+    from .report.html import format_table
     from .train.run import train
 
     data = demo_data_dir()

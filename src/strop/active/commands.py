@@ -1,4 +1,5 @@
-"""What each `strop al ACTION` does between parsing and printing (cli.py stays thin)."""
+"""`strop al ACTION`: its parser (``PARSERS``, read by strop/cli.py) and what each action does
+between parsing and printing."""
 from __future__ import annotations
 
 import sys
@@ -25,9 +26,8 @@ def score(args) -> int:
 
 def select(args) -> int:
     from .score import load_scores
-    from .select import select as pick, uncertainty, write_selection
-
-    from .select import output_paths
+    from .select import output_paths, uncertainty, write_selection
+    from .select import select as pick
 
     for path in output_paths(args.output):
         check_output(path, label="--output")
@@ -76,17 +76,13 @@ def score_merge(args) -> int:
     return 0
 
 
-ACTIONS = {"score": score, "score-merge": score_merge, "select": select, "merge": merge, "loop": loop}
-
-
-def run_action(args) -> int:
-    return ACTIONS[args.al_action](args)
 
 
 def add_al(sub) -> None:
     al = sub.add_parser("al", help="active learning: score a pool, select what to label, merge labels, oracle loop")
     alsub = al.add_subparsers(dest="al_action", required=True, metavar="ACTION")
     a = alsub.add_parser("score", help="uncertainty signals + embeddings for every pool input")
+    a.set_defaults(func=score)
     a.add_argument("--model", required=True, help="run directory, model directory, .gguf file or alias")
     a.add_argument("--pool", required=True, help="unlabelled inputs (JSONL/CSV rows with id + prompt)")
     a.add_argument("--output", required=True, help="new directory for the scores")
@@ -97,9 +93,11 @@ def add_al(sub) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--shard", metavar="I/N", help="score only part I of N of the pool (0-based), for score-merge")
     a = alsub.add_parser("score-merge", help="one scores directory from the parts of `strop al score --shard I/N`")
+    a.set_defaults(func=score_merge)
     a.add_argument("parts", nargs="+", help="every part's scores directory")
     a.add_argument("--output", required=True, help="new directory for the merged scores")
     a = alsub.add_parser("select", help="pick the next items to label; writes FILE.jsonl + FILE.csv")
+    a.set_defaults(func=select)
     a.add_argument("--scores", required=True, help="directory written by `strop al score`")
     a.add_argument("--budget", type=int, required=True, help="how many items to pick")
     a.add_argument("--strategy", default="hybrid", choices=["uncertainty", "diversity", "hybrid", "random"])
@@ -108,16 +106,17 @@ def add_al(sub) -> None:
     a.add_argument("--output", required=True, help="labelling file (FILE.csv and FILE.jsonl are written)")
     a.add_argument("--seed", type=int, default=0)
     a = alsub.add_parser("merge", help="validate labelled rows and append them to a training file")
+    a.set_defaults(func=merge)
     a.add_argument("labelled", help="the labelled CSV (or JSONL) from `strop al select`")
     a.add_argument("--into", required=True, help="training JSONL to append to (created if missing)")
     a.add_argument("--selection", help="the selection JSONL (default: LABELLED with .jsonl)")
     a.add_argument("--skip-unlabelled", action="store_true", help="merge the labelled rows, skip the rest")
     a = alsub.add_parser("loop", help="oracle experiment: select -> reveal -> retrain -> eval per strategy")
+    a.set_defaults(func=loop)
     a.add_argument("--config", required=True, help="loop YAML (pool, eval, learner, strategies, seeds ...)")
     a.add_argument("--rounds", type=int)
     a.add_argument("--budget", type=int)
     a.add_argument("--output-dir")
-    al.set_defaults(func=run_action)
 
 
 PARSERS = {"al": add_al}

@@ -125,8 +125,8 @@ def run_curve(cfg: LoopConfig, strategy: str, seed: int, pool, pool_emb, held, h
 
 def run_loop(cfg: LoopConfig, progress=print) -> dict:
     """Every strategy x seed; writes curves.json, summary.json and learning_curves.png."""
-    from .curves import plot_curves, summarize
     from ..models.embeddings import embed
+    from .curves import plot_curves, summarize
 
     pool, held = load_data(cfg, warn=progress)
     pool_emb, held_emb = embed([it.text for it in pool]), embed([it.text for it in held])

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.readers import read_rows
 from ..core.errors import StropError
+from ..data.readers import read_rows
 from .pool import fingerprint
 
 YES = {"yes", "y", "x", "1", "true", "ok", "done"}

@@ -12,8 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.readers import read_rows
 from ..core.errors import StropError
+from ..data.readers import read_rows
 
 INPUT_KEYS = ("prompt", "text", "input", "question", "instruction")
 ANSWER_KEYS = ("label", "answer", "completion", "output")

@@ -1,7 +1,5 @@
-"""What each `strop data ACTION` does: a handful of calls into the data modules, then print.
-
-Kept out of cli.py so the command table there stays one line per option.
-"""
+"""`strop data ACTION`: its parser (``PARSERS``, read by strop/cli.py) and what each action does:
+a handful of calls into the data modules, then print."""
 from __future__ import annotations
 
 import json
@@ -127,11 +125,6 @@ def augment_cmd(args) -> int:
     return 0
 
 
-ACTIONS = {"check": check_cmd, "check-merge": check_merge_cmd, "clean": clean_cmd, "split": split_cmd, "preview": preview_cmd, "augment": augment_cmd}
-
-
-def run_action(args) -> int:
-    return ACTIONS[args.data_command](args)
 
 
 def add_data(sub) -> None:
@@ -154,13 +147,13 @@ def add_data(sub) -> None:
     dc.add_argument("--strict", action="store_true", help="exit 1 when the report has errors; list every unusable row")
     dc.add_argument("--lenient", action="store_true", help="exit 0 even when some rows are unusable")
     dc.add_argument("--shard", metavar="I/N", help="check only part I of N (0-based; with --json), for check-merge")
-    dc.set_defaults(func=run_action)
+    dc.set_defaults(func=check_cmd)
     dm_ = dsub.add_parser("check-merge", help="one report from the --json parts of `strop data check --shard I/N`")
     dm_.add_argument("parts", nargs="+", help="every part's JSON report")
     dm_.add_argument("--json", help="also write the merged report as JSON here")
     dm_.add_argument("--strict", action="store_true", help="exit 1 when the report has errors")
     dm_.add_argument("--lenient", action="store_true", help="exit 0 even when some rows are unusable")
-    dm_.set_defaults(func=run_action)
+    dm_.set_defaults(func=check_merge_cmd)
     dl = dsub.add_parser("clean", help="dedup, redact/drop PII, filter; writes the output plus a manifest")
     dl.add_argument("file")
     dl.add_argument("--output", required=True, help="cleaned file (.jsonl or .json); the input is never changed")
@@ -172,7 +165,7 @@ def add_data(sub) -> None:
     dl.add_argument("--max-length", type=int, help="drop rows longer than this many tokens")
     dl.add_argument("--language", help="keep only answers in this language (ISO code, e.g. en)")
     dl.add_argument("--base-model", default="smollm2-135m-instruct")
-    dl.set_defaults(func=run_action)
+    dl.set_defaults(func=clean_cmd)
     dp = dsub.add_parser("split", help="seeded train/eval split; near-duplicates never straddle")
     dp.add_argument("file")
     dp.add_argument("--train-out", required=True)
@@ -181,7 +174,7 @@ def add_data(sub) -> None:
     dp.add_argument("--seed", type=int, default=0)
     dp.add_argument("--stratify", help="column whose values keep their share in both parts")
     dp.add_argument("--near-threshold", type=float, default=0.8)
-    dp.set_defaults(func=run_action)
+    dp.set_defaults(func=split_cmd)
     dv = dsub.add_parser("preview", help="show rows as the model sees them, trained tokens highlighted")
     dv.add_argument("file")
     dv.add_argument("-n", type=int, default=3)
@@ -191,7 +184,7 @@ def add_data(sub) -> None:
     dv.add_argument("--system-prompt", default="")
     dv.add_argument("--html", help="write an HTML page instead of printing")
     dv.add_argument("--no-color", action="store_true", help="mark trained text with [[ ]] instead of colour")
-    dv.set_defaults(func=run_action)
+    dv.set_defaults(func=preview_cmd)
     da = dsub.add_parser("augment", help="add augmented prompts (word ops, synonyms, LLM paraphrase)")
     da.add_argument("file")
     da.add_argument("--output", required=True)
@@ -203,7 +196,7 @@ def add_data(sub) -> None:
     da.add_argument("--endpoint", help="OpenAI-compatible base URL to use instead of a local model")
     da.add_argument("--pivot", default="French", help="pivot language for back-translation")
     da.add_argument("--only-new", action="store_true", help="write only the augmented rows")
-    da.set_defaults(func=run_action)
+    da.set_defaults(func=augment_cmd)
 
 
 PARSERS = {"data": add_data}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .records import Conversation
 from ..models.templates import render_chat  # the template is the model's code: sandboxed, with limits
+from .records import Conversation
 
 CHUNK = 2000
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..data.records import Conversation, Message
 from ..core.errors import StropError
+from ..data.records import Conversation, Message
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. The conversation starts with example exchanges that show exactly how you "

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import string
 
-from ..data.records import Conversation, Message
 from ..core.errors import StropError
+from ..data.records import Conversation, Message
 
 UNPARSED = "<none>"
 

@@ -10,10 +10,10 @@ from ..core.pickle_guard import ALLOW_PICKLE_HELP as PICKLE_HELP
 
 
 def eval_cmd(args) -> int:
+    from ..report.html import format_table
     from .preference import describe, is_preference_run
     from .run import evaluate
     from .sweep import parse_scales, sweep_lines
-    from ..report.html import format_table
 
     if is_preference_run(args.model):  # dpo/kto/orpo/simpo/cpo/reward/grpo runs: base vs tuned preference metrics
         if args.scales or args.apply_scale:

@@ -190,8 +190,8 @@ def evaluate_run(run: str | Path, data: str = "", *, output: str | Path | None =
     result["eval_wall_s"] = round(time.monotonic() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "preference.json").write_text(json.dumps(result, indent=2))
-    from .preference_report import write_preference_report
     from ..core.rundir import RunDir
+    from .preference_report import write_preference_report
 
     write_preference_report(out, result, RunDir(run).read_metrics())
     result["output"] = str(out)
@@ -206,9 +206,8 @@ def _grpo_eval(cfg: TrainConfig, tok, rows, base, tuned, samples: int, seed: int
     out: dict = {"prompts": len(rows), "samples_per_prompt": samples}
     rm = None
     if cfg.reward_model:
-        from ..train.preference import load_reward_model
-
         from .. import models
+        from ..train.preference import load_reward_model
 
         rm, rm_tok = load_reward_model(cfg.reward_model), models.load_tokenizer(cfg.reward_model)
     for name, model in (("base", base), ("tuned", tuned)):

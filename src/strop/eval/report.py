@@ -252,9 +252,8 @@ def prompts_section(metrics: dict) -> str:
 
 
 def write_eval_report(out: Path, title: str, metrics: dict, predictions: list[dict], train_metrics: list[dict]) -> Path:
-    from ..report.examples import sortable_examples
-
     from ..report.curves import GEN_PANELS, plot_curves
+    from ..report.examples import sortable_examples
 
     curve = plot_loss_curve(train_metrics, out / "loss_curve.png") if train_metrics else None
     bars = plots.metric_bars(metrics["systems"], metrics.get("intervals", {}), BAR_METRICS, out / "metrics.png")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from .. import models
 from ..core.config import TrainConfig, load_yaml
-from ..data import Dataset, load, split
 from ..core.errors import StropError
 from ..core.rundir import RunDir
+from ..data import Dataset, load, split
 from .systems import Spec, Task, score_system
 
 
@@ -47,9 +47,8 @@ def evaluate(target: str, data: str | None = None, output: str | None = None, ma
 
     ``options`` are the fields of ``Options`` (baselines, bias, labels, k_shot, ...).
     """
-    from .collect import collect, write_outputs
-
     from ..core.paths import check_output
+    from .collect import collect, write_outputs
 
     opts = Options(**options)
     t0 = time.monotonic()

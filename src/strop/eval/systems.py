@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..data import Dataset
+from ..metrics import compute_all, keyword_hits
 from .baselines import FewShot
 from .classification import UNPARSED, parse_label, rank_labels
-from ..metrics import compute_all, keyword_hits
 from .likelihood import example_nll
 from .scores import generation_stats, nll_stats
 from .stats import Stats, mean_stats

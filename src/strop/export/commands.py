@@ -5,9 +5,9 @@ handlers import their heavy modules only when they run, so `strop --help` stays 
 """
 from __future__ import annotations
 
+
 def export_cmd(args) -> int:
     from . import export
-
     from .verify import summary
 
     report = export(args.run, args.format, args.output, quant=args.quant, dtype=args.dtype, n_prompts=args.prompts,

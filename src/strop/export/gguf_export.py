@@ -15,7 +15,6 @@ from .. import models
 from ..core.errors import StropError
 from . import converter, merged, prompts, provenance, verify
 
-
 CONVERTER = f"llama.cpp convert_hf_to_gguf.py (convert-hf-to-gguf {converter.VERSION})"
 
 
@@ -47,13 +46,12 @@ def _default_system(tok) -> str:
 
 
 def _load_back(path: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from functools import partial
     from unittest import mock
 
+    import torch
     from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as reader
 
     # its per-tensor progress bar would bury a failed export's one-line message on stderr

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import math
 
-from ..models.templates import prompt_text
 from ..core.errors import StropError
+from ..models.templates import prompt_text
 
 MIN_GREEDY = 0.5  # default --min-greedy: share of prompts whose greedy output must equal the tuned model's
 CHANGE_FLOOR = 1e-3  # mean KL(tuned || base) below which a run counts as not having changed its base
@@ -82,9 +82,10 @@ class LlamaCpp:
         self.vocab_size = vocab_size
 
     def __call__(self, input_ids, **kw):
+        from types import SimpleNamespace
+
         import numpy as np
         import torch
-        from types import SimpleNamespace
 
         ids = input_ids[0].tolist()
         self.llm.reset()

@@ -148,8 +148,8 @@ METHODS: dict[str, Method] = {
 
 
 def get(name: str) -> Method:
-    from ..core.suggest import unknown
     from ..core.errors import StropError
+    from ..core.suggest import unknown
 
     if name not in METHODS:
         raise StropError(unknown("method", name, list(METHODS)))

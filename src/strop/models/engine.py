@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import models
-from ..models.templates import prompt_text
 from ..core.errors import StropError
-
+from .templates import prompt_text
 
 GREEDY_BELOW = 1e-5  # a temperature under this samples like argmax anyway; dividing by it overflows
 

@@ -5,8 +5,8 @@ import dataclasses
 
 from .. import models
 from ..core.errors import StropError
-from ..patches.lm_head import VOCAB_TILE  # torch-free modules, like the planner
 from ..models.precision import weights_dtype
+from ..patches.lm_head import VOCAB_TILE  # torch-free modules, like the planner
 from . import advice, cost, hardware
 from .memory import OPTIM_BYTES, Setup, breakdown
 from .shape import read_shape

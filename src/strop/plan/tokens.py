@@ -19,9 +19,9 @@ class TokenCount:
 
 def count(cfg, tok) -> TokenCount:
     """Render the training split exactly as `strop train` does and count."""
+    from ..core.errors import StropError
     from ..data import load, split
     from ..data.render import render
-    from ..core.errors import StropError
 
     if not cfg.data:
         raise StropError("option data: no training file given (use --data FILE)")

@@ -31,14 +31,14 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from ..models.templates import prompt_text
 from ..core.errors import StropError
-from . import adapters as adapter_table
-from .batching import Batcher, Closed, QueueFull
-from ..models.engine import Engine
 from ..http.errors import APIError, install_error_handlers
 from ..http.guard import API_CSP, Guard, allowed_hosts
 from ..http.server import drained, serve_until_stopped
+from ..models.engine import Engine
+from ..models.templates import prompt_text
+from . import adapters as adapter_table
+from .batching import Batcher, Closed, QueueFull
 from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
 from .metrics import Metrics
 

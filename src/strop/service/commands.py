@@ -5,6 +5,7 @@ handlers import their heavy modules only when they run, so `strop --help` stays 
 """
 from __future__ import annotations
 
+
 def service_cmd(args) -> int:
     import os
 
@@ -16,9 +17,8 @@ def service_cmd(args) -> int:
     check_bind(args.host, key, args.no_auth)
     policy = ClientPolicy.from_options(args.allow_client_option, args.model_root, args.model_map,
                                        args.allow_python_graders, args.grader_endpoint)
-    from .webhooks import parse_endpoints
-
     from .launchers import make
+    from .webhooks import parse_endpoints
 
     hooks = parse_endpoints(args.webhook, args.webhook_secret or os.environ.get("STROP_WEBHOOK_SECRET"))
     launcher = make(args.launcher, args.slurm_option, args.scheduler_poll_s)

@@ -19,7 +19,6 @@ at, so the errors tell a client nothing about the host's files.
 """
 from __future__ import annotations
 
-
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -28,10 +28,10 @@ def _watch_parent(interval: float = 1.0) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from ..core.errors import StropError
     from ..core.logs import quiet_libraries
     from ..methods.options import load_train_config
     from ..train.run import train
-    from ..core.errors import StropError
     from .launchers import write_exit
     from .progress import PLAN, write_plan
 

@@ -19,9 +19,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..core.errors import StropError
-from ..http.guard import COOKIE, authorized
-from ..http.errors import APIError
 from ..core.rundir import RunDir
+from ..http.errors import APIError
+from ..http.guard import COOKIE, authorized
 from . import files, jobs
 
 STATIC = Path(__file__).parent / "static"

@@ -15,7 +15,6 @@ launcher's own traceback.
 """
 from __future__ import annotations
 
-
 import json
 import os
 from dataclasses import dataclass

@@ -8,13 +8,12 @@ end-of-turn token, so TRL's "add EOS if missing" leaves it alone.
 from __future__ import annotations
 
 from ..core.config import TrainConfig
+from ..core.errors import StropError
 from ..data import Conversation, load, split
 from ..data.load import ANY_KIND
 from ..data.records import KINDS, Message
-from ..models.templates import prompt_text, with_system
-from ..models.templates import render_chat
-from ..core.errors import StropError
 from ..methods.objectives import get
+from ..models.templates import prompt_text, render_chat, with_system
 
 # Row fields that are part of a data format, not extra columns for reward functions.
 FORMAT_FIELDS = {"messages", "conversations", "prompt", "completion", "chosen", "rejected", "system", "instruction",

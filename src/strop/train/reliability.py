@@ -28,9 +28,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..core.errors import StropError
+from ..core.manifest import sha256_file, write_manifest
 from ..core.paths import disk_full_reason
 from ..core.pickle_guard import refuse_pickles
-from ..core.manifest import sha256_file, write_manifest
 
 EXIT_STOPPED = 143  # the conventional 128 + SIGTERM, so schedulers see a clean stop
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.config import TrainConfig
+from ..core.errors import StropError
 from ..data import Dataset, load, split
 from ..data.render import render
-from ..core.errors import StropError
 
 
 @dataclass
