@@ -270,7 +270,7 @@ def test_checkpoints_hold_no_pickle(reference):
 # -- dying during a save -------------------------------------------------------
 KILL_DURING_SAVE = """
 import os, signal, sys
-from strop.train import checkpoint_io
+from strop.patches import checkpoints as checkpoint_io
 real = checkpoint_io.save_state
 def dying(obj, directory, stem):
     if stem == "scheduler" and str(directory).endswith("checkpoint-4"):

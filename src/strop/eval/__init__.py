@@ -1,5 +1,5 @@
-"""Evaluation stage: generation metrics, perplexity, base-vs-tuned comparison.
+"""Evaluation stage: base against tuned, baselines, forgetting, bias probes, the scale sweep, reports.
 
-Import the submodules directly (``strop.metrics``, ``strop.eval.run``);
+Import the submodules directly (``strop.eval.run``, ``strop.eval.likelihood``);
 this package imports nothing heavy so ``strop --help`` stays instant.
 """
