@@ -29,14 +29,19 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(VENV)/bin/strop demo
 
-test: venv browser
-	$(PY) -m pytest -q --durations=10 -m "not interop"
+# Two pytest workers (pytest-xdist), one CPU thread each (tests/conftest.py); a file's tests stay
+# on one worker, so its fixtures are built once. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test-fast: venv  # the tests under 2 s each (about 1.5 min on an idle 2-core CPU)
-	$(PY) -m pytest -q -m "not slow and not interop"
+test: venv browser
+	$(PY) -m pytest -q $(XDIST) --durations=10 -m "not interop"
+
+test-fast: venv  # the tests under 2 s each
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not interop"
 
 test-slow: venv
-	$(PY) -m pytest -q -m "slow and not interop"
+	$(PY) -m pytest -q $(XDIST) -m "slow and not interop"
 
 # GGUF files checked by llama.cpp itself; not in `make test`: llama-cpp-python builds llama.cpp
 # from source the first time (about 12 minutes on 2 cores; pip caches the wheel after that)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores. Each one, and every strop process a test
+    # starts, keeps to one CPU thread: two OpenMP pools of two threads on two cores wait on each
+    # other's descheduled threads (docs/performance.md), one thread each does not.
+    os.environ.setdefault("STROP_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 FIXTURES = Path(__file__).parent / "fixtures"
 PEER = FIXTURES / "peer"  # LLaMA-Factory's data files, Apache-2.0 (fixtures/peer/README.md)
 DEMO_DATA = ROOT / "src" / "strop" / "demo_data"

@@ -261,7 +261,9 @@ def test_bad_webhook_urls_are_one_line_errors_naming_the_option(url):
 
 
 @pytest.mark.parametrize("secret", [None, "abc", SECRET[len("whsec_"):], "whsec_", "whsec_c2hvcnQ=",
-                                    "whsec_!!!!" + SECRET[10:], SECRET.rstrip("="), "whsec_" + "-_" * 20])
+                                    "whsec_!!!!" + SECRET[10:], SECRET.rstrip("="), "whsec_" + "-_" * 20],
+                         ids=["none", "no-prefix-short", "no-prefix", "empty", "too-short", "not-base64", "unpadded",
+                              "url-alphabet"])  # ids, not the random secret: pytest-xdist workers must collect alike
 def test_bad_secrets_are_one_line_errors_naming_the_option_and_env(secret):
     with pytest.raises(StropError, match="--webhook-secret.*STROP_WEBHOOK_SECRET") as err:
         parse_endpoints(["https://example.com/hook"], secret)
