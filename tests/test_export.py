@@ -360,3 +360,19 @@ def test_full_fine_tune_with_a_missing_base_skips_only_the_base_check(tiny_model
     run = _full_run(tiny_model_dir, tmp_path / "full", tmp_path / "gone")
     v = export(str(run), "merged", n_prompts=2)["verification"]
     assert v["verified"] and v["base_check"].startswith("skipped: base model") and "kl_to_base_mean" not in v, v
+
+
+def test_a_k_quant_without_llama_cpp_is_one_line_naming_the_package(monkeypatch):
+    import importlib.util
+
+    from strop.export.converter import check_quant
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(StropError, match=r"^option --quant: q4_k_m is made by llama.cpp's quantizer, which needs "
+                                         r"llama-cpp-python"):
+        check_quant("q4_k_m")
+    check_quant("q4_1")  # gguf-py's own quantizers need nothing more
+    with pytest.raises(StropError, match="option --quant: 'q3_k' is not one of"):
+        check_quant("q3_k")
+

@@ -5,6 +5,8 @@ handlers import their heavy modules only when they run, so `strop --help` stays 
 """
 from __future__ import annotations
 
+from .converter import QUANTS
+
 
 def export_cmd(args) -> int:
     from . import export
@@ -23,7 +25,8 @@ def add_export(sub) -> None:
     x.add_argument("run", help="run directory")
     x.add_argument("--format", choices=["merged", "gguf"], default="merged")
     x.add_argument("--output", help="output directory (default RUN/export/FORMAT)")
-    x.add_argument("--quant", choices=["f16", "q8_0", "q4_1"], default="q8_0", help="GGUF tensor type")
+    x.add_argument("--quant", choices=QUANTS, default="q8_0",
+                   help="GGUF tensor type (q4_k_m, q5_k_m, q6_k need llama-cpp-python; docs/export.md)")
     x.add_argument("--dtype", help="merged weights dtype (default: the base model's own)")
     x.add_argument("--prompts", type=int, default=8, help="held-out prompts to verify on")
     x.add_argument("--min-greedy", type=float, default=0.5, metavar="FRACTION",

