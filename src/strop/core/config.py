@@ -59,9 +59,14 @@ class DataOptions:
     val_size: float = 0.1  # fraction (<1) or count (>=1) held out when eval_data is empty
     train_on_inputs: bool = False  # True: loss on every token, not just assistant turns
     system_prompt: str = ""  # prepended to conversations that have no system turn
+    # a chat template's thinking switch (Qwen3's enable_thinking): auto = the template's own default;
+    # true/false = passed to the template in training, and kept by generation, serving and export
+    enable_thinking: str = "auto"
 
     def check_data(self) -> None:
         _positive(self, "max_length")
+        self.enable_thinking = str(self.enable_thinking).lower()
+        _one_of(self, "enable_thinking", ("auto", "true", "false"))
         if self.val_size < 0:
             raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import methods, models
 from ..core.errors import StropError
+from ..models.templates import KWARGS_ATTR, bake_template_kwargs
 from . import prompts, provenance, verify
 
 
@@ -155,6 +156,9 @@ def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: 
     try:
         tmp.mkdir(parents=True)
         merged.to(getattr(torch, out_dtype)).save_pretrained(tmp, safe_serialization=True)
+        kwargs = getattr(tok, KWARGS_ATTR, {})
+        if kwargs and tok.chat_template:  # readers of the exported files (llama.cpp) cannot pass them
+            tok.chat_template = bake_template_kwargs(tok.chat_template, kwargs)
         tok.save_pretrained(tmp)
         shutil.copy(final / "strop_run.json", tmp / "strop_run.json")  # system prompt travels with the weights
         del merged, model

@@ -243,6 +243,11 @@ def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
         raise _hub_error(name, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    run_info = path / "strop_run.json" if isinstance(path, Path) else None
+    if run_info is not None and run_info.is_file():  # a run's template variables (enable_thinking) go with it
+        from .templates import set_template_kwargs
+
+        set_template_kwargs(tok, json.loads(run_info.read_text()).get("chat_template_kwargs") or {})
     return tok
 
 

@@ -231,8 +231,30 @@ def compile_template(source: str):
     return env.from_string(_budgeted_tree(env, source))
 
 
+KWARGS_ATTR = "strop_chat_template_kwargs"  # extra template variables a run trained with, on its tokenizer
+
+
+def template_kwargs(enable_thinking: str) -> dict:
+    """The extra variables a run passes to its chat template (``TrainConfig.enable_thinking``)."""
+    return {} if enable_thinking == "auto" else {"enable_thinking": enable_thinking == "true"}
+
+
+def set_template_kwargs(tok, kwargs: dict) -> None:
+    """Every rendering with ``tok`` passes ``kwargs`` to the template, as ``apply_chat_template(**kwargs)`` does."""
+    setattr(tok, KWARGS_ATTR, dict(kwargs))
+
+
+def bake_template_kwargs(source: str, kwargs: dict) -> str:
+    """The template with ``kwargs`` fixed inside it, for files whose readers cannot pass them (GGUF)."""
+    import json
+
+    # a top-level `set` shadows a variable of the same name the caller passes: the file keeps the run's setting
+    return "".join(f"{{%- set {k} = {json.dumps(v)} -%}}" for k, v in kwargs.items()) + source
+
+
 def render_chat(tok, messages: list[dict], add_generation_prompt: bool) -> str:
-    """``tok.apply_chat_template(messages, tokenize=False, ...)``, within the limits above."""
+    """``tok.apply_chat_template(messages, tokenize=False, ...)``, within the limits above, with the
+    run's template variables (``set_template_kwargs``)."""
     from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
     from transformers.utils import chat_template_utils as ctu
 
@@ -244,7 +266,7 @@ def render_chat(tok, messages: list[dict], add_generation_prompt: bool) -> str:
     token = _budget.set(budget)
     try:
         out, size = [], 0
-        context = {**tok.special_tokens_map, "messages": messages, "tools": None,
+        context = {**tok.special_tokens_map, **getattr(tok, KWARGS_ATTR, {}), "messages": messages, "tools": None,
                    "documents": None, "add_generation_prompt": add_generation_prompt}
         for chunk in template.generate(**context):
             size += len(chunk)

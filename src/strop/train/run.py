@@ -17,6 +17,7 @@ from .. import models
 from ..core.config import TrainConfig, to_yaml
 from ..core.errors import StropError
 from ..core.rundir import RunDir
+from ..models.templates import set_template_kwargs, template_kwargs
 from . import distributed, reliability
 from .callbacks import AdaptiveThreads, MetricsLog, Progress
 from .save import run_summary, save_final
@@ -61,6 +62,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
         reliability.resume_from_checkpoint(run, resume_from)
     set_seed(cfg.seed)
     tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
+    set_template_kwargs(tok, template_kwargs(cfg.enable_thinking))  # masks, samples and final/ see the same
     prepared = steps.prepare(cfg, tok)
     if world.is_main:  # the other ranks only read the run directory
         run.root.mkdir(parents=True, exist_ok=True)

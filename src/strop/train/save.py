@@ -11,6 +11,7 @@ from .. import methods
 from ..core.config import TrainConfig
 from ..core.errors import StropError
 from ..core.rundir import RunDir
+from ..models.templates import template_kwargs
 from . import distributed, reliability
 from .callbacks import checkpointed_layers
 
@@ -34,7 +35,11 @@ def save_final(model, tok, cfg: TrainConfig, run: RunDir, *, weights_written: bo
         # The alias or path the user named, so a copied run resolves on another machine.
         base = {"base_model": cfg.base_model, "method": cfg.method, "load_in_4bit": method.load_in_4bit}
         (tmp / "strop_base.json").write_text(json.dumps(base))
-    (tmp / "strop_run.json").write_text(json.dumps({"system_prompt": cfg.system_prompt, "method": cfg.method}))
+    info = {"system_prompt": cfg.system_prompt, "method": cfg.method}
+    kwargs = template_kwargs(cfg.enable_thinking)
+    if kwargs:  # generation, serving and export render the template as training did
+        info["chat_template_kwargs"] = kwargs
+    (tmp / "strop_run.json").write_text(json.dumps(info))
     bad = reliability.non_finite_tensors(tmp)
     if bad:
         shutil.rmtree(tmp)
