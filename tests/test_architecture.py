@@ -31,6 +31,7 @@ LAYERS = [
     "http",      # auth, limits and OpenAI-shaped errors for every server
     "serve",
     "active",
+    "tinker",    # the Tinker-compatible training API
     "service",
     "compare",
     "demo",

@@ -19,6 +19,7 @@ COMMANDS = (
     ("service", "service.commands"), ("studio", "service.commands"), ("export", "export.commands"),
     ("models", "models.commands"), ("demo", "demo"), ("compare", "compare"), ("plan", "plan.commands"),
     ("license", "plan.commands"), ("env", "plan.commands"), ("al", "active.commands"),
+    ("tinker-serve", "tinker.commands"),
 )
 RAW_COMMANDS = ("train", "plan")  # free-form --KEY VALUE config options, parsed by strop.core.config
 

@@ -96,13 +96,17 @@ def _host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-def authorized(headers: dict[str, str], cookies: str, api_key: str | None, *, cookie: bool = True) -> bool:
-    """A bearer key, or (where ``cookie``) the studio's cookie; constant-time either way."""
+def authorized(headers: dict[str, str], cookies: str, api_key: str | None, *, cookie: bool = True,
+               key_header: str | None = None) -> bool:
+    """A bearer key, the key in ``key_header`` (the tinker SDK's X-API-Key) or (where ``cookie``) the
+    studio's cookie; constant-time either way."""
     if api_key is None:
         return True
     header = headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         given = header[7:]
+    elif key_header is not None and key_header in headers:
+        given = headers[key_header]
     else:
         given = unquote(cookie_value(cookies, COOKIE) or "") if cookie else ""
     return hmac.compare_digest(given.encode(), api_key.encode())
@@ -124,9 +128,10 @@ class Guard:
                  body_limit: Callable[[str], int] = lambda path: 1 << 20, cookie: bool = False,
                  csp: Callable[[str], str] = lambda path: API_CSP,
                  on_status: Callable[[str, int], None] | None = None,
-                 too_large: Callable[[str, int], str] = lambda path, limit: f"request body over the {limit}-byte limit"
-                 ) -> None:
+                 too_large: Callable[[str, int], str] = lambda path, limit: f"request body over the {limit}-byte limit",
+                 key_header: str | None = None) -> None:
         self.app, self.api_key, self.hosts, self.public = app, api_key, hosts, public
+        self.key_header = key_header
         self.body_limit, self.cookie, self.csp, self.on_status = body_limit, cookie, csp, on_status
         self.too_large = too_large
 
@@ -173,9 +178,10 @@ class Guard:
                 return 403, f"cross-site {method} refused", "cross_origin"
         if self.public(method, path):
             return None
-        if not authorized(headers, headers.get("cookie", ""), self.api_key, cookie=self.cookie):
+        if not authorized(headers, headers.get("cookie", ""), self.api_key, cookie=self.cookie, key_header=self.key_header):
             return 401, "Incorrect or missing API key; send 'Authorization: Bearer KEY'", "invalid_api_key"
-        by_cookie = self.api_key is not None and not headers.get("authorization")
+        by_cookie = self.api_key is not None and not headers.get("authorization") and \
+            not (self.key_header and headers.get(self.key_header))
         if method in UNSAFE and by_cookie and STUDIO_HEADER not in headers:
             return 403, f"a {method} authenticated by the studio's cookie must send the {STUDIO_HEADER} header", \
                 "cross_origin"

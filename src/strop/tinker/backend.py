@@ -1,0 +1,274 @@
+"""What the Tinker primitives do to a model: LoRA training clients and samplers over one base model.
+
+Each base model is loaded once and wrapped in peft; every training client is one LoRA adapter on it
+and every sampler a frozen copy of an adapter's weights (a snapshot), so a sampler sees the weights
+saved when it was created, whatever training does next. All work on a base runs on one thread, in
+the order it arrived: a client's requests keep their order, and switching adapters never races.
+
+Losses follow Tinker's definitions, summed over tokens and datums (position i of the input predicts
+``target_tokens[i]``; ``lp`` is the model's log-probability of that target):
+
+- ``cross_entropy``: ``-sum(lp * weights)``;
+- ``importance_sampling``: ``-sum(exp(lp - logprobs) * advantages)``, ``logprobs`` from the sampler;
+- ``ppo``: ``-sum(min(r * A, clip(r, lo, hi) * A))``, ``r = exp(lp - logprobs)``, ``lo``/``hi`` from
+  ``clip_low_threshold``/``clip_high_threshold`` (0.8, 1.2).
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import StropError
+
+LOSSES = ("cross_entropy", "importance_sampling", "ppo")
+
+
+class UserError(Exception):
+    """A request the client got wrong: the future fails with category ``user``."""
+
+
+@dataclass
+class Datum:
+    tokens: list[int]
+    inputs: dict  # name -> numpy array
+
+
+@dataclass
+class Client:
+    """One training client: a LoRA adapter on its base, with its optimizer."""
+    model_id: str
+    adapter: str
+    base_model: str
+    rank: int
+    optimizer: object = None
+    done_seq: dict = field(default_factory=dict)  # seq_id -> request id, so a retried request runs once
+
+
+class Base:
+    """One base model with its adapters; every call is made on this object's single worker thread."""
+
+    def __init__(self, name: str) -> None:
+        import torch
+
+        from .. import models
+
+        self.name = name
+        self.path = models.resolve(name)
+        self.model = models.load_model(name, "float32")
+        self.tok = models.load_tokenizer(name)
+        self.model.requires_grad_(False)
+        self.peft = None  # the PeftModel, once the first adapter exists
+        self.lock = threading.Lock()
+        self.device = torch.device("cpu")
+        self.snapshots: dict[str, dict] = {}  # sampler adapter -> state (kept so a sampler can be reloaded)
+
+    # -- adapters -------------------------------------------------------------------------------
+    def add_adapter(self, name: str, rank: int, seed: int | None = None, trainable: bool = True) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        if seed is not None:
+            torch.manual_seed(seed)
+        if self.peft is None:
+            self.peft = get_peft_model(self.model, config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, config)
+        for n, p in self.peft.named_parameters():
+            if f".{name}." in n:
+                p.requires_grad_(trainable)
+
+    def use(self, name: str | None):
+        """The model with adapter ``name`` active (None: the base alone)."""
+        import contextlib
+
+        if name is None:
+            return self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        self.peft.base_model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def adapter_state(self, name: str) -> dict:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.peft, adapter_name=name).items()}
+
+    def load_adapter_state(self, name: str, state: dict) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.peft, state, adapter_name=name)
+
+    def trainable(self, name: str) -> list:
+        return [p for n, p in self.peft.named_parameters() if f".{name}." in n]
+
+    # -- the primitives ---------------------------------------------------------------------------
+    def logprobs(self, adapter: str | None, datum: Datum):
+        """(log-probability of each target token, shape (T,)) under ``adapter``; keeps the graph."""
+        import torch
+
+        ids = torch.tensor([datum.tokens], device=self.device)
+        targets = torch.as_tensor(datum.inputs["target_tokens"], device=self.device).long().reshape(-1)
+        if targets.numel() != ids.shape[1]:
+            raise UserError(f"target_tokens: {targets.numel()} values for a {ids.shape[1]}-token input "
+                            "(position i predicts target i, so they must be the same length)")
+        model = self.peft if self.peft is not None else self.model
+        with self.use(adapter):
+            logits = model(input_ids=ids).logits[0].float()  # (T, V)
+        return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+
+    def forward_backward(self, client: Client, data: list[Datum], loss_fn: str, config: dict, forward_only: bool):
+        import torch
+
+        if loss_fn not in LOSSES:
+            raise UserError(f"loss_fn {loss_fn!r}: this server supports {', '.join(LOSSES)}")
+        outputs, total = [], 0.0
+        grad = torch.enable_grad() if not forward_only else torch.no_grad()
+        with grad:
+            for d in data:
+                lp = self.logprobs(client.adapter, d)
+                loss = _loss(loss_fn, lp, d.inputs, config)
+                if not forward_only:
+                    loss.backward()
+                total += float(loss.detach())
+                outputs.append(lp.detach().numpy().astype("float32"))
+        return outputs, {"loss:sum": total}
+
+    def optim_step(self, client: Client, adam: dict) -> dict:
+        import torch
+
+        params = self.trainable(client.adapter)
+        if client.optimizer is None:
+            client.optimizer = torch.optim.AdamW(params, lr=adam["learning_rate"])
+        for group in client.optimizer.param_groups:
+            group.update(lr=adam["learning_rate"], betas=(adam["beta1"], adam["beta2"]), eps=adam["eps"],
+                         weight_decay=adam["weight_decay"])
+        norm = torch.nn.utils.clip_grad_norm_(params, adam["grad_clip_norm"] if adam["grad_clip_norm"] > 0 else math.inf)
+        client.optimizer.step()
+        client.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm:mean": float(norm)}
+
+    def sample(self, adapter: str | None, prompt: list[int], n: int, params: dict, prompt_logprobs: bool):
+        """[(tokens, logprobs, stopped)] for ``n`` samples, and the prompt's logprobs when asked."""
+        import torch
+
+        model = self.peft if self.peft is not None else self.model
+        stops = params.get("stop")
+        stop_ids = [s for s in stops if isinstance(s, int)] if isinstance(stops, list) else []
+        stop_texts = [stops] if isinstance(stops, str) else [s for s in (stops or []) if isinstance(s, str)]
+        eos = None if stops == [] else self.tok.eos_token_id
+        max_new = int(params.get("max_tokens") or 64)
+        temperature = float(params.get("temperature", 1.0))
+        gen = torch.Generator().manual_seed(int(params["seed"])) if params.get("seed") is not None else None
+        out = []
+        with torch.no_grad(), self.use(adapter):
+            for _ in range(n):
+                ids, logps, stopped = list(prompt), [], False
+                past = None
+                step_ids = torch.tensor([ids])
+                for _step in range(max_new):
+                    result = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+                    past = result.past_key_values
+                    logits = result.logits[0, -1].float()
+                    token = _pick(logits, temperature, int(params.get("top_k", -1)), float(params.get("top_p", 1.0)), gen)
+                    logps.append(float(torch.log_softmax(logits, -1)[token]))
+                    ids.append(token)
+                    step_ids = torch.tensor([[token]])
+                    if token in stop_ids or (eos is not None and token == eos) or _ends_with(self.tok, ids[len(prompt):], stop_texts):
+                        stopped = True
+                        break
+                out.append((ids[len(prompt):], logps, stopped))
+            plp = None
+            if prompt_logprobs:
+                logits = model(input_ids=torch.tensor([prompt])).logits[0].float()
+                lp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+                plp = [math.nan] + lp.tolist()
+        return out, plp
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save(self, client: Client, directory: Path, with_optimizer: bool) -> None:
+        from safetensors.torch import save_file
+
+        from ..patches.checkpoints import save_state
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.adapter_state(client.adapter), str(directory / "adapter.safetensors"))
+        (directory / "strop_tinker.json").write_text(json.dumps({"base_model": client.base_model, "rank": client.rank}))
+        if with_optimizer and client.optimizer is not None:
+            save_state(client.optimizer.state_dict(), directory, "optimizer")
+
+    def restore(self, client: Client, directory: Path, with_optimizer: bool) -> None:
+        from safetensors.torch import load_file
+
+        from ..patches.checkpoints import load_state
+
+        self.load_adapter_state(client.adapter, load_file(str(directory / "adapter.safetensors")))
+        if with_optimizer and (directory / "optimizer.json").is_file():
+            import torch
+
+            client.optimizer = torch.optim.AdamW(self.trainable(client.adapter), lr=1e-4)
+            client.optimizer.load_state_dict(load_state(directory, "optimizer"))
+
+
+def checkpoint_info(directory: Path) -> dict:
+    info = directory / "strop_tinker.json"
+    if not info.is_file():
+        raise UserError(f"{directory.name}: no saved weights there")
+    return json.loads(info.read_text())
+
+
+def _loss(loss_fn: str, lp, inputs: dict, config: dict):
+    import torch
+
+    def given(name: str):
+        if name not in inputs:
+            raise UserError(f"loss_fn {loss_fn}: loss_fn_inputs needs {name!r}")
+        value = torch.as_tensor(inputs[name]).float().reshape(-1)
+        if value.numel() != lp.numel():
+            raise UserError(f"loss_fn_inputs[{name!r}]: {value.numel()} values for {lp.numel()} target tokens")
+        return value
+
+    if loss_fn == "cross_entropy":
+        weights = given("weights") if "weights" in inputs else torch.ones_like(lp)
+        return -(lp * weights).sum()
+    ratio = torch.exp(lp - given("logprobs"))
+    advantages = given("advantages")
+    if loss_fn == "importance_sampling":
+        return -(ratio * advantages).sum()
+    lo, hi = float(config.get("clip_low_threshold", 0.8)), float(config.get("clip_high_threshold", 1.2))
+    return -torch.minimum(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
+
+
+def _pick(logits, temperature: float, top_k: int, top_p: float, gen) -> int:
+    import torch
+
+    if temperature <= 1e-5:
+        return int(torch.argmax(logits))
+    scores = logits / temperature
+    if 0 < top_k < scores.numel():
+        cut = torch.topk(scores, top_k).values[-1]
+        scores = scores.masked_fill(scores < cut, -math.inf)
+    probs = torch.softmax(scores, -1)
+    if top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, 0) - ordered < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _ends_with(tok, tokens: list[int], texts: list[str]) -> bool:
+    if not texts:
+        return False
+    tail = tok.decode(tokens[-16:])
+    return any(tail.endswith(t) for t in texts)
+
+
+def check_base(name: str) -> None:
+    """A one-line error for a base model this machine cannot load, before a client waits on it."""
+    from .. import models
+
+    path = models.resolve(name)
+    if not isinstance(path, Path):
+        raise StropError(f"base_model {name!r}: not a strop alias, model directory or .gguf file here")

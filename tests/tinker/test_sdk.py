@@ -1,0 +1,163 @@
+"""The official `tinker` SDK, unmodified, as the client of `strop tinker-serve` (tiny model, CPU).
+
+Each test drives the SDK's own calls (ServiceClient, TrainingClient, SamplingClient) over HTTP
+against the server in this process, and checks what the model did, not only that calls return.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+tinker = pytest.importorskip("tinker", reason="the tinker SDK is a test dependency (pip install tinker)")
+from tinker import types  # noqa: E402
+
+from conftest import free_port  # noqa: E402
+
+KEY = "tml-strop-test-key"
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory, monkeypatch_module):
+    import uvicorn
+
+    from strop.tinker.app import create_app
+
+    app = create_app(tmp_path_factory.mktemp("tinker"), api_key=KEY)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch_module.setenv("TINKER_BASE_URL", url)
+    monkeypatch_module.setenv("TINKER_API_KEY", KEY)
+    monkeypatch_module.setenv("TINKER_TELEMETRY", "0")
+    yield url
+    server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def service(base_url):
+    client = tinker.ServiceClient()
+    yield client
+    client.close("success")
+
+
+def _datum(tok, prompt: str, answer: str) -> types.Datum:
+    p = tok.encode(prompt, add_special_tokens=False)
+    a = tok.encode(answer, add_special_tokens=False) + [tok.eos_token_id]
+    ids = p + a
+    weights = [0.0] * (len(p) - 1) + [1.0] * len(a)
+    return types.Datum(model_input=types.ModelInput.from_ints(ids[:-1]),
+                       loss_fn_inputs={"target_tokens": ids[1:], "weights": weights})
+
+
+def _nll(result) -> float:
+    return result.metrics["loss:sum"]
+
+
+def test_supervised_steps_lower_the_loss_and_a_sampler_sees_its_snapshot(service, tiny_model_dir, smol_tokenizer):
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=8)
+    assert tc.get_info().model_data.tokenizer_id == str(tiny_model_dir)
+    data = [_datum(smol_tokenizer, f"What is {i} plus {i}? ", f"{2 * i}.") for i in range(4)]
+    first = tc.forward(data, "cross_entropy").result()
+    assert _nll(tc.forward(data, "cross_entropy").result()) == pytest.approx(_nll(first))  # forward leaves no trace
+    lp = first.loss_fn_outputs[0]["logprobs"].tolist()
+    assert len(lp) == len(data[0].model_input.to_ints()) and all(x <= 0 for x in lp)
+    before = tc.save_weights_and_get_sampling_client().result()
+    for _ in range(6):
+        fb = tc.forward_backward(data, "cross_entropy")
+        tc.optim_step(types.AdamParams(learning_rate=1e-2)).result()
+        assert fb.result().metrics["loss:sum"] > 0
+    after = _nll(tc.forward(data, "cross_entropy").result())
+    assert after < 0.8 * _nll(first), (after, _nll(first))
+    # the sampler made before training still computes with the weights it was made from
+    prompt = types.ModelInput.from_ints(data[0].model_input.to_ints())
+    old = before.compute_logprobs(prompt).result()
+    now = tc.save_weights_and_get_sampling_client().result().compute_logprobs(prompt).result()
+    assert old[0] is None and sum(old[1:]) == pytest.approx(sum(lp[:-1]), abs=1e-3)  # the untrained weights
+    assert sum(now[1:]) > sum(old[1:])  # the trained weights find the training text likelier
+
+
+def test_sampling_returns_tokens_with_their_logprobs(service, tiny_model_dir):
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints([1, 2, 3, 4])
+    out = sampler.sample(prompt, 3, types.SamplingParams(max_tokens=5, temperature=1.0, seed=7)).result()
+    assert len(out.sequences) == 3
+    for seq in out.sequences:
+        assert 1 <= len(seq.tokens) <= 5 and len(seq.logprobs) == len(seq.tokens) and all(x <= 0 for x in seq.logprobs)
+    # a sampled token's logprob is what a forward pass gives it
+    seq = out.sequences[0]
+    target = [2, 3, 4] + [seq.tokens[0]]
+    fwd = tc.forward([types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": target,
+                                                                         "weights": [0, 0, 0, 1]})],
+                     "cross_entropy").result()
+    assert fwd.loss_fn_outputs[0]["logprobs"].tolist()[-1] == pytest.approx(seq.logprobs[0], abs=1e-4)
+
+
+def test_rl_losses_and_a_custom_loss_run(service, tiny_model_dir):
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    ids = [5, 6, 7, 8]
+    fwd = tc.forward([types.Datum(model_input=types.ModelInput.from_ints(ids),
+                                  loss_fn_inputs={"target_tokens": ids[1:] + [9], "weights": [1] * 4})],
+                     "cross_entropy").result()
+    lp = fwd.loss_fn_outputs[0]["logprobs"].tolist()
+    on_policy = types.Datum(model_input=types.ModelInput.from_ints(ids),
+                            loss_fn_inputs={"target_tokens": ids[1:] + [9], "logprobs": lp, "advantages": [1.0] * 4})
+    is_loss = tc.forward([on_policy], "importance_sampling").result().metrics["loss:sum"]
+    assert is_loss == pytest.approx(-4.0, abs=1e-3)  # ratio 1 on policy: -sum(advantages)
+    ppo = tc.forward_backward([on_policy], "ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}).result()
+    assert ppo.metrics["loss:sum"] == pytest.approx(-4.0, abs=1e-3)
+    import torch
+
+    def mean_logprob(data, logprobs):
+        loss = -torch.stack([x.mean() for x in logprobs]).mean()
+        return loss, {"mean_nll": float(loss)}
+
+    custom = tc.forward_backward_custom([types.Datum(model_input=types.ModelInput.from_ints(ids),
+                                                     loss_fn_inputs={"target_tokens": ids[1:] + [9]})],
+                                        mean_logprob).result()
+    assert custom.metrics["mean_nll"] == pytest.approx(-sum(lp) / 4, abs=1e-3)
+
+
+def test_saved_state_reloads_with_its_optimizer(service, tiny_model_dir, smol_tokenizer):
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    data = [_datum(smol_tokenizer, "Name? ", "Orrin.")]
+    for _ in range(2):
+        tc.forward_backward(data, "cross_entropy")
+        tc.optim_step(types.AdamParams(learning_rate=5e-3)).result()
+    path = tc.save_state("two").result().path
+    assert path == f"tinker://{tc.model_id}/weights/two"
+    again = service.create_training_client_from_state_with_optimizer(path).result()
+    same = [x["logprobs"].tolist() for x in again.forward(data, "cross_entropy").result().loss_fn_outputs]
+    assert same == [x["logprobs"].tolist() for x in tc.forward(data, "cross_entropy").result().loss_fn_outputs]
+    # the next step from the reloaded state equals the next step of the original (same Adam moments)
+    for client in (tc, again):
+        client.forward_backward(data, "cross_entropy")
+        client.optim_step(types.AdamParams(learning_rate=5e-3)).result()
+    a = tc.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    b = again.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    assert a == pytest.approx(b, rel=1e-5)
+    named = tc.save_weights_for_sampler("final").result().path
+    sampler = service.create_sampling_client(model_path=named).result()
+    assert sampler.sample(types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)).result().sequences
+
+
+def test_mistakes_are_clear(service, tiny_model_dir):
+    with pytest.raises(Exception, match="not a strop alias, model directory or .gguf file"):
+        service.create_lora_training_client(base_model="no/such-model-here", rank=4).result()
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs={"target_tokens": [2, 3]})
+    with pytest.raises(tinker.RequestFailedError, match="target_tokens: 2 values for a 3-token input"):
+        tc.forward([bad], "cross_entropy").result()
