@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EDITABLE ?= 1
 INSTALL := $(if $(filter 1,$(EDITABLE)),-e ".[test]",".[test]")
 
-.PHONY: venv demo test test-fast test-slow test-interop clean browser
+.PHONY: venv demo test test-fast test-slow test-interop test-tinker-cookbook clean browser
 
 venv: $(STAMP)
 
@@ -49,6 +49,16 @@ test-interop: venv
 	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
 	    $(PY) -m pip install --quiet --disable-pip-version-check llama-cpp-python==0.3.36
 	$(PY) -m pytest -q -m interop tests/interop
+
+# tinker-cookbook's own recipes against `strop tinker-serve` (tests/tinker/cookbook/). Not in `make test`:
+# cookbook 0.5.8 pins transformers<=5.5.4, so it runs in a venv of its own, as a separate client would.
+COOKBOOK_VENV ?= .venv-cookbook
+test-tinker-cookbook: venv
+	test -x $(COOKBOOK_VENV)/bin/python || $(PYTHON) -m venv $(COOKBOOK_VENV)
+	$(COOKBOOK_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(COOKBOOK_VENV)/bin/pip install --quiet --disable-pip-version-check tinker-cookbook==0.5.8 tinker==0.38.0 \
+	    sympy pylatexenc
+	$(PY) tests/tinker/cookbook/run.py $(COOKBOOK_VENV)/bin/python
 
 # Headless Chromium for the studio's browser test (Debian packages). Best effort:
 # without root or apt the browser test skips and says why.

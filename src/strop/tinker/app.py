@@ -132,7 +132,7 @@ def _decode(request) -> list[Datum]:
                     dense[row, col[crow[row]:crow[row + 1]]] = values[crow[row]:crow[row + 1]]
                 inputs[name] = dense
             else:
-                inputs[name] = np.frombuffer(t.dense, dtypes[t.dtype]).reshape(tuple(t.shape) or (-1,))
+                inputs[name] = np.frombuffer(t.dense, dtypes[t.dtype]).reshape(tuple(t.shape) or (-1,)).copy()
         data.append(Datum(tokens.astype(np.int64).tolist(), inputs))
     return data
 
