@@ -161,3 +161,51 @@ def test_mistakes_are_clear(service, tiny_model_dir):
     bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs={"target_tokens": [2, 3]})
     with pytest.raises(tinker.RequestFailedError, match="target_tokens: 2 values for a 3-token input"):
         tc.forward([bad], "cross_entropy").result()
+
+
+def test_a_restarted_server_loads_the_saved_states(tmp_path, tiny_model_dir, smol_tokenizer, base_url):
+    import uvicorn
+
+    from strop.tinker.app import create_app
+
+    def start(workdir):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(workdir, api_key=KEY), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.05)
+        return server, f"http://127.0.0.1:{port}"
+
+    first, url = start(tmp_path)
+    service = tinker.ServiceClient(base_url=url)
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    data = [_datum(smol_tokenizer, "Name? ", "Orrin.")]
+    tc.forward_backward(data, "cross_entropy")
+    tc.optim_step(types.AdamParams(learning_rate=5e-3)).result()
+    path = tc.save_state("kept").result().path
+    expected = tc.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    service.close("success")
+    first.should_exit = True
+    time.sleep(0.5)
+    second, url = start(tmp_path)  # a new process would see the same files: nothing in memory carries over
+    try:
+        again = tinker.ServiceClient(base_url=url)
+        tc2 = again.create_training_client_from_state_with_optimizer(path).result()
+        assert tc2.forward(data, "cross_entropy").result().metrics["loss:sum"] == pytest.approx(expected, rel=1e-6)
+        again.close("success")
+    finally:
+        second.should_exit = True
+
+
+def test_a_base_that_does_not_fit_in_memory_is_one_line(service, tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    import psutil
+
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_model_dir, other)  # a base not loaded yet
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1024))
+    with pytest.raises(tinker.RequestFailedError, match=r"needs about .* GiB in float32 and 0.0 GiB is free"):
+        service.create_lora_training_client(base_model=str(other), rank=4).result()

@@ -57,6 +57,7 @@ class Base:
 
         self.name = name
         self.path = models.resolve(name)
+        check_memory(name, self.path)
         self.model = models.load_model(name, "float32")
         self.tok = models.load_tokenizer(name)
         self.model.requires_grad_(False)
@@ -272,3 +273,21 @@ def check_base(name: str) -> None:
     path = models.resolve(name)
     if not isinstance(path, Path):
         raise StropError(f"base_model {name!r}: not a strop alias, model directory or .gguf file here")
+
+
+def check_memory(name: str, path) -> None:
+    """A one-line error when this machine's free memory cannot hold another float32 copy of ``name``."""
+    import psutil
+
+    if not isinstance(path, Path):
+        return
+    stored = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    if not stored:
+        return
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    width = 2 if str(config.get("torch_dtype") or config.get("dtype") or "float32") in ("bfloat16", "float16") else 4
+    need = stored * 4 / width * 1.2  # float32 weights, and room to run them
+    free = psutil.virtual_memory().available
+    if need > free:
+        raise UserError(f"base_model {name}: needs about {need / 2**30:.1f} GiB in float32 and {free / 2**30:.1f} GiB "
+                        "is free; finish other training clients (ServiceClient.close) or use a smaller model")
