@@ -152,6 +152,13 @@ def test_saved_state_reloads_with_its_optimizer(service, tiny_model_dir, smol_to
     named = tc.save_weights_for_sampler("final").result().path
     sampler = service.create_sampling_client(model_path=named).result()
     assert sampler.sample(types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)).result().sequences
+    rest = service.create_rest_client()
+    listed = rest.list_checkpoints(tc.model_id).result().checkpoints
+    assert [(c.checkpoint_id, c.checkpoint_type) for c in listed] == [("weights/two", "training"),
+                                                                      ("sampler_weights/final", "sampler")]
+    run = rest.get_training_run(tc.model_id).result()
+    assert run.base_model == str(tiny_model_dir) and run.lora_rank == 4 and run.last_checkpoint.tinker_path == path
+    assert rest.get_weights_info_by_tinker_path(path).result().lora_rank == 4
 
 
 def test_mistakes_are_clear(service, tiny_model_dir):

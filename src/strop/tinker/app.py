@@ -404,6 +404,62 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         ids = [f"{key}:{req.get('seq_id', 0)}:{i}" for i in range(n)]
         return srv.enqueue(base, work, key=(key, int(req.get("seq_id", 0))), sample_sequence_ids=ids)
 
+    # -- REST reads (RestClient): runs and their checkpoints, from the files under --workdir ------------
+    def checkpoints(run_id: str) -> list[dict]:
+        import datetime
+
+        root = srv.workdir / run_id.replace(":", "_")
+        out = []
+        for kind, label in (("weights", "training"), ("sampler_weights", "sampler")):
+            for directory in sorted((root / kind).glob("*/strop_tinker.json")):
+                folder = directory.parent
+                mtime = datetime.datetime.fromtimestamp(directory.stat().st_mtime, datetime.timezone.utc)
+                out.append({"checkpoint_id": f"{kind}/{folder.name}", "checkpoint_type": label,
+                            "time": mtime.isoformat(), "tinker_path": f"tinker://{run_id}/{kind}/{folder.name}",
+                            "size_bytes": sum(f.stat().st_size for f in folder.iterdir()), "public": False})
+        return sorted(out, key=lambda c: c["time"])
+
+    @app.get("/api/v1/training_runs/{run_id}/checkpoints")
+    async def list_checkpoints(run_id: str) -> dict:
+        return {"checkpoints": checkpoints(run_id), "cursor": None}
+
+    @app.delete("/api/v1/training_runs/{run_id}/checkpoints/{kind}/{name}")
+    async def delete_checkpoint(run_id: str, kind: str, name: str) -> dict:
+        import shutil
+
+        directory = srv.path_dir(f"tinker://{run_id}/{kind}/{name}")[2]
+        if not (directory / "strop_tinker.json").is_file():
+            raise APIError(404, f"checkpoint {kind}/{name} of {run_id!r}: not on this server", param="checkpoint_id")
+        shutil.rmtree(directory)
+        return {}
+
+    @app.get("/api/v1/training_runs/{run_id}")
+    async def training_run(run_id: str) -> dict:
+        import datetime
+
+        found = checkpoints(run_id)
+        client = srv.clients.get(run_id)
+        if client is None and not found:
+            raise APIError(404, f"training run {run_id!r}: not on this server", param="run_id")
+        info = {"base_model": client.base_model, "rank": client.rank} if client else \
+            checkpoint_info(srv.path_dir(found[-1]["tinker_path"])[2])
+        last = {kind: [c for c in found if c["checkpoint_type"] == kind] for kind in ("training", "sampler")}
+        return {"training_run_id": run_id, "base_model": info["base_model"], "model_owner": "local", "is_lora": True,
+                "lora_rank": info["rank"], "corrupted": False,
+                "last_request_time": found[-1]["time"] if found else datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                "last_checkpoint": last["training"][-1] if last["training"] else None,
+                "last_sampler_checkpoint": last["sampler"][-1] if last["sampler"] else None}
+
+    @app.post("/api/v1/weights_info")
+    async def weights_info(request: Request) -> dict:
+        path = str((await body(request)).get("tinker_path", ""))
+        directory = srv.path_dir(path)[2]
+        if not (directory / "strop_tinker.json").is_file():
+            raise APIError(404, f"tinker_path {path!r}: no saved weights there", param="tinker_path")
+        info = checkpoint_info(directory)
+        return {"base_model": info["base_model"], "is_lora": True, "lora_rank": info["rank"],
+                "train_unembed": False, "train_mlp": True, "train_attn": True}
+
     @app.post("/api/v1/retrieve_future")
     async def retrieve_future(request: Request):
         from starlette.concurrency import run_in_threadpool
