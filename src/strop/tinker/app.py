@@ -96,6 +96,10 @@ class Server:
         self.worker(base).submit(future, work)
         return reply
 
+    def for_client(self, client: Client, seq_id, work) -> dict:
+        """``enqueue`` for one of a training client's numbered requests (its retries share the seq_id)."""
+        return self.enqueue(client.base_model, work, key=(client.model_id, int(seq_id or 0)), model_id=client.model_id)
+
     def path_dir(self, path: str) -> tuple[str, str, Path]:
         """(run id, kind, directory) for ``tinker://RUN/KIND/NAME``."""
         parts = path.removeprefix("tinker://").split("/") if path.startswith("tinker://") else []
@@ -253,9 +257,12 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         info = checkpoint_info(directory)
         if "model_id" in req and "session_id" not in req:  # the older TrainingClient.load_state form
             client = srv.client(req["model_id"])
-            return srv.enqueue(client.base_model, lambda b: (b.restore(client, directory, bool(req.get("optimizer"))),
-                                                             {"path": req["path"], "type": "load_weights"})[1],
-                               key=(client.model_id, int(req.get("seq_id", 0))), model_id=client.model_id)
+
+            def restore(b: Base):
+                b.restore(client, directory, bool(req.get("optimizer")))
+                return {"path": req["path"], "type": "load_weights"}
+
+            return srv.for_client(client, req.get("seq_id"), restore)
         model_id = f"{req.get('session_id')}:train:{req.get('model_seq_id', 0)}"
         req = {**req, "base_model": info["base_model"]}
         return new_client(req, model_id, int(info["rank"]), None, (directory, bool(req.get("optimizer"))))
@@ -297,7 +304,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             outputs, metrics = b.forward_backward(client, _decode(message), message.loss_fn, config, message.forward_only)
             return _fb_output(outputs, metrics)
 
-        return srv.enqueue(client.base_model, work, key=(client.model_id, message.seq_id), model_id=client.model_id)
+        return srv.for_client(client, message.seq_id, work)
 
     @app.post("/api/v1/optim_step")
     async def optim_step(request: Request) -> dict:
@@ -307,8 +314,8 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
                 "grad_clip_norm": 0.0} | (req.get("adam_params") or {})
         if (req.get("optimizer_params") or {}).get("type", "adam") not in ("adam", "adamw"):
             raise APIError(400, "optimizer_params.type: this server trains with AdamW only", param="optimizer_params")
-        return srv.enqueue(client.base_model, lambda b: {"metrics": b.optim_step(client, adam), "type": "optim_step"},
-                           key=(client.model_id, int(req.get("seq_id", 0))), model_id=client.model_id)
+        return srv.for_client(client, req.get("seq_id"),
+                              lambda b: {"metrics": b.optim_step(client, adam), "type": "optim_step"})
 
     @app.post("/api/v1/save_weights")
     async def save_weights(request: Request) -> dict:
@@ -321,8 +328,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             b.save(client, directory, with_optimizer=True)
             return {"path": path, "type": "save_weights"}
 
-        return srv.enqueue(client.base_model, work, key=(client.model_id, int(req.get("seq_id", 0))),
-                           model_id=client.model_id)
+        return srv.for_client(client, req.get("seq_id"), work)
 
     @app.post("/api/v1/save_weights_for_sampler")
     async def save_for_sampler(request: Request) -> dict:
@@ -344,8 +350,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             srv.samplers[sampler_id] = (client.base_model, adapter, None)
             return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
-        return srv.enqueue(client.base_model, work, key=(client.model_id, int(req.get("seq_id", 0))),
-                           model_id=client.model_id)
+        return srv.for_client(client, req.get("seq_id"), work)
 
     @app.post("/api/v1/create_sampling_session")
     async def create_sampling_session(request: Request) -> dict:
