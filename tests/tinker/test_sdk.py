@@ -216,3 +216,14 @@ def test_a_base_that_does_not_fit_in_memory_is_one_line(service, tmp_path, tiny_
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1024))
     with pytest.raises(tinker.RequestFailedError, match=r"needs about .* GiB in float32 and 0.0 GiB is free"):
         service.create_lora_training_client(base_model=str(other), rank=4).result()
+
+
+def test_names_from_the_client_never_leave_the_workdir(base_url):
+    import httpx
+
+    headers = {"X-API-Key": KEY}
+    for body in ({"session_id": "../../elsewhere", "model_seq_id": 0, "base_model": "x", "type": "create_model"},
+                 {"session_id": "sess", "model_seq_id": 0, "path": "tinker://../weights/x", "type": "load_weights"}):
+        route = "create_model" if body["type"] == "create_model" else "load_weights"
+        r = httpx.post(f"{base_url}/api/v1/{route}", json=body, headers=headers)
+        assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import methods
 from ..core.config import TrainConfig, read_train_config
+from . import check_options, get
 from .objectives import check_objective
 
 
 def check(cfg: TrainConfig) -> TrainConfig:
-    methods.get(cfg.method)  # an unknown method first: every other message depends on it
+    get(cfg.method)  # an unknown method first: every other message depends on it
     cfg.validate()
-    methods.check_options(cfg)  # "option X does not apply to --method M"
+    check_options(cfg)  # "option X does not apply to --method M"
     check_objective(cfg)
     return cfg
 

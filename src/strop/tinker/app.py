@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from ..http.guard import Guard, allowed_hosts
 from .backend import Base, Client, Datum, UserError, check_base, checkpoint_info
 
 POLL_S = 30.0  # under the SDK's 45 s poll timeout
+KEEP = 4096  # finished futures kept for the client's re-polls and retries; older ones are dropped
+SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # session, run and checkpoint names: no '/', no leading dot
 PROTO = "application/x-protobuf"
 CLIENT_CONFIG = {"pjwt_auth_enabled": False, "use_pyqwest_transport": False, "proto_compress_fwdbwd": False,
                  "parallel_fwdbwd_chunks": False, "fwdbwd_max_chunk_len": 1 << 20,
@@ -93,6 +96,9 @@ class Server:
             reply = {"request_id": request_id, **extra}
             if key is not None:
                 self.seq_results[key] = reply
+            for kept in (self.futures, self.seq_results):  # dicts keep insertion order: the oldest go first
+                while len(kept) > KEEP:
+                    del kept[next(iter(kept))]
         self.worker(base).submit(future, work)
         return reply
 
@@ -103,10 +109,21 @@ class Server:
     def path_dir(self, path: str) -> tuple[str, str, Path]:
         """(run id, kind, directory) for ``tinker://RUN/KIND/NAME``."""
         parts = path.removeprefix("tinker://").split("/") if path.startswith("tinker://") else []
-        if len(parts) != 3 or parts[1] not in ("weights", "sampler_weights") or not all(parts):
+        if len(parts) != 3 or parts[1] not in ("weights", "sampler_weights") or \
+                not (SAFE.fullmatch(parts[0]) and SAFE.fullmatch(parts[2])):
             raise APIError(400, f"path {path!r}: expected tinker://RUN/weights/NAME or tinker://RUN/sampler_weights/NAME",
                            param="path")
         return parts[0], parts[1], self.workdir / parts[0].replace(":", "_") / parts[1] / parts[2]
+
+    def run_id(self, req: dict, kind: str, seq_field: str) -> str:
+        """``{session}:{kind}:{seq}`` from a client's request; the session id becomes a folder name under --workdir."""
+        session = str(req.get("session_id") or "")
+        if not SAFE.fullmatch(session):
+            raise APIError(400, f"session_id {session!r}: letters, digits, '.', '_', ':' and '-' only", param="session_id")
+        try:
+            return f"{session}:{kind}:{int(req.get(seq_field, 0))}"
+        except (TypeError, ValueError):
+            raise APIError(400, f"{seq_field}: not a whole number", param=seq_field) from None
 
     def client(self, model_id: str) -> Client:
         client = self.clients.get(model_id)
@@ -222,9 +239,11 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
 
         return {"supported_models": [{"model_name": a, "trainable": True, "sampleable": True} for a in models.ALIASES]}
 
-    def new_client(req: dict, model_id: str, rank: int, seed: int | None, load: tuple | None = None) -> dict:
+    async def new_client(req: dict, model_id: str, rank: int, seed: int | None, load: tuple | None = None) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
         base = str(req.get("base_model") or "")
-        check_base(base)
+        await run_in_threadpool(check_base, base)  # resolving an alias may convert its GGUF file first
         with srv.lock:
             adapter = f"train{next(srv.adapters)}"
         client = Client(model_id, adapter, base, rank)
@@ -246,7 +265,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         rank = int(lora.get("rank", 32))
         if not 1 <= rank <= 1024:
             raise APIError(400, f"lora_config.rank: {rank} is outside 1..1024", param="lora_config.rank")
-        return new_client(req, f"{req.get('session_id')}:train:{req.get('model_seq_id', 0)}", rank, lora.get("seed"))
+        return await new_client(req, srv.run_id(req, "train", "model_seq_id"), rank, lora.get("seed"))
 
     @app.post("/api/v1/load_weights")
     async def load_weights(request: Request) -> dict:
@@ -263,9 +282,9 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
                 return {"path": req["path"], "type": "load_weights"}
 
             return srv.for_client(client, req.get("seq_id"), restore)
-        model_id = f"{req.get('session_id')}:train:{req.get('model_seq_id', 0)}"
+        model_id = srv.run_id(req, "train", "model_seq_id")
         req = {**req, "base_model": info["base_model"]}
-        return new_client(req, model_id, int(info["rank"]), None, (directory, bool(req.get("optimizer"))))
+        return await new_client(req, model_id, int(info["rank"]), None, (directory, bool(req.get("optimizer"))))
 
     @app.post("/api/v1/get_info")
     async def get_info(request: Request) -> dict:
@@ -355,7 +374,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
     @app.post("/api/v1/create_sampling_session")
     async def create_sampling_session(request: Request) -> dict:
         req = await body(request)
-        sampler_id = f"{req.get('session_id')}:sample:{req.get('sampling_session_seq_id', 0)}"
+        sampler_id = srv.run_id(req, "sample", "sampling_session_seq_id")
         if req.get("model_path"):
             path = str(req["model_path"])
             _, _, directory = srv.path_dir(path)
@@ -373,7 +392,9 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             srv.enqueue(info["base_model"], work)
             srv.samplers[sampler_id] = (info["base_model"], adapter, path)
         else:
-            check_base(str(req.get("base_model") or ""))
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(check_base, str(req.get("base_model") or ""))
             srv.samplers[sampler_id] = (str(req["base_model"]), None, None)
         return {"type": "create_sampling_session", "sampling_session_id": sampler_id}
 

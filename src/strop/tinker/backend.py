@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import StropError
@@ -44,7 +43,6 @@ class Client:
     base_model: str
     rank: int
     optimizer: object = None
-    done_seq: dict = field(default_factory=dict)  # seq_id -> request id, so a retried request runs once
 
 
 class Base:
@@ -62,9 +60,7 @@ class Base:
         self.tok = models.load_tokenizer(name)
         self.model.requires_grad_(False)
         self.peft = None  # the PeftModel, once the first adapter exists
-        self.lock = threading.Lock()
         self.device = torch.device("cpu")
-        self.snapshots: dict[str, dict] = {}  # sampler adapter -> state (kept so a sampler can be reloaded)
 
     # -- adapters -------------------------------------------------------------------------------
     def add_adapter(self, name: str, rank: int, seed: int | None = None, trainable: bool = True) -> None:

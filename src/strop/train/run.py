@@ -21,7 +21,7 @@ from ..models.templates import set_template_kwargs, template_kwargs
 from . import distributed, reliability
 from .callbacks import AdaptiveThreads, MetricsLog, Progress
 from .save import run_summary, save_final
-from .setup import common_args, load_trainable  # noqa: F401 (load_trainable: the model a run trains)
+from .setup import common_args
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
