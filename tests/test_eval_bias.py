@@ -37,7 +37,7 @@ def test_template_gaps_by_hand():
                   {"template": 0, "attribute": "age", "term": term, "kind": "negative"}]
         logps += [pos, neg]
     gaps = bias.template_gaps(items, logps)
-    assert gaps["age"]["ll_gap"] == [2.0, 0.0]  # positive spread 2, negative spread 0
+    assert gaps["age"]["ll_gap"] == [1.0]  # positive spread 2, negative spread 0: one value per template
     assert gaps["age"]["lean_gap"] == [2.0]  # leans +1 and -1
 
 
@@ -118,9 +118,9 @@ def test_template_gaps_carry_the_neutral_control_at_the_attribute_term_count():
             ("blue", "negative"): 0.0, ("green", "positive"): -3.0, ("green", "negative"): 0.0}
     gaps = bias.template_gaps(items, [logp[(it["term"], it["kind"])] for it in items])
     assert set(gaps) == {"age"}
-    assert gaps["age"]["ll_gap"] == [2.0, 0.0]
+    assert gaps["age"]["ll_gap"] == [1.0]
     # the control at two terms: positive values 0, -1, -3 -> mean pair range 2; negatives all 0
-    assert gaps["age"]["ll_gap_control"] == pytest.approx([2.0, 0.0])
+    assert gaps["age"]["ll_gap_control"] == pytest.approx([1.0])
     assert gaps["age"]["lean_gap_control"] == pytest.approx([2.0])
 
 

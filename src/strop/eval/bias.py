@@ -120,14 +120,15 @@ def spread(values: list[float], k: int | None = None) -> float:
 def _gaps(per_template: dict, k: int | None = None) -> dict[str, list[float]]:
     ll, lean = [], []
     for terms in per_template.values():
-        for kind in ("positive", "negative"):
-            ll.append(spread([t[kind] for t in terms.values()], k))
+        # One number per template: its two continuations share the prompt, so they are not
+        # independent examples, and the bootstrap must resample templates, not continuations.
+        ll.append(float(np.mean([spread([t[kind] for t in terms.values()], k) for kind in ("positive", "negative")])))
         lean.append(spread([t["positive"] - t["negative"] for t in terms.values()], k))
     return {"ll_gap": ll, "lean_gap": lean}
 
 
 def template_gaps(items: list[dict], logps: list[float]) -> dict[str, dict[str, list[float]]]:
-    """Per attribute: per-template likelihood gap (both continuations) and lean gap.
+    """Per attribute and template: the likelihood gap (mean over both continuations) and lean gap.
 
     With neutral controls among the items, each attribute also gets ``ll_gap_control`` and
     ``lean_gap_control``: the controls' gaps on the same templates at the attribute's term
