@@ -48,6 +48,7 @@ test-slow: venv
 test-interop: venv
 	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF}" \
 	    $(PY) -m pip install --quiet --disable-pip-version-check llama-cpp-python==0.3.36
+	test -f build/llama-vocab/ggml-vocab-qwen2.gguf || $(PY) tests/interop/fetch_vocab.py build/llama-vocab
 	$(PY) -m pytest -q -m interop tests/interop
 
 # tinker-cookbook's own recipes against `strop tinker-serve` (tests/tinker/cookbook/). Not in `make test`:

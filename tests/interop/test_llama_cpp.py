@@ -4,8 +4,16 @@ Not part of `make test`: llama-cpp-python builds llama.cpp from source (about
 12 minutes on 2 cores). `make test-interop` installs it and runs this file.
 
 For every family, a tiny random model from its transformers config (the same
-configs as tests/models/test_architectures.py) with the default model's
-tokenizer, converted at f16 by strop's converter and loaded by llama.cpp:
+configs as tests/models/test_architectures.py) with a tokenizer the converter
+accepts for that family, converted at f16 by strop's converter and loaded by
+llama.cpp. Most families take the default model's tokenizer. Qwen 2 takes the
+real Qwen 2 vocabulary (llama.cpp's own ``models/ggml-vocab-qwen2.gguf`` test
+file, from the llama-cpp-python source package that `make test-interop`
+fetches; the converter recognises Qwen 2's pre-tokenizer by a hash of its
+output, and transformers gives any tokenizer in a qwen2 directory Qwen 2's
+pre-tokenizer, so no borrowed vocabulary can pass). Phi-3 takes the default
+model's byte-level BPE declared as ``GPT2Tokenizer``, the layout Phi-4 ships
+(Phi3ForCausalLM with a GPT-2-style tokenizer). For each:
 
 * 30 varied strings tokenize to the same ids as transformers;
 * the chat template in the file is the model's own, and renders the same prompt;
@@ -37,10 +45,32 @@ STRINGS = [
     "JSON {\"k\": [1, 2, 3]}", "end with space ", "1,000,000 and 1.000.000", "<think>\nreasoning\n</think>",
 ]
 PROMPTS = ["What is the capital of France?", "Tell me a short story about a fox.", "Hi!"]
-# families whose converter needs the family's own tokenizer file (SentencePiece tokenizer.model, or a
-# pre-tokenizer it recognises by hash), which cannot be fetched offline for a tiny test model
-NEEDS_OWN_TOKENIZER = {"qwen2": "pre-tokenizer hash of the Qwen 2 tokenizer", "gemma2": "tokenizer.model",
-                       "phi3": "tokenizer.model"}
+# families whose converter needs the family's own SentencePiece tokenizer.model, which no package ships
+NEEDS_OWN_TOKENIZER = {"gemma2": "tokenizer.model"}
+# llama.cpp's tokenizer test vocabularies, taken from the llama-cpp-python source package by `make test-interop`
+VOCAB_DIR = Path(__file__).resolve().parents[2] / "build" / "llama-vocab"
+
+
+def family_tokenizer(kind: str, smol_tokenizer):
+    """The tokenizer a tiny ``kind`` model is converted with (module docstring says why)."""
+    if kind == "qwen2":
+        from transformers import AutoTokenizer
+
+        if not (VOCAB_DIR / "ggml-vocab-qwen2.gguf").is_file():
+            pytest.skip(f"qwen2: {VOCAB_DIR}/ggml-vocab-qwen2.gguf missing; `make test-interop` fetches it")
+        return AutoTokenizer.from_pretrained(VOCAB_DIR, gguf_file="ggml-vocab-qwen2.gguf")
+    return smol_tokenizer
+
+
+def with_family_tokenizer(kind: str, smol_tokenizer, out: Path) -> Path:
+    """base_with_tokenizer, plus Phi-4's tokenizer class for phi3."""
+    import json
+
+    base_with_tokenizer(kind, family_tokenizer(kind, smol_tokenizer), out)
+    if kind == "phi3":
+        config = out / "tokenizer_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
+    return out
 
 
 def _greedy_llama(llm, ids: list[int], n: int, eos: int) -> list[int]:
@@ -85,12 +115,12 @@ def _check(path: Path, tok, model, n_new: int = 12) -> dict:
 
 @pytest.mark.parametrize("kind", list(ARCHITECTURES))
 def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from strop.export.converter import convert
 
-    tok = smol_tokenizer
-    base_with_tokenizer(kind, tok, tmp_path)
+    with_family_tokenizer(kind, smol_tokenizer, tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path).float().eval()
     if kind in NEEDS_OWN_TOKENIZER:
         from strop.core.errors import StropError
@@ -98,7 +128,9 @@ def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_pat
         with pytest.raises(StropError, match="converter failed"):  # one line, not a traceback
             convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)
         pytest.skip(f"{kind}: the converter needs the family's own {NEEDS_OWN_TOKENIZER[kind]}")
-    convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)
+    # not named after the family: llama.cpp takes a file whose name holds "phi3" for Microsoft's Phi-3 and
+    # looks up Phi-3's "<|end|>" token, which this borrowed vocabulary lacks (the load fails)
+    convert(tmp_path, tmp_path / "m.gguf", "f16", name="tiny")
     result = _check(tmp_path / "m.gguf", tok, model)
     assert result == {"tokenizer_mismatches": [], "template_same": True, "rendered_same": True,
                       "greedy_mismatches": []}, (kind, result)
@@ -147,16 +179,17 @@ def test_k_quants_are_made_by_llama_cpp_and_load_there(quant, tmp_path):
     assert len(PROMPTS) - len(result["greedy_mismatches"]) >= 1, result
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma3_text", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3_text", "mixtral"])
 def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
     """`strop export --format gguf` checks the file with llama.cpp when it is installed, so a family that
-    transformers' GGUF reader misreads (Gemma 3, Mixtral) is verified by the runtime that will run it."""
+    transformers' GGUF reader misreads (Gemma 3, Mixtral) is verified by the runtime that will run it.
+    Qwen 2 runs with its own vocabulary and its own chat template (a default system prompt)."""
     import json
 
     from strop.export import export
     from test_export import make_lora_run
 
-    base = base_with_tokenizer(kind, smol_tokenizer, tmp_path / "base")
+    base = with_family_tokenizer(kind, smol_tokenizer, tmp_path / "base")
     run = make_lora_run(base, tmp_path / "run", b_std=0.2)
     report = export(str(run), "gguf", output=str(tmp_path / "gguf"), quant="f16", n_prompts=4)
     v = json.loads((tmp_path / "gguf" / "strop_export.json").read_text())["verification"]
@@ -164,3 +197,35 @@ def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
     assert v["tokenizer_identical"] and v["chat_template_identical"], v
     assert v["greedy_identical"] >= 3 and v["kl_mean"] < 1e-3 < v["kl_to_base_mean"], v
     assert report["file"] == "run-f16.gguf"
+
+
+def _strop(*args: str):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "strop", *args], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (args[0], proc.stderr[-2000:])
+    return proc
+
+
+def test_a_qwen2_run_trained_by_strop_answers_the_same_in_llama_cpp(smol_tokenizer, chat_file, tmp_path):
+    """End to end on a Qwen 2 base with its own vocabulary and chat template (which adds a default system
+    prompt): `strop train`, `strop export --format gguf`, then llama.cpp's greedy answer is `strop generate`'s."""
+    import json
+
+    from strop import models
+
+    base = with_family_tokenizer("qwen2", smol_tokenizer, tmp_path / "base")
+    run = tmp_path / "run"
+    _strop("train", "--base-model", str(base), "--data", str(chat_file), "--output-dir", str(run), "--max-steps", "8",
+           "--learning-rate", "5e-3", "--report-to", "none", "--val-size", "0")
+    _strop("export", str(run), "--format", "gguf", "--quant", "f16", "--output", str(tmp_path / "gguf"))
+    verification = json.loads((tmp_path / "gguf" / "strop_export.json").read_text())["verification"]
+    assert verification["checked_by"].startswith("llama.cpp") and verification["verified"], verification
+    tok = models.load_tokenizer(str(run / "final"))
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "gguf" / "run-f16.gguf"), n_ctx=512, verbose=False)
+    for question in ("What is 3 plus 3?", "What is the capital of France?"):
+        ours = _strop("generate", str(run), "--prompt", question, "--max-new-tokens", "12").stdout.strip()
+        ids = _greedy_llama(llm, _prompt_ids(tok, question), 12, tok.eos_token_id)
+        theirs = tok.decode(ids, skip_special_tokens=True).strip()
+        assert theirs == ours, (question, theirs, ours)
+    assert "You are a helpful assistant" in tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)

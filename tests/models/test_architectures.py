@@ -26,7 +26,7 @@ ARCHITECTURES = {
     "mistral": {"sliding_window": None},
     "gemma2": {"query_pre_attn_scalar": 16},
     "gemma3_text": {"query_pre_attn_scalar": 16},
-    "phi3": {"pad_token_id": 0},
+    "phi3": {"pad_token_id": 0, "original_max_position_embeddings": 256},  # not above max_position_embeddings
     "olmo2": {},
     "granite": {},
     "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1, "norm_topk_prob": True},
