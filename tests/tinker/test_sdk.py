@@ -16,6 +16,7 @@ from tinker import types  # noqa: E402
 from conftest import free_port  # noqa: E402
 
 KEY = "tml-strop-test-key"
+SERVERS: list = []  # the in-process server, for tests that look at its memory
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,7 @@ def base_url(tmp_path_factory, monkeypatch_module):
     from strop.tinker.app import create_app
 
     app = create_app(tmp_path_factory.mktemp("tinker"), api_key=KEY)
+    SERVERS.append(app.state.server)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -227,3 +229,29 @@ def test_names_from_the_client_never_leave_the_workdir(base_url):
         route = "create_model" if body["type"] == "create_model" else "load_weights"
         r = httpx.post(f"{base_url}/api/v1/{route}", json=body, headers=headers)
         assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
+
+
+def test_a_sampler_per_step_keeps_memory_bounded_and_every_sampler_its_own_weights(service, tiny_model_dir,
+                                                                                   smol_tokenizer):
+    """An RL loop makes a sampler every step: the model must not gain an adapter per sampler, and the
+    oldest sampler, long out of the in-memory cache, still samples with the weights it was made from."""
+    from strop.tinker.backend import CACHED_SNAPSHOTS
+
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    data = [_datum(smol_tokenizer, f"Name {i}: ", f"item {i}.") for i in range(2)]
+    prompt = types.ModelInput.from_ints(data[0].model_input.to_ints())
+    samplers, logprobs = [], []
+    for _ in range(CACHED_SNAPSHOTS + 4):
+        sampler = tc.save_weights_and_get_sampling_client().result()
+        samplers.append(sampler)
+        logprobs.append(sum(sampler.compute_logprobs(prompt).result()[1:]))
+        tc.forward_backward(data, "cross_entropy").result()
+        tc.optim_step(types.AdamParams(learning_rate=2e-2)).result()
+    base = SERVERS[0].workers[str(tiny_model_dir)].base
+    training = {c.adapter for c in SERVERS[0].clients.values()}
+    others = set(base.peft.peft_config) - training  # the adapters samplers run in: one per LoRA rank in use
+    assert others <= {f"sampling_r{c.rank}" for c in SERVERS[0].clients.values()}, others
+    assert len(base.snapshot_cache) <= CACHED_SNAPSHOTS
+    assert logprobs[-1] > logprobs[0] + 1  # training moved the weights, so the snapshots differ
+    again = [sum(s.compute_logprobs(prompt).result()[1:]) for s in (samplers[0], samplers[-1], samplers[1])]
+    assert again == pytest.approx([logprobs[0], logprobs[-1], logprobs[1]], abs=1e-4)

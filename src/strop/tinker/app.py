@@ -75,7 +75,7 @@ class Server:
         self.futures: dict[str, Future] = {}
         self.workers: dict[str, Worker] = {}
         self.clients: dict[str, Client] = {}
-        self.samplers: dict[str, tuple[str, str | None, str | None]] = {}  # id -> (base, adapter, path)
+        self.samplers: dict[str, tuple[str, str | None, str | None]] = {}  # id -> (base, snapshot key, path)
         self.seq_results: dict[tuple[str, int], dict] = {}  # (model or sampler id, seq_id) -> future reply
         self.adapters = itertools.count()
         self.lock = threading.Lock()
@@ -358,15 +358,16 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         path = f"tinker://{client.model_id}/sampler_weights/{name}" if name else None
 
         def work(b: Base):
-            adapter = f"sampler{next(srv.adapters)}"
-            state = b.adapter_state(client.adapter)  # the weights as they are now, whatever training does next
-            b.add_adapter(adapter, client.rank, trainable=False)
-            b.load_adapter_state(adapter, state)
+            key = f"snapshot{next(srv.adapters)}"  # the weights as they are now, whatever training does next
             if path:
-                b.save(client, srv.path_dir(path)[2], with_optimizer=False)
-                srv.samplers[path] = (client.base_model, adapter, path)
+                directory = srv.path_dir(path)[2]
+                b.save(client, directory, with_optimizer=False)
+                b.snapshot(key, client, directory / "adapter.safetensors")
+                srv.samplers[path] = (client.base_model, key, path)
                 return {"path": path, "type": "save_weights_for_sampler"}
-            srv.samplers[sampler_id] = (client.base_model, adapter, None)
+            run = client.model_id.replace(":", "_")
+            b.snapshot(key, client, srv.workdir / run / "sampler_snapshots" / f"{key}.safetensors")
+            srv.samplers[sampler_id] = (client.base_model, key, None)
             return {"sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
         return srv.for_client(client, req.get("seq_id"), work)
@@ -381,16 +382,10 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             info = checkpoint_info(directory) if (directory / "strop_tinker.json").is_file() else None
             if info is None:
                 raise APIError(404, f"model_path {path!r}: no saved weights there", param="model_path")
-            adapter = f"sampler{next(srv.adapters)}"
-
-            def work(b: Base):
-                from safetensors.torch import load_file
-
-                b.add_adapter(adapter, int(info["rank"]), trainable=False)
-                b.load_adapter_state(adapter, load_file(str(directory / "adapter.safetensors")))
-
-            srv.enqueue(info["base_model"], work)
-            srv.samplers[sampler_id] = (info["base_model"], adapter, path)
+            key = f"snapshot{next(srv.adapters)}"
+            srv.enqueue(info["base_model"], lambda b: b.register_snapshot(key, int(info["rank"]),
+                                                                          directory / "adapter.safetensors"))
+            srv.samplers[sampler_id] = (info["base_model"], key, path)
         else:
             from starlette.concurrency import run_in_threadpool
 
@@ -411,7 +406,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         key = str(req.get("sampling_session_id") or req.get("model_path") or "")
         if key not in srv.samplers:
             raise APIError(404, f"sampling_session_id {key!r}: no such sampling session", param="sampling_session_id")
-        base, adapter, _ = srv.samplers[key]
+        base, snapshot, _ = srv.samplers[key]
         n = int(req.get("num_samples", 1))
         if not 1 <= n <= 64:
             raise APIError(400, f"num_samples: {n} is outside 1..64", param="num_samples")
@@ -424,7 +419,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         params, want_prompt = req.get("sampling_params") or {}, bool(req.get("prompt_logprobs"))
 
         def work(b: Base):
-            samples, plp = b.sample(adapter, prompt, n, params, want_prompt)
+            samples, plp = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n, params, want_prompt)
             return _sample_output(samples, plp)
 
         ids = [f"{key}:{req.get('seq_id', 0)}:{i}" for i in range(n)]

@@ -5,6 +5,11 @@ and every sampler a frozen copy of an adapter's weights (a snapshot), so a sampl
 saved when it was created, whatever training does next. All work on a base runs on one thread, in
 the order it arrived: a client's requests keep their order, and switching adapters never races.
 
+A snapshot is a file, not a live adapter: an RL loop makes a sampler every step, and one peft adapter
+per step would grow memory without end (about 20 MB each at rank 32 on the default model). Sampling
+loads a snapshot into one shared adapter per LoRA rank (a copy of a few MB), keeping the
+``CACHED_SNAPSHOTS`` most recently used states in memory.
+
 Losses follow Tinker's definitions, summed over tokens and datums (position i of the input predicts
 ``target_tokens[i]``; ``lp`` is the model's log-probability of that target):
 
@@ -17,12 +22,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import StropError
 
 LOSSES = ("cross_entropy", "importance_sampling", "ppo")
+CACHED_SNAPSHOTS = 8
 
 
 class UserError(Exception):
@@ -61,6 +68,10 @@ class Base:
         self.model.requires_grad_(False)
         self.peft = None  # the PeftModel, once the first adapter exists
         self.device = torch.device("cpu")
+        self.snapshot_files: dict[str, tuple[int, Path]] = {}  # snapshot key -> (LoRA rank, safetensors file)
+        self.snapshot_cache: OrderedDict[str, dict] = OrderedDict()  # the most recently used states
+        self.slots: dict[int, str] = {}  # LoRA rank -> the adapter samplers of that rank run in
+        self.slot_holds: dict[int, str] = {}  # LoRA rank -> the snapshot now loaded in that slot
 
     # -- adapters -------------------------------------------------------------------------------
     def add_adapter(self, name: str, rank: int, seed: int | None = None, trainable: bool = True) -> None:
@@ -96,6 +107,46 @@ class Base:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(self.peft, state, adapter_name=name)
+
+    # -- snapshots for samplers ---------------------------------------------------------------------
+    def snapshot(self, key: str, client: Client, file: Path) -> None:
+        """Freeze ``client``'s weights as they are now under ``key`` (written to ``file`` unless it exists)."""
+        from safetensors.torch import save_file
+
+        state = self.adapter_state(client.adapter)
+        if not file.is_file():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(file))
+        self.snapshot_files[key] = (client.rank, file)
+        self._cache(key, state)
+
+    def register_snapshot(self, key: str, rank: int, file: Path) -> None:
+        """A snapshot saved earlier (or by a server before a restart), read when first sampled."""
+        self.snapshot_files[key] = (rank, file)
+
+    def sampling_adapter(self, key: str) -> str:
+        """The adapter that holds snapshot ``key``, loading it into its rank's slot if another is there."""
+        from safetensors.torch import load_file
+
+        rank, file = self.snapshot_files[key]
+        slot = self.slots.get(rank)
+        if slot is None:
+            slot = self.slots[rank] = f"sampling_r{rank}"
+            self.add_adapter(slot, rank, trainable=False)
+        if self.slot_holds.get(rank) != key:
+            state = self.snapshot_cache.get(key)
+            if state is None:
+                state = load_file(str(file))
+            self.load_adapter_state(slot, state)
+            self.slot_holds[rank] = key
+            self._cache(key, state)
+        self.snapshot_cache.move_to_end(key)
+        return slot
+
+    def _cache(self, key: str, state: dict) -> None:
+        self.snapshot_cache[key] = state
+        while len(self.snapshot_cache) > CACHED_SNAPSHOTS:
+            self.snapshot_cache.popitem(last=False)
 
     def trainable(self, name: str) -> list:
         return [p for n, p in self.peft.named_parameters() if f".{name}." in n]
