@@ -231,6 +231,7 @@ def test_names_from_the_client_never_leave_the_workdir(base_url):
         assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
 
 
+@pytest.mark.slow
 def test_a_sampler_per_step_keeps_memory_bounded_and_every_sampler_its_own_weights(service, tiny_model_dir,
                                                                                    smol_tokenizer):
     """An RL loop makes a sampler every step: the model must not gain an adapter per sampler, and the
