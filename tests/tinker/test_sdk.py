@@ -170,6 +170,12 @@ def test_mistakes_are_clear(service, tiny_model_dir):
     bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]), loss_fn_inputs={"target_tokens": [2, 3]})
     with pytest.raises(tinker.RequestFailedError, match="target_tokens: 2 values for a 3-token input"):
         tc.forward([bad], "cross_entropy").result()
+    # a sampler whose saved weights were deleted before it first sampled: one line, the client's mistake
+    named = tc.save_weights_for_sampler("gone").result().path
+    sampler = service.create_sampling_client(model_path=named).result()
+    service.create_rest_client().delete_checkpoint_from_tinker_path(named).result()
+    with pytest.raises(tinker.RequestFailedError, match="sampler weights gone/adapter.safetensors: deleted"):
+        sampler.sample(types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)).result()
 
 
 def test_a_restarted_server_loads_the_saved_states(tmp_path, tiny_model_dir, smol_tokenizer, base_url):

@@ -361,8 +361,8 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             key = f"snapshot{next(srv.adapters)}"  # the weights as they are now, whatever training does next
             if path:
                 directory = srv.path_dir(path)[2]
-                b.save(client, directory, with_optimizer=False)
-                b.snapshot(key, client, directory / "adapter.safetensors")
+                b.save(client, directory, with_optimizer=False)  # the snapshot is the file it writes
+                b.register_snapshot(key, client.rank, directory / "adapter.safetensors")
                 srv.samplers[path] = (client.base_model, key, path)
                 return {"path": path, "type": "save_weights_for_sampler"}
             run = client.model_id.replace(":", "_")

@@ -110,13 +110,12 @@ class Base:
 
     # -- snapshots for samplers ---------------------------------------------------------------------
     def snapshot(self, key: str, client: Client, file: Path) -> None:
-        """Freeze ``client``'s weights as they are now under ``key`` (written to ``file`` unless it exists)."""
+        """Freeze ``client``'s weights as they are now under ``key``, written to ``file``."""
         from safetensors.torch import save_file
 
         state = self.adapter_state(client.adapter)
-        if not file.is_file():
-            file.parent.mkdir(parents=True, exist_ok=True)
-            save_file(state, str(file))
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(file))
         self.snapshot_files[key] = (client.rank, file)
         self._cache(key, state)
 
@@ -136,6 +135,8 @@ class Base:
         if self.slot_holds.get(rank) != key:
             state = self.snapshot_cache.get(key)
             if state is None:
+                if not file.is_file():
+                    raise UserError(f"sampler weights {file.parent.name}/{file.name}: deleted from the server's workdir")
                 state = load_file(str(file))
             self.load_adapter_state(slot, state)
             self.slot_holds[rank] = key
