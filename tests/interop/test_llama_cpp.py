@@ -11,13 +11,17 @@ real Qwen 2 vocabulary (llama.cpp's own ``models/ggml-vocab-qwen2.gguf`` test
 file, from the llama-cpp-python source package that `make test-interop`
 fetches; the converter recognises Qwen 2's pre-tokenizer by a hash of its
 output, and transformers gives any tokenizer in a qwen2 directory Qwen 2's
-pre-tokenizer, so no borrowed vocabulary can pass). Phi-3 takes the default
+pre-tokenizer, so no borrowed vocabulary can pass). Gemma 2's converter reads
+the family's SentencePiece ``tokenizer.model``, which no package ships, so the
+test trains a small one with Gemma's layout (``gemma_tokenizer``). Phi-3 takes the default
 model's byte-level BPE declared as ``GPT2Tokenizer``, the layout Phi-4 ships
 (Phi3ForCausalLM with a GPT-2-style tokenizer). For each:
 
-* 30 varied strings tokenize to the same ids as transformers;
+* 31 varied strings tokenize to the same ids as transformers;
 * the chat template in the file is the model's own, and renders the same prompt;
-* greedy output equals transformers' greedy output token for token.
+* greedy output equals transformers' greedy output token for token;
+* the next-token distributions agree (KL below 1e-4; a tiny random model's
+  greedy text can be one token repeated, which would prove little alone).
 
 Plus the default model (SmolLM2-135M-Instruct) at f16 and q8_0.
 """
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.interop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gemma_vocab import gemma_tokenizer, phi3_tokenizer  # noqa: E402
 from test_architectures import ARCHITECTURES, base_with_tokenizer  # noqa: E402
 
 STRINGS = [
@@ -43,16 +48,21 @@ STRINGS = [
     "email: someone@example.com", "price: $19.99 (20% off)", "#hashtag @mention", "line1\r\nline2",
     "a\u00a0non-breaking space", "العربية نص", "한국어 텍스트", "math: ∑ x_i ≤ ∞", "quotes “curly” and 'straight'",
     "JSON {\"k\": [1, 2, 3]}", "end with space ", "1,000,000 and 1.000.000", "<think>\nreasoning\n</think>",
+    "<start_of_turn>user\nhi<end_of_turn>",
 ]
 PROMPTS = ["What is the capital of France?", "Tell me a short story about a fox.", "Hi!"]
-# families whose converter needs the family's own SentencePiece tokenizer.model, which no package ships
-NEEDS_OWN_TOKENIZER = {"gemma2": "tokenizer.model"}
+# families whose converter reads a SentencePiece tokenizer.model: no package ships one, so the test trains one
+SENTENCEPIECE = {"gemma2": gemma_tokenizer, "phi3-sentencepiece": phi3_tokenizer}
+# every family, and Phi-3 twice: with Phi-3 mini's SentencePiece tokenizer and with Phi-4's GPT-2-style one
+CASES = list(ARCHITECTURES) + ["phi3-sentencepiece"]
 # llama.cpp's tokenizer test vocabularies, taken from the llama-cpp-python source package by `make test-interop`
 VOCAB_DIR = Path(__file__).resolve().parents[2] / "build" / "llama-vocab"
 
 
-def family_tokenizer(kind: str, smol_tokenizer):
+def family_tokenizer(kind: str, smol_tokenizer, out: Path | None = None):
     """The tokenizer a tiny ``kind`` model is converted with (module docstring says why)."""
+    if kind in SENTENCEPIECE:
+        return SENTENCEPIECE[kind](out / "sentencepiece")
     if kind == "qwen2":
         from transformers import AutoTokenizer
 
@@ -63,10 +73,18 @@ def family_tokenizer(kind: str, smol_tokenizer):
 
 
 def with_family_tokenizer(kind: str, smol_tokenizer, out: Path) -> Path:
-    """base_with_tokenizer, plus Phi-4's tokenizer class for phi3."""
+    """base_with_tokenizer for the case ``kind`` (a family, or "phi3-sentencepiece"), plus Phi-4's tokenizer
+    class for phi3."""
     import json
 
-    base_with_tokenizer(kind, family_tokenizer(kind, smol_tokenizer), out)
+    from transformers import AutoTokenizer
+
+    tok = family_tokenizer(kind, smol_tokenizer, out)
+    base_with_tokenizer(kind.split("-")[0], tok, out)
+    if kind in SENTENCEPIECE:  # as strop saves runs: the SentencePiece model and which pieces are special
+        from strop import models
+
+        models.save_tokenizer(tok, out)
     if kind == "phi3":
         config = out / "tokenizer_config.json"
         config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": "GPT2Tokenizer"}))
@@ -99,7 +117,7 @@ def _prompt_ids(tok, text: str) -> list[int]:
 def _check(path: Path, tok, model, n_new: int = 12) -> dict:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, verbose=False, logits_all=True)
     tokenized = [s for s in STRINGS if llm.tokenize(s.encode(), add_bos=False, special=True)
                  != tok.encode(s, add_special_tokens=False)]
     template = llm.metadata.get("tokenizer.chat_template")
@@ -110,10 +128,25 @@ def _check(path: Path, tok, model, n_new: int = 12) -> dict:
               != _greedy_hf(model, _prompt_ids(tok, p), n_new)]
     return {"tokenizer_mismatches": tokenized, "template_same": template == tok.chat_template,
             "rendered_same": rendered == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
-            "greedy_mismatches": greedy}
+            "greedy_mismatches": greedy, "next_token_kl": max(_next_token_kl(llm, model, _prompt_ids(tok, p))
+                                                              for p in PROMPTS)}
 
 
-@pytest.mark.parametrize("kind", list(ARCHITECTURES))
+def _next_token_kl(llm, model, ids: list[int]) -> float:
+    """KL(transformers || llama.cpp) of the next-token distribution after ``ids``: a tiny random model's greedy
+    text can be one token repeated, so the whole distribution is compared as well."""
+    import numpy as np
+    import torch
+
+    llm.reset()
+    llm.eval(ids)
+    theirs = torch.log_softmax(torch.tensor(np.array(llm.scores[llm.n_tokens - 1]), dtype=torch.float32), -1)
+    with torch.no_grad():
+        ours = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    return float((ours.exp() * (ours - theirs)).sum())
+
+
+@pytest.mark.parametrize("kind", CASES)
 def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,16 +155,11 @@ def test_each_family_converts_and_llama_cpp_agrees(kind, smol_tokenizer, tmp_pat
     with_family_tokenizer(kind, smol_tokenizer, tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path).float().eval()
-    if kind in NEEDS_OWN_TOKENIZER:
-        from strop.core.errors import StropError
-
-        with pytest.raises(StropError, match="converter failed"):  # one line, not a traceback
-            convert(tmp_path, tmp_path / "m.gguf", "f16", name=kind)
-        pytest.skip(f"{kind}: the converter needs the family's own {NEEDS_OWN_TOKENIZER[kind]}")
     # not named after the family: llama.cpp takes a file whose name holds "phi3" for Microsoft's Phi-3 and
     # looks up Phi-3's "<|end|>" token, which this borrowed vocabulary lacks (the load fails)
     convert(tmp_path, tmp_path / "m.gguf", "f16", name="tiny")
     result = _check(tmp_path / "m.gguf", tok, model)
+    assert result.pop("next_token_kl") < 1e-4, (kind, result)  # about 1e-6 in f16 for every family
     assert result == {"tokenizer_mismatches": [], "template_same": True, "rendered_same": True,
                       "greedy_mismatches": []}, (kind, result)
 
@@ -179,11 +207,12 @@ def test_k_quants_are_made_by_llama_cpp_and_load_there(quant, tmp_path):
     assert len(PROMPTS) - len(result["greedy_mismatches"]) >= 1, result
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3_text", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3-sentencepiece", "mixtral"])
 def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
     """`strop export --format gguf` checks the file with llama.cpp when it is installed, so a family that
     transformers' GGUF reader misreads (Gemma 3, Mixtral) is verified by the runtime that will run it.
-    Qwen 2 runs with its own vocabulary and its own chat template (a default system prompt)."""
+    Qwen 2 runs with its own vocabulary and its own chat template (a default system prompt), Gemma 2 with a
+    SentencePiece vocabulary and a template without a system role."""
     import json
 
     from strop.export import export
@@ -193,7 +222,7 @@ def test_strop_export_verifies_with_llama_cpp(kind, smol_tokenizer, tmp_path):
     run = make_lora_run(base, tmp_path / "run", b_std=0.2)
     report = export(str(run), "gguf", output=str(tmp_path / "gguf"), quant="f16", n_prompts=4)
     v = json.loads((tmp_path / "gguf" / "strop_export.json").read_text())["verification"]
-    assert v["checked_by"].startswith("llama.cpp") and v["verified"], v
+    assert v["checked_by"].startswith("llama.cpp") and v["verified"], json.dumps(v)
     assert v["tokenizer_identical"] and v["chat_template_identical"], v
     assert v["greedy_identical"] >= 3 and v["kl_mean"] < 1e-3 < v["kl_to_base_mean"], v
     assert report["file"] == "run-f16.gguf"

@@ -172,3 +172,63 @@ def test_lora_run_reloads_generates_and_merges_the_same(kind, smol_tokenizer, tm
     assert Engine(str(tmp_path / "merged")).chat(question, max_new_tokens=12).text == tuned
     # the adapter changes the base's answers, so the equalities above mean something
     assert report["verification"]["tuned_vs_base_greedy_identical"] < 2, report["verification"]
+
+
+def test_a_sentencepiece_tokenizer_keeps_its_model_and_special_pieces_when_strop_saves_it(tmp_path):
+    """transformers 5 saves tokenizer.json only; llama.cpp's converter needs a SentencePiece family's
+    tokenizer.model and learns which pieces are special from tokenizer_config.json. A run or merged export
+    saved by strop keeps both, and reloads to the same ids."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from strop import models
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gemma_vocab import gemma_tokenizer
+
+    tok = gemma_tokenizer(tmp_path / "source")
+    tok.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "tokenizer.model").exists()  # what the helper exists for
+    models.save_tokenizer(tok, tmp_path / "run")
+    saved = tmp_path / "run"
+    assert (saved / "tokenizer.model").read_bytes() == (tmp_path / "source" / "tokenizer.model").read_bytes()
+    special = {v["content"]: v["special"]
+               for v in json.loads((saved / "tokenizer_config.json").read_text())["added_tokens_decoder"].values()}
+    assert special["<start_of_turn>"] and special["<end_of_turn>"] and special["<bos>"], special
+    again = AutoTokenizer.from_pretrained(saved)
+    text = "<start_of_turn>user\nnaïve café 42<end_of_turn>\n"
+    assert again.encode(text) == tok.encode(text) and tok.convert_tokens_to_ids("<start_of_turn>") in tok.encode(text)
+    models.save_tokenizer(again, tmp_path / "twice")  # a run of a run (merged export of a run)
+    assert (tmp_path / "twice" / "tokenizer.model").is_file()
+
+
+def test_a_tokenizer_is_loaded_as_its_tokenizer_json_says_wherever_it_lies(tmp_path):
+    """transformers 5 rebuilds a Llama-class tokenizer's pipeline when no config.json lies beside it (a run's
+    final/): a Phi-3 tokenizer then drops the space SentencePiece puts before a text after a special token
+    and before a leading space. strop loads it as its tokenizer.json describes, which is SentencePiece's own
+    tokenization, the one llama.cpp reproduces."""
+    import sys
+    from pathlib import Path
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from strop import models
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gemma_vocab import phi3_tokenizer
+
+    tok = phi3_tokenizer(tmp_path / "source")
+    tok.save_pretrained(tmp_path / "final")  # tokenizer files only, as in a run
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "source" / "tokenizer.model"))
+    user = tok.convert_tokens_to_ids("<|user|>")
+    cases = {"  two leading spaces": sp.encode("  two leading spaces"),
+             "<|user|>\nhi there": [user] + sp.encode("\nhi there")}  # SentencePiece prefixes each text piece
+    plain = AutoTokenizer.from_pretrained(tmp_path / "final")
+    assert any(plain.encode(t, add_special_tokens=False) != want for t, want in cases.items())  # the trap
+    models.as_shipped(plain, tmp_path / "final")
+    for text, want in cases.items():
+        assert plain.encode(text, add_special_tokens=False) == want, text

@@ -159,7 +159,7 @@ def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: 
         kwargs = getattr(tok, KWARGS_ATTR, {})
         if kwargs and tok.chat_template:  # readers of the exported files (llama.cpp) cannot pass them
             tok.chat_template = bake_template_kwargs(tok.chat_template, kwargs)
-        tok.save_pretrained(tmp)
+        models.save_tokenizer(tok, tmp, base)
         shutil.copy(final / "strop_run.json", tmp / "strop_run.json")  # system prompt travels with the weights
         del merged, model
         ref = _load_unmerged(final, base)

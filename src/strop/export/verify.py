@@ -30,8 +30,12 @@ CHANGE_FLOOR = 1e-3  # mean KL(tuned || base) below which a run counts as not ha
 EXIT_UNVERIFIED = 5  # `strop export` exit status when the written export failed verification
 
 
+def render_all(tok, chats: list[list[dict]], system_prompt: str) -> list[str]:
+    return [prompt_text(tok, c, system_prompt) for c in chats]
+
+
 def encode_all(tok, chats: list[list[dict]], system_prompt: str) -> list[list[int]]:
-    return [tok(prompt_text(tok, c, system_prompt), add_special_tokens=False)["input_ids"] for c in chats]
+    return [tok(text, add_special_tokens=False)["input_ids"] for text in render_all(tok, chats, system_prompt)]
 
 
 def _logp(model, ids: list[int]):

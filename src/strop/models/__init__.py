@@ -209,6 +209,36 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     os.replace(tmp, target)  # the directory appears complete or not at all
 
 
+def save_tokenizer(tok, out: Path, base: str | None = None) -> None:
+    """``tok.save_pretrained(out)``, keeping the SentencePiece model the tokenizer was built from
+    (or, failing that, the one beside the ``base`` model).
+
+    transformers 5 writes only tokenizer.json, but llama.cpp's converter reads a
+    SentencePiece family's (Gemma, Llama 2, Mistral v1) ``tokenizer.model``:
+    without it a run or a merged export of such a model cannot become a GGUF.
+    """
+    tok.save_pretrained(out)
+    places = [getattr(tok, "vocab_file", None), Path(tok.name_or_path) / "tokenizer.model"]
+    if base:  # a run saved before strop kept the file: its base model still has it
+        places.append(Path(resolve(base)) / "tokenizer.model")
+    src = next((Path(p) for p in places if p and Path(p).suffix == ".model" and Path(p).is_file()), None)
+    if src is None:
+        return
+    if not (out / src.name).exists():
+        shutil.copyfile(src, out / src.name)
+    # The converter learns which pieces are special (Gemma's <start_of_turn>) from tokenizer_config.json's
+    # added_tokens_decoder, which transformers 4 wrote and 5 keeps in tokenizer.json only; without it
+    # llama.cpp reads "<start_of_turn>" in a prompt as plain text.
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if "added_tokens_decoder" not in config:
+        config["added_tokens_decoder"] = {
+            str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                     "normalized": t.normalized, "single_word": t.single_word}
+            for i, t in sorted(tok.added_tokens_decoder.items())}
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def fix_special_tokens(tok, model) -> None:
     """ChatML models must stop on <|im_end|>; older transformers swapped bos/eos here."""
     if "<|im_end|>" in tok.get_vocab() and tok.eos_token != EXPECTED_EOS:
@@ -241,6 +271,7 @@ def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
         tok = AutoTokenizer.from_pretrained(target, **policy.tokenizer_kwargs(target))
     except (OSError, ValueError) as exc:
         raise _hub_error(name, exc) from None
+    as_shipped(tok, target)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     run_info = path / "strop_run.json" if isinstance(path, Path) else None
@@ -249,6 +280,30 @@ def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
 
         set_template_kwargs(tok, json.loads(run_info.read_text()).get("chat_template_kwargs") or {})
     return tok
+
+
+def as_shipped(tok, directory) -> None:
+    """Give ``tok`` the text pipeline its directory's tokenizer.json describes.
+
+    transformers 5 sometimes rebuilds a tokenizer's normalizer, pre-tokenizer and
+    decoder from the class named in tokenizer_config.json instead of reading
+    them from tokenizer.json, depending on what else lies in the directory: a
+    Phi-3 tokenizer loaded beside its config.json keeps SentencePiece's space
+    after a special token, the same files in a run's final/ (no config.json)
+    lose it. The file is what the model was trained with and what llama.cpp's
+    converter reads, so strop uses it wherever it loads the tokenizer.
+    """
+    path = Path(directory) / "tokenizer.json" if isinstance(directory, (str, Path)) else None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or path is None or not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    shipped = Tokenizer.from_file(str(path))
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        theirs, ours = getattr(shipped, part), getattr(backend, part)
+        if (theirs and theirs.__getstate__()) != (ours and ours.__getstate__()):
+            setattr(backend, part, theirs)
 
 
 def _has_tokenizer(path) -> bool:

@@ -7,7 +7,7 @@ import resource
 import shutil
 from pathlib import Path
 
-from .. import methods
+from .. import methods, models
 from ..core.config import TrainConfig
 from ..core.errors import StropError
 from ..core.rundir import RunDir
@@ -30,7 +30,7 @@ def save_final(model, tok, cfg: TrainConfig, run: RunDir, *, weights_written: bo
             method.save(model, tmp)  # only the weights this method trains
         else:
             model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    models.save_tokenizer(tok, tmp)
     if method.saves_adapter:
         # The alias or path the user named, so a copied run resolves on another machine.
         base = {"base_model": cfg.base_model, "method": cfg.method, "load_in_4bit": method.load_in_4bit}
