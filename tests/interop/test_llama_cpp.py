@@ -77,8 +77,6 @@ def with_family_tokenizer(kind: str, smol_tokenizer, out: Path) -> Path:
     class for phi3."""
     import json
 
-    from transformers import AutoTokenizer
-
     tok = family_tokenizer(kind, smol_tokenizer, out)
     base_with_tokenizer(kind.split("-")[0], tok, out)
     if kind in SENTENCEPIECE:  # as strop saves runs: the SentencePiece model and which pieces are special

@@ -78,7 +78,7 @@ def _load_base(run: Path, final: Path):
 def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path | None = None,
                 n_prompts: int = 8, min_greedy: float = verify.MIN_GREEDY) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     converter.check_quant(quant)  # before the merge, which takes a while
     converter.find()  # before the merge: a missing converter is a one-line error, not a late one
