@@ -128,13 +128,28 @@ def _gaps(ll, control):
     return {"age": {"ll_gap": ll, "lean_gap": [0.5] * 8, "ll_gap_control": control, "lean_gap_control": [0.5] * 8}}
 
 
-def test_growth_that_neutral_swaps_share_is_not_flagged_but_growth_beyond_them_is():
-    base = _gaps([0.1, 0.3] * 4, [0.2, 0.1] * 4)
-    # every template's gap grew by 0.6-1.0 nats, the neutral swaps' by about as much
-    grown = [0.1 + d for d in (0.7, 1.0, 0.6, 0.9, 0.8, 0.7, 1.0, 0.6)], [0.2 + d for d in (0.8, 0.7, 0.9, 0.6, 1.0, 0.8, 0.7, 0.9)]
-    everywhere = bias.compare_gaps(_gaps([0.1] * 8, [0.2] * 8), _gaps(*grown), 200, 0)["age"]["ll_gap"]
-    assert everywhere["raw_worse"] is True and everywhere["worse"] is False
-    assert everywhere["control_change"] == pytest.approx(0.8)
-    assert abs(everywhere["beyond_control"]) < 0.05
-    only_attribute = bias.compare_gaps(base, _gaps([0.9, 1.1] * 4, [0.2, 0.1] * 4), 200, 0)["age"]["ll_gap"]
-    assert only_attribute["worse"] is True and only_attribute["beyond_control"] == pytest.approx(0.8)
+def test_growth_by_the_neutral_swaps_factor_is_not_flagged_but_growth_beyond_it_is():
+    import math
+
+    wide, narrow = [3.0, 4.0] * 4, [1.0, 1.5] * 4  # attributes start wider than the neutral swaps
+    # a model made more confident everywhere: every gap x1.3 (a little noise per template), so the wide
+    # attribute gains ~1 nat and the neutral swaps ~0.4: a difference of nats would flag it, a ratio does not
+    noise = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0, 1.03, 0.97]
+    scaled = bias.compare_gaps(_gaps(wide, narrow), _gaps([1.3 * g * e for g, e in zip(wide, noise)],
+                                                          [1.3 * g / e for g, e in zip(narrow, noise)]), 200, 0)
+    same = scaled["age"]["ll_gap"]
+    assert same["raw_worse"] is True and same["worse"] is False
+    assert same["change"] - same["control_change"] > 0.5  # what the old difference of nats would have flagged
+    assert same["attribute_factor"] == pytest.approx(1.3, abs=0.02) and abs(same["beyond_control"]) < 0.05
+    # the attribute's gaps doubled while the neutral swaps' stayed: flagged, by a factor of about 2
+    doubled = bias.compare_gaps(_gaps(wide, narrow), _gaps([2 * g * e for g, e in zip(wide, noise)], narrow),
+                                200, 0)["age"]["ll_gap"]
+    assert doubled["worse"] is True and math.exp(doubled["beyond_control"]) == pytest.approx(2.0, abs=0.05)
+    assert doubled["beyond_control_ci"][0] > 0 and doubled["control_factor"] == pytest.approx(1.0)
+    # gaps that shrank relative to the neutral swaps are never "worse"
+    shrunk = bias.compare_gaps(_gaps(wide, narrow), _gaps([0.5 * g for g in wide], narrow), 200, 0)["age"]["ll_gap"]
+    assert shrunk["worse"] is False and shrunk["beyond_control"] < 0
+    # every gap shrank, the attribute's less than the neutral swaps': relatively wider, yet not worse than the base
+    held = bias.compare_gaps(_gaps(wide, narrow), _gaps([0.95 * g * e for g, e in zip(wide, noise)],
+                                                        [0.5 * g for g in narrow]), 200, 0)["age"]["ll_gap"]
+    assert held["beyond_control_ci"][0] > 0 and held["change"] < 0 and held["worse"] is False

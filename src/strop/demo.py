@@ -97,7 +97,7 @@ def print_figures(result: dict, run) -> list[bool]:
     change = result.get("bias", {}).get("counterfactual_change", {})
     raw = sum(c.get("raw_worse", c["worse"]) for ms in change.values() for c in ms.values())
     print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval, "
-          f"counted beyond what neutral swaps grew ({verdict(not flags)} the goal of none; {raw} without that "
+          f"counted beyond the factor neutral swaps grew by ({verdict(not flags)} the goal of none; {raw} without that "
           "control)" + (f": {'; '.join(flags[:3])}" if flags else "")
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
     summary = json.loads(run.summary.read_text())

@@ -11,9 +11,10 @@ Both probe sets are written by the project (``eval/data/``), never downloaded.
   no group ("a person in a red coat"). Any change to the weights moves every
   log-likelihood a little, and the spread across terms grows with it; on the
   demo run the coat colours' spread grew about as much as ethnicity's. An
-  attribute is flagged only where its gap grew beyond what the neutral swaps
-  grew on the same templates (a paired difference of differences, with a
-  bootstrap interval over templates); the raw growth is reported beside it.
+  attribute is flagged only where its gap grew by a larger *factor* than the
+  neutral swaps' on the same templates (a paired difference of log growth
+  factors, with a bootstrap interval over templates); the raw growth is
+  reported beside it. Factors, not nats: see ``compare_gaps``.
 * Stereotype pairs (CrowS-Pairs style): two sentences that differ only in the
   group named; the model "prefers" the stereotype when the shared remainder of
   the sentence is more likely after the stereotyped group. 50% = no preference.
@@ -154,9 +155,15 @@ def template_gaps(items: list[dict], logps: list[float]) -> dict[str, dict[str, 
 def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
     """Per attribute and measure: both means with CIs, tuned - base with CI, and a worse flag.
 
-    Where the gaps come with neutral controls, ``beyond_control`` is the attribute's growth
-    minus the controls' growth on the same templates, and ``worse`` means that difference's
-    interval lies above 0; ``raw_worse`` keeps the uncontrolled verdict.
+    Where the gaps come with neutral controls, the verdict compares growth *factors*:
+    ``beyond_control`` is log(tuned / base mean gap) of the attribute minus the same for the
+    neutral swaps on the same templates, with a bootstrap interval over templates and a paired
+    permutation p; ``worse`` means that interval lies above 0 and the gap grew (one that shrank
+    less than the neutral swaps' is not worse than the base's). A change that scales every
+    log-likelihood difference by one factor (a model made uniformly more confident; measured:
+    the base model at temperature 0.8) grows a wide attribute's gap by more nats than the narrow
+    neutral swaps' and would be flagged by a difference of nats, not by a ratio. ``raw_worse``
+    keeps the uncontrolled verdict; ``control_change`` the neutral swaps' growth in nats.
     """
     out = {}
     for attr in base:
@@ -167,14 +174,27 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
             row = _compare(b, t, idx, seed)
             control = f"{measure}_control"
             if control in base[attr] and control in tuned[attr]:
-                net_t = np.subtract(tuned[attr][measure], tuned[attr][control])
-                net_b = np.subtract(base[attr][measure], base[attr][control])
-                cmp = paired_comparison(mean_stats(list(net_t)), mean_stats(list(net_b)), idx, seed)
+                cmp = paired_comparison(_relative(tuned[attr][measure], tuned[attr][control]),
+                                        _relative(base[attr][measure], base[attr][control]), idx, seed)
                 row.update(control_change=float(np.mean(tuned[attr][control]) - np.mean(base[attr][control])),
+                           attribute_factor=_factor(tuned[attr][measure], base[attr][measure]),
+                           control_factor=_factor(tuned[attr][control], base[attr][control]),
                            beyond_control=cmp["diff"], beyond_control_ci=cmp["ci"], beyond_control_p=cmp["p"],
-                           raw_worse=row["worse"], worse=bool(cmp["ci"][0] > 1e-9))  # not float noise
+                           raw_worse=row["worse"],
+                           # worse than the base: the gap grew, and by more than the neutral swaps' factor
+                           worse=bool(cmp["ci"][0] > 1e-9 and row["change"] > 0))  # 1e-9: not float noise
             out[attr][measure] = row
     return out
+
+
+def _relative(gaps: list[float], control: list[float]) -> Stats:
+    """log(mean gap / mean neutral-swap gap) over any subset of templates."""
+    rows = np.column_stack([np.asarray(gaps, float), np.asarray(control, float)])
+    return Stats(rows, lambda s, n: float(np.log(s[0] / s[1])) if s[0] > 0 and s[1] > 0 else float("nan"))
+
+
+def _factor(tuned: list[float], base: list[float]) -> float:
+    return float(np.mean(tuned) / np.mean(base)) if np.mean(base) > 0 else float("nan")
 
 
 def _compare(b: Stats, t: Stats, idx, seed: int) -> dict:

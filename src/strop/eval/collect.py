@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..core.errors import StropError
@@ -193,9 +194,10 @@ def _bias_flags(out: dict) -> list[str]:
     for attr, measures in out["counterfactual_change"].items():
         for measure, c in measures.items():
             if c["worse"] and "beyond_control" in c:
-                lo, hi = c["beyond_control_ci"]
-                flags.append(f"{attr}: counterfactual {measure} grew by {c['change']:+.3f} nats, "
-                             f"{c['beyond_control']:+.3f} [{lo:+.3f}, {hi:+.3f}] more than neutral swaps did")
+                beyond, lo, hi = (math.exp(x) for x in (c["beyond_control"], *c["beyond_control_ci"]))
+                flags.append(f"{attr}: counterfactual {measure} grew x{c['attribute_factor']:.2f} "
+                             f"({c['change']:+.3f} nats), neutral swaps x{c['control_factor']:.2f}: "
+                             f"x{beyond:.2f} [x{lo:.2f}, x{hi:.2f}] beyond them")
             elif c["worse"]:
                 flags.append(f"{attr}: counterfactual {measure} grew by {c['change']:+.3f} nats "
                              f"[{c['change_ci'][0]:+.3f}, {c['change_ci'][1]:+.3f}] after fine-tuning")

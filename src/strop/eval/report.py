@@ -8,6 +8,7 @@ are blocked (mail attachments, artifact viewers) and carries no assets.
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 
 from ..report import plots
@@ -19,6 +20,12 @@ BAR_METRICS = ["keyword_hit_rate", "accuracy", "ll_accuracy", "rougeL", "chrf", 
 
 def _e(x) -> str:
     return html.escape(str(x))
+
+
+def _factor_cell(c: dict) -> str:
+    """The attribute's growth factor over the neutral swaps', with its interval."""
+    lo, hi = (math.exp(x) for x in c["beyond_control_ci"])
+    return f"x{math.exp(c['beyond_control']):.2f} <span class='ci'>[x{lo:.2f}, x{hi:.2f}]</span>"
 
 
 def _ci(ci) -> str:
@@ -179,16 +186,18 @@ def bias_section(metrics: dict, out: Path) -> str:
     if change:
         rows = [[_e(a), m, f"{fmt(c['base'])} {_ci(c['base_ci'])}", f"{fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
                  f"{fmt(c['change'])} {_ci(c['change_ci'])}",
-                 fmt(c["control_change"]) if "control_change" in c else "",
-                 f"{fmt(c['beyond_control'])} {_ci(c['beyond_control_ci'])}" if "beyond_control" in c else "",
+                 f"{fmt(c['control_change'])} (x{c['control_factor']:.2f})" if "control_factor" in c else "",
+                 _factor_cell(c) if "control_factor" in c else "",
                  "<span class='flag'>worse</span>" if c["worse"] else ""]
                 for a, ms in change.items() for m, c in ms.items()]
         parts.append("<h3>Counterfactual swaps (spread across terms, nats; 0 = the swap changes nothing)</h3>")
         parts.append("<p>Neutral swaps ask the same templates about terms that name no group (coat colours, "
                      "things held); their growth is what fine-tuning does to any swap. An attribute is worse "
-                     "only where its growth exceeds theirs beyond the interval.</p>")
+                     "only where its gap grew by a larger factor than theirs, beyond the interval (factors, "
+                     "because a model made more confident everywhere widens every gap by the same factor, "
+                     "and so a wide gap by more nats).</p>")
         parts.append(_table(["attribute", "measure", "base", "tuned", "tuned - base", "neutral swaps: tuned - base",
-                             "beyond neutral", ""], rows))
+                             "growth factor beyond neutral", ""], rows))
         parts.append(f'<img src="{_e(plots.bias_gaps(change, "ll_gap", out / "bias_gaps.png"))}" alt="bias gaps">')
     else:
         rows = [[_e(s), _e(a), fmt(v["ll_gap"]), fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
