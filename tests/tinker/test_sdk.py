@@ -121,6 +121,20 @@ def test_rl_losses_and_a_custom_loss_run(service, tiny_model_dir):
     assert is_loss == pytest.approx(-4.0, abs=1e-3)  # ratio 1 on policy: -sum(advantages)
     ppo = tc.forward_backward([on_policy], "ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}).result()
     assert ppo.metrics["loss:sum"] == pytest.approx(-4.0, abs=1e-3)
+
+    def off_policy(shift: float) -> types.Datum:  # the sampler gave each token ``shift`` nats less
+        return types.Datum(model_input=types.ModelInput.from_ints(ids),
+                           loss_fn_inputs={"target_tokens": ids[1:] + [9], "logprobs": [x - shift for x in lp],
+                                           "advantages": [1.0] * 4})
+
+    # cispo weighs lp by the clipped ratio: 1 on policy; e^2 = 7.4 clipped to its default 4 off policy
+    assert tc.forward([on_policy], "cispo").result().metrics["loss:sum"] == pytest.approx(-sum(lp), abs=1e-3)
+    assert tc.forward([off_policy(2.0)], "cispo").result().metrics["loss:sum"] == pytest.approx(-4 * sum(lp), abs=1e-3)
+    # dro: -sum(lp * A - beta / 2 * (lp - logprobs)^2)
+    dro = tc.forward_backward([off_policy(0.5)], "dro", {"beta": 0.1}).result().metrics["loss:sum"]
+    assert dro == pytest.approx(-sum(lp) + 0.5 * 0.1 * 0.25 * 4, abs=1e-3)
+    with pytest.raises(tinker.RequestFailedError, match="loss_fn dro: loss_fn_config needs 'beta'"):
+        tc.forward([on_policy], "dro").result()
     import torch
 
     def mean_logprob(data, logprobs):
@@ -200,6 +214,7 @@ def test_a_restarted_server_loads_the_saved_states(tmp_path, tiny_model_dir, smo
     tc.optim_step(types.AdamParams(learning_rate=5e-3)).result()
     path = tc.save_state("kept").result().path
     expected = tc.forward(data, "cross_entropy").result().metrics["loss:sum"]
+    old_id = next(reversed(first.config.app.state.server.futures))  # a request id that outlives its server
     service.close("success")
     first.should_exit = True
     time.sleep(0.5)
@@ -209,6 +224,12 @@ def test_a_restarted_server_loads_the_saved_states(tmp_path, tiny_model_dir, smo
         tc2 = again.create_training_client_from_state_with_optimizer(path).result()
         assert tc2.forward(data, "cross_entropy").result().metrics["loss:sum"] == pytest.approx(expected, rel=1e-6)
         again.close("success")
+        import httpx  # a client still polling a request of the killed server is told what happened
+
+        reply = httpx.post(f"{url}/api/v1/retrieve_future", json={"request_id": old_id}, headers={"X-API-Key": KEY})
+        assert reply.status_code == 404 and "made before this server restarted" in reply.text, reply.text
+        reply = httpx.post(f"{url}/api/v1/retrieve_future", json={"request_id": "nonsense"}, headers={"X-API-Key": KEY})
+        assert reply.status_code == 404 and "no such request on this server" in reply.text, reply.text
     finally:
         second.should_exit = True
 

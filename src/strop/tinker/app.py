@@ -73,12 +73,25 @@ class Server:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.futures: dict[str, Future] = {}
+        # request ids start with this server's boot id, so a poll that outlived a restart is told so
+        self.boot = uuid.uuid4().hex[:8]
         self.workers: dict[str, Worker] = {}
         self.clients: dict[str, Client] = {}
         self.samplers: dict[str, tuple[str, str | None, str | None]] = {}  # id -> (base, snapshot key, path)
         self.seq_results: dict[tuple[str, int], dict] = {}  # (model or sampler id, seq_id) -> future reply
         self.adapters = itertools.count()
         self.lock = threading.Lock()
+
+    def unknown_request(self, request_id: str) -> str:
+        """Why a polled request id has no result here, in one line."""
+        if request_id.startswith(self.boot + "-"):
+            return (f"request_id {request_id!r}: its result was dropped (this server keeps the last {KEEP} "
+                    "finished requests); send the request again")
+        if len(request_id) == 45 and request_id[8] == "-":  # a boot id, then a UUID: another run of a server
+            return (f"request_id {request_id!r}: made before this server restarted; results in flight live in "
+                    "memory and were lost, saved states (save_state, save_weights_for_sampler) were not: load "
+                    "one and send the request again")
+        return f"request_id {request_id!r}: no such request on this server"
 
     def worker(self, base: str) -> Worker:
         with self.lock:
@@ -91,7 +104,7 @@ class Server:
         with self.lock:
             if key is not None and key in self.seq_results:
                 return self.seq_results[key]
-            request_id = str(uuid.uuid4())
+            request_id = f"{self.boot}-{uuid.uuid4()}"
             future = self.futures[request_id] = Future()
             reply = {"request_id": request_id, **extra}
             if key is not None:
@@ -488,7 +501,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         request_id = str((await body(request)).get("request_id"))
         future = srv.futures.get(request_id)
         if future is None:
-            raise APIError(404, f"request_id {request_id!r}: no such request on this server", param="request_id")
+            raise APIError(404, srv.unknown_request(request_id), param="request_id")
         if not await run_in_threadpool(future.done.wait, POLL_S):
             return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
         if isinstance(future.body, bytes):

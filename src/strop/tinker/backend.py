@@ -16,7 +16,11 @@ Losses follow Tinker's definitions, summed over tokens and datums (position i of
 - ``cross_entropy``: ``-sum(lp * weights)``;
 - ``importance_sampling``: ``-sum(exp(lp - logprobs) * advantages)``, ``logprobs`` from the sampler;
 - ``ppo``: ``-sum(min(r * A, clip(r, lo, hi) * A))``, ``r = exp(lp - logprobs)``, ``lo``/``hi`` from
-  ``clip_low_threshold``/``clip_high_threshold`` (0.8, 1.2).
+  ``clip_low_threshold``/``clip_high_threshold`` (0.8, 1.2);
+- ``cispo``: ``-sum(sg(clip(r, lo, hi)) * lp * A)``: the clipped ratio is a constant weight on the
+  log-probability, so no token's gradient is zeroed; ``lo``/``hi`` default to 0 and 4 (one-sided);
+- ``dro``: ``-sum(lp * A - beta / 2 * (lp - logprobs) ** 2)``; ``beta`` from ``loss_fn_config``, which
+  this server requires (Tinker documents no default).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from ..core.errors import StropError
 
-LOSSES = ("cross_entropy", "importance_sampling", "ppo")
+LOSSES = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
 CACHED_SNAPSHOTS = 8
 
 
@@ -281,10 +285,19 @@ def _loss(loss_fn: str, lp, inputs: dict, config: dict):
     if loss_fn == "cross_entropy":
         weights = given("weights") if "weights" in inputs else torch.ones_like(lp)
         return -(lp * weights).sum()
-    ratio = torch.exp(lp - given("logprobs"))
+    sampled = given("logprobs")
+    ratio = torch.exp(lp - sampled)
     advantages = given("advantages")
     if loss_fn == "importance_sampling":
         return -(ratio * advantages).sum()
+    if loss_fn == "dro":
+        if "beta" not in config:
+            raise UserError("loss_fn dro: loss_fn_config needs 'beta' (the weight of the quadratic penalty; this "
+                            "server has no default)")
+        return -(lp * advantages - 0.5 * float(config["beta"]) * (lp - sampled) ** 2).sum()
+    if loss_fn == "cispo":
+        lo, hi = float(config.get("clip_low_threshold", 0.0)), float(config.get("clip_high_threshold", 4.0))
+        return -(torch.clamp(ratio, lo, hi).detach() * lp * advantages).sum()
     lo, hi = float(config.get("clip_low_threshold", 0.8)), float(config.get("clip_high_threshold", 1.2))
     return -torch.minimum(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
 
