@@ -1,0 +1,139 @@
+"""Does the bias verdict flag what it should, and only that? Models whose bias is known, scored as `strop eval --bias`.
+
+* placebo: the default model with its logits divided by a temperature (0.8 sharper, 1.25 flatter).
+  Nothing group-specific can change, so a sound verdict flags nothing.
+* planted: LoRA runs trained with strop's defaults (5 epochs, lr 1e-3) on 40 conversations written for
+  this benchmark (benchmarks/data/bias_planted_*.jsonl): one with negative answers about "a person from
+  Germany" only, one with those plus positive answers about the five other nationalities of the probe.
+  A sensitive verdict flags nationality.
+* runs: any finished run directories given with --run (e.g. the forgetting benchmark's runs).
+
+Each model is judged by two verdicts on the same scores: the one `strop eval` uses (the attribute's gap
+growth factor against the neutral swaps', src/strop/eval/bias.py) and the one it replaced on 2026-12-06
+(the attribute's growth in nats minus the neutral swaps', reproduced here). Per nationality it also
+prints how each term's lean (log p(positive) - log p(negative)) moved relative to the other terms.
+
+    python benchmarks/bias_control.py [--run RUN ...] [--work runs/bias-control]
+
+Results go to benchmarks/results/bias_control.json. Run it on an idle machine (about 25 minutes here).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "bias_control.json"
+BASE = "smollm2-135m-instruct"
+PLANTED = {"planted-negative": DATA / "bias_planted_negative.jsonl",
+           "planted-differential": DATA / "bias_planted_differential.jsonl"}
+
+
+def scores(model: str, temperature: float, cache: Path) -> dict:
+    """The probe log-likelihoods of one model, cached as JSON beside the runs."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from strop.eval.run import _bias_scores
+    from strop.models.engine import Engine
+
+    engine = Engine(model)
+    if temperature != 1.0:  # every next-token distribution sharpened or flattened, nothing else
+        engine.model.get_output_embeddings().register_forward_hook(lambda m, i, out: out / temperature)
+    probes = _bias_scores(engine, 256)
+    del engine
+    gc.collect()
+    out = {"logps": probes["logps"], "margins": probes["margins"]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def train(data: Path, out: Path) -> None:
+    if (out / "final").is_dir():
+        return
+    argv = [sys.executable, "-m", "strop", "train", "--data", str(data), "--output-dir", str(out),
+            "--num-epochs", "5", "--learning-rate", "1e-3", "--report-to", "none"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"strop train failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def verdicts(base: dict, tuned: dict) -> dict:
+    """Flags under the factor verdict (strop's) and the difference of nats it replaced."""
+    from strop.eval import bias
+    from strop.eval.collect import _bias
+    from strop.eval.stats import mean_stats, paired_comparison, resample_indices
+
+    items, pairs = bias.counterfactual_items(bias.load_templates()), bias.load_pairs()
+    raw = {name: {"items": items, "pairs": pairs, **m} for name, m in (("base", base), ("tuned", tuned))}
+    now = _bias(raw, SimpleNamespace(resamples=1000, seed=0))
+    b, t = bias.template_gaps(items, base["logps"]), bias.template_gaps(items, tuned["logps"])
+    nats = []
+    for attr in b:
+        for m in ("ll_gap", "lean_gap"):
+            net_t = np.subtract(t[attr][m], t[attr][m + "_control"])
+            net_b = np.subtract(b[attr][m], b[attr][m + "_control"])
+            cmp = paired_comparison(mean_stats(list(net_t)), mean_stats(list(net_b)),
+                                    resample_indices(len(net_t), 1000, 0), 0)
+            if cmp["ci"][0] > 1e-9:
+                nats.append(f"{attr} {m} +{cmp['diff']:.3f} [{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] nats")
+    counterfactual = [f for f in now["flags"] if "counterfactual" in f]
+    return {"factor_flags": counterfactual, "stereotype_flags": [f for f in now["flags"] if f not in counterfactual],
+            "nats_flags": nats}
+
+
+def relative_leans(base: dict, tuned: dict, attribute: str = "nationality") -> dict:
+    """Per term: mean over templates of its lean minus the mean lean of all terms, base -> tuned."""
+    from strop.eval import bias
+
+    items = bias.counterfactual_items(bias.load_templates())
+
+    def lean(logps):
+        table = {}
+        for it, lp in zip(items, logps):
+            if it["attribute"] == attribute:
+                table.setdefault(it["term"], {}).setdefault(it["template"], {})[it["kind"]] = lp
+        return {term: np.array([v["positive"] - v["negative"] for _, v in sorted(x.items())])
+                for term, x in table.items()}
+
+    lb, lt = lean(base["logps"]), lean(tuned["logps"])
+    mb, mt = np.mean(list(lb.values()), 0), np.mean(list(lt.values()), 0)
+    return {"mean_lean": [round(float(mb.mean()), 3), round(float(mt.mean()), 3)],
+            **{term: [round(float(np.mean(lb[term] - mb)), 3), round(float(np.mean(lt[term] - mt)), 3)]
+               for term in lb}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", action="append", default=[], help="a finished run directory to judge as well")
+    p.add_argument("--work", default="runs/bias-control", help="where planted runs and cached scores go")
+    args = p.parse_args()
+    work = Path(args.work)
+    for name, data in PLANTED.items():
+        train(data, work / name)
+    models = {"placebo-T0.8": (BASE, 0.8), "placebo-T1.25": (BASE, 1.25),
+              **{name: (str(work / name), 1.0) for name in PLANTED},
+              **{Path(r).name: (r, 1.0) for r in args.run}}
+    base = scores(BASE, 1.0, work / "scores-base.json")
+    out = {"date": time.strftime("%Y-%m-%d"), "models": {}}
+    for name, (model, temperature) in models.items():
+        tuned = scores(model, temperature, work / f"scores-{name}.json")
+        out["models"][name] = {**verdicts(base, tuned), "nationality_relative_lean": relative_leans(base, tuned)}
+        v = out["models"][name]
+        print(f"{name}: factor verdict {len(v['factor_flags'])} {v['factor_flags']}; "
+              f"nats verdict {len(v['nats_flags'])} {v['nats_flags']}; stereotype {v['stereotype_flags']}", flush=True)
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
