@@ -3,6 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+def _train_sentencepiece(out: Path, **layout) -> None:
+    """out/tokenizer.model: 600 BPE pieces trained on the project's general text, byte fallback, digits
+    split, whitespace kept; ``layout`` gives the family's special ids and prefix rule."""
+    import io
+
+    import sentencepiece as spm
+
+    text = (Path(__file__).resolve().parents[2] / "src/strop/eval/data/general_text.txt").read_text()
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in text.splitlines() if line.strip()]), model_writer=model,
+        model_type="bpe", vocab_size=600, byte_fallback=True, character_coverage=1.0, split_digits=True,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
+        num_threads=1, minloglevel=2, **layout)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+
+
 # Gemma's turn markers, and a template written for these tests with Gemma's shape: no system role (the system
 # text opens the first user turn), the assistant called "model"
 GEMMA_TEMPLATE = (
@@ -23,23 +41,13 @@ def gemma_tokenizer(out: Path):
     pad/eos/bos/unk and the two turn markers as whole pieces. transformers converts it to its fast
     GemmaTokenizer; llama.cpp reads the same file through the converter; tests/interop's strings check they agree.
     """
-    import io
     import json
 
-    import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    text = (Path(__file__).resolve().parents[2] / "src/strop/eval/data/general_text.txt").read_text()
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([line for line in text.splitlines() if line.strip()]), model_writer=model,
-        model_type="bpe", vocab_size=600, byte_fallback=True, character_coverage=1.0, split_digits=True,
-        add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity", pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
-        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], num_threads=1, minloglevel=2)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.model").write_bytes(model.getvalue())
+    _train_sentencepiece(out, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+                         eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+                         user_defined_symbols=["<start_of_turn>", "<end_of_turn>"])
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<end_of_turn>",
         "pad_token": "<pad>", "unk_token": "<unk>", "add_bos_token": True, "chat_template": GEMMA_TEMPLATE,
@@ -57,22 +65,11 @@ PHI3_TEMPLATE = (
 def phi3_tokenizer(out: Path):
     """A SentencePiece tokenizer with Phi-3 mini's layout (Llama 2's): a dummy prefix space, ids 0-2 for
     unk/bos/eos, byte fallback, and Phi-3's chat markers added after the pieces as special tokens."""
-    import io
     import json
 
-    import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    text = (Path(__file__).resolve().parents[2] / "src/strop/eval/data/general_text.txt").read_text()
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([line for line in text.splitlines() if line.strip()]), model_writer=model,
-        model_type="bpe", vocab_size=600, byte_fallback=True, character_coverage=1.0, split_digits=True,
-        add_dummy_prefix=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
-        minloglevel=2)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.model").write_bytes(model.getvalue())
+    _train_sentencepiece(out, add_dummy_prefix=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>",
         "pad_token": "<|endoftext|>", "add_bos_token": False, "legacy": False, "chat_template": PHI3_TEMPLATE,
