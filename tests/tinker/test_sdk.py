@@ -135,6 +135,8 @@ def test_rl_losses_and_a_custom_loss_run(service, tiny_model_dir):
     assert dro == pytest.approx(-sum(lp) + 0.5 * 0.1 * 0.25 * 4, abs=1e-3)
     with pytest.raises(tinker.RequestFailedError, match="loss_fn dro: loss_fn_config needs 'beta'"):
         tc.forward([on_policy], "dro").result()
+    with pytest.raises(tinker.RequestFailedError, match=r"loss_fn_config\['clip_high_threshold'\]: 'high' is not a number"):
+        tc.forward([on_policy], "ppo", {"clip_high_threshold": "high"}).result()
     import torch
 
     def mean_logprob(data, logprobs):

@@ -97,9 +97,8 @@ def export_gguf(run: Path, out: Path, *, quant: str = "q8_0", merged_dir: Path |
         ollama = modelfile(name, tok, info.get("system_prompt", ""))
         if ollama:
             (tmp / "Modelfile").write_text(ollama)
-        chats = prompts.held_out(run, n_prompts)
-        texts = verify.render_all(tok, chats, info.get("system_prompt", ""))
-        ids = verify.encode_all(tok, chats, info.get("system_prompt", ""))
+        texts = verify.render_all(tok, prompts.held_out(run, n_prompts), info.get("system_prompt", ""))
+        ids = verify.encode_texts(tok, texts)
         ref = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
         checked_by = llama_cpp = verify.llama_cpp_version()
         try:

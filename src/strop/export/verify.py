@@ -34,8 +34,12 @@ def render_all(tok, chats: list[list[dict]], system_prompt: str) -> list[str]:
     return [prompt_text(tok, c, system_prompt) for c in chats]
 
 
+def encode_texts(tok, texts: list[str]) -> list[list[int]]:
+    return [tok(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+
 def encode_all(tok, chats: list[list[dict]], system_prompt: str) -> list[list[int]]:
-    return [tok(text, add_special_tokens=False)["input_ids"] for text in render_all(tok, chats, system_prompt)]
+    return encode_texts(tok, render_all(tok, chats, system_prompt))
 
 
 def _logp(model, ids: list[int]):

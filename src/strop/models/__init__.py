@@ -218,10 +218,14 @@ def save_tokenizer(tok, out: Path, base: str | None = None) -> None:
     without it a run or a merged export of such a model cannot become a GGUF.
     """
     tok.save_pretrained(out)
-    places = [getattr(tok, "vocab_file", None), Path(tok.name_or_path) / "tokenizer.model"]
-    if base:  # a run saved before strop kept the file: its base model still has it
-        places.append(Path(resolve(base)) / "tokenizer.model")
-    src = next((Path(p) for p in places if p and Path(p).suffix == ".model" and Path(p).is_file()), None)
+
+    def places():
+        yield getattr(tok, "vocab_file", None)
+        yield Path(tok.name_or_path) / "tokenizer.model"
+        if base:  # a run saved before strop kept the file: its base model still has it
+            yield Path(resolve(base)) / "tokenizer.model"
+
+    src = next((Path(p) for p in places() if p and Path(p).suffix == ".model" and Path(p).is_file()), None)
     if src is None:
         return
     if not (out / src.name).exists():

@@ -87,7 +87,8 @@ class Server:
         if request_id.startswith(self.boot + "-"):
             return (f"request_id {request_id!r}: its result was dropped (this server keeps the last {KEEP} "
                     "finished requests); send the request again")
-        if len(request_id) == 45 and request_id[8] == "-":  # a boot id, then a UUID: another run of a server
+        boot, _, rest = request_id.partition("-")
+        if len(boot) == len(self.boot) and len(rest) == 36:  # a boot id, then a UUID: another run of a server
             return (f"request_id {request_id!r}: made before this server restarted; results in flight live in "
                     "memory and were lost, saved states (save_state, save_weights_for_sampler) were not: load "
                     "one and send the request again")

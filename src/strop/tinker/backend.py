@@ -290,15 +290,20 @@ def _loss(loss_fn: str, lp, inputs: dict, config: dict):
     advantages = given("advantages")
     if loss_fn == "importance_sampling":
         return -(ratio * advantages).sum()
-    if loss_fn == "dro":
-        if "beta" not in config:
-            raise UserError("loss_fn dro: loss_fn_config needs 'beta' (the weight of the quadratic penalty; this "
-                            "server has no default)")
-        return -(lp * advantages - 0.5 * float(config["beta"]) * (lp - sampled) ** 2).sum()
+    def number(key: str, default: float | None) -> float:
+        if key not in config and default is None:
+            raise UserError(f"loss_fn {loss_fn}: loss_fn_config needs {key!r} (this server has no default)")
+        try:
+            return float(config.get(key, default))
+        except (TypeError, ValueError):
+            raise UserError(f"loss_fn_config[{key!r}]: {config[key]!r} is not a number") from None
+
+    if loss_fn == "dro":  # beta weighs the quadratic penalty; Tinker documents no default
+        return -(lp * advantages - 0.5 * number("beta", None) * (lp - sampled) ** 2).sum()
     if loss_fn == "cispo":
-        lo, hi = float(config.get("clip_low_threshold", 0.0)), float(config.get("clip_high_threshold", 4.0))
+        lo, hi = number("clip_low_threshold", 0.0), number("clip_high_threshold", 4.0)
         return -(torch.clamp(ratio, lo, hi).detach() * lp * advantages).sum()
-    lo, hi = float(config.get("clip_low_threshold", 0.8)), float(config.get("clip_high_threshold", 1.2))
+    lo, hi = number("clip_low_threshold", 0.8), number("clip_high_threshold", 1.2)
     return -torch.minimum(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
 
 
