@@ -5,6 +5,7 @@ against the server in this process, and checks what the model did, not only that
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -137,11 +138,28 @@ def test_rl_losses_and_a_custom_loss_run(service, tiny_model_dir):
         tc.forward([on_policy], "dro").result()
     with pytest.raises(tinker.RequestFailedError, match=r"loss_fn_config\['clip_high_threshold'\]: 'high' is not a number"):
         tc.forward([on_policy], "ppo", {"clip_high_threshold": "high"}).result()
+    # gspo: one ratio per sequence, exp(mean log-ratio) over the answer tokens, ppo's clip on it
+    shifts = [0.0, 0.3, 0.0, 0.2]  # the first token plays the prompt: logprobs 0, advantage 0
+
+    def answer(shift: list[float], **extra) -> types.Datum:
+        return types.Datum(model_input=types.ModelInput.from_ints(ids),
+                           loss_fn_inputs={"target_tokens": ids[1:] + [9], "advantages": [0.0, 1.0, 1.0, 1.0],
+                                           "logprobs": [0.0] + [x - d for x, d in zip(lp[1:], shift[1:])], **extra})
+
+    seq = math.exp((0.3 + 0.0 + 0.2) / 3)  # 1.18: inside ppo's default [0.8, 1.2]
+    assert tc.forward([answer(shifts)], "gspo").result().metrics["loss:sum"] == pytest.approx(-3 * seq, abs=1e-3)
+    token_ppo = tc.forward([answer(shifts)], "ppo").result().metrics["loss:sum"]
+    assert token_ppo == pytest.approx(-(1.2 + 1.0 + 1.2), abs=1e-3)  # per token, e^0.3 and e^0.2 are clipped
+    masked = answer(shifts, sequence_ratio_mask=[0.0, 1.0, 0.0, 0.0])  # the ratio from the second token alone
+    assert tc.forward([masked], "gspo").result().metrics["loss:sum"] == pytest.approx(-3 * 1.2, abs=1e-3)
+    # a threshold may come per token in loss_fn_inputs: here 1.0 everywhere, so every ratio above 1 is cut
+    per_token = answer(shifts, clip_high_threshold=[1.0] * 4)
+    assert tc.forward([per_token], "gspo").result().metrics["loss:sum"] == pytest.approx(-3.0, abs=1e-3)
     import torch
 
     def mean_logprob(data, logprobs):
         loss = -torch.stack([x.mean() for x in logprobs]).mean()
-        return loss, {"mean_nll": float(loss)}
+        return loss, {"mean_nll": float(loss.detach())}
 
     custom = tc.forward_backward_custom([types.Datum(model_input=types.ModelInput.from_ints(ids),
                                                      loss_fn_inputs={"target_tokens": ids[1:] + [9]})],
@@ -285,3 +303,41 @@ def test_a_sampler_per_step_keeps_memory_bounded_and_every_sampler_its_own_weigh
     assert logprobs[-1] > logprobs[0] + 1  # training moved the weights, so the snapshots differ
     again = [sum(s.compute_logprobs(prompt).result()[1:]) for s in (samplers[0], samplers[-1], samplers[1])]
     assert again == pytest.approx([logprobs[0], logprobs[-1], logprobs[1]], abs=1e-4)
+
+
+def test_gspo_gives_each_token_the_sequence_ratio_with_its_own_gradient():
+    import torch
+
+    from strop.tinker.backend import _loss
+
+    lp = torch.tensor([-1.0, -2.0, -0.5, -1.5], requires_grad=True)
+    inputs = {"logprobs": [0.0, -2.3, -0.5, -1.6], "advantages": [0.0, 1.0, -2.0, 1.0]}
+    _loss("gspo", lp, inputs, {"clip_low_threshold": 0.0, "clip_high_threshold": 10.0}).backward()
+    s = math.exp((0.3 + 0.0 + 0.1) / 3)  # the mean log-ratio over the tokens with an advantage
+    # d/dlp_t of -(s_t * A_t), with s_t = sg(s) * p_t / sg(p_t): -s * A_t, and nothing flows through s itself
+    assert lp.grad.tolist() == pytest.approx([0.0, -s, 2 * s, -s], abs=1e-6)
+
+
+def test_top_k_logprobs_for_sampled_and_prompt_tokens(service, tiny_model_dir):
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = [1, 2, 3, 4, 5]
+    out = sampler.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=4, temperature=0.0),
+                         include_prompt_logprobs=True, topk_prompt_logprobs=3, topk_sample_logprobs=5).result()
+    seq = out.sequences[0]
+    assert len(seq.topk_logprobs) == len(seq.tokens)
+    for token, logprob, top in zip(seq.tokens, seq.logprobs, seq.topk_logprobs):
+        assert len(top) == 5 and [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        assert top[0] == (token, pytest.approx(logprob, abs=1e-5))  # greedy: the sampled token is the top one
+    assert out.topk_prompt_logprobs[0] is None and len(out.topk_prompt_logprobs) == len(prompt)
+    for target, logprob, top in zip(prompt[1:], out.prompt_logprobs[1:], out.topk_prompt_logprobs[1:]):
+        assert len(top) == 3 and top[0][1] >= logprob - 1e-6
+        assert all(lp == pytest.approx(logprob, abs=1e-5) for t, lp in top if t == target)
+    # only the prompt's last two tokens scored: the SDK checks that nothing before them was
+    last = sampler.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=1, temperature=0.0),
+                          include_prompt_logprobs=True, prompt_logprobs_last_n=2).result()
+    assert last.prompt_logprobs[:3] == [None] * 3
+    assert last.prompt_logprobs[3:] == pytest.approx(out.prompt_logprobs[3:], abs=1e-5)
+    with pytest.raises(tinker.BadRequestError, match=r"prompt_logprobs_last_n: must be 1..4|prompt_logprobs_last_n: 9"):
+        sampler.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=1),
+                       include_prompt_logprobs=True, prompt_logprobs_last_n=9).result()

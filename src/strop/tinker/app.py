@@ -26,12 +26,13 @@ from fastapi.responses import JSONResponse, Response
 from ..core.errors import StropError
 from ..http.errors import APIError, install_error_handlers
 from ..http.guard import Guard, allowed_hosts
-from .backend import Base, Client, Datum, UserError, check_base, checkpoint_info
+from .backend import Base, Client, Datum, Scores, UserError, check_base, checkpoint_info
 
 POLL_S = 30.0  # under the SDK's 45 s poll timeout
 KEEP = 4096  # finished futures kept for the client's re-polls and retries; older ones are dropped
 SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # session, run and checkpoint names: no '/', no leading dot
 PROTO = "application/x-protobuf"
+MAX_TOPK = 64  # top-k logprobs per position: a (length, k) matrix per sequence
 CLIENT_CONFIG = {"pjwt_auth_enabled": False, "use_pyqwest_transport": False, "proto_compress_fwdbwd": False,
                  "parallel_fwdbwd_chunks": False, "fwdbwd_max_chunk_len": 1 << 20,
                  "fwdbwd_max_chunk_bytes_count": 1 << 30, "sample_use_retrieve_futures": False,
@@ -187,17 +188,49 @@ def _fb_output(logprobs: list, metrics: dict) -> bytes:
     return out.SerializeToString()
 
 
-def _sample_output(samples: list, prompt_logprobs: list | None) -> bytes:
+def _scores(req: dict, prompt_len: int) -> Scores:
+    """The scores a sample request asks for, checked as the SDK documents them."""
+    def count(field: str, top: int) -> int:
+        value = req.get(field) or 0
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+            raise APIError(400, f"{field}: {value!r} is not a whole number in 0..{top}", param=field)
+        return value
+
+    last_n = req.get("prompt_logprobs_last_n")
+    want = Scores(bool(req.get("prompt_logprobs")), count("topk_prompt_logprobs", MAX_TOPK),
+                  count("topk_sample_logprobs", MAX_TOPK))
+    if last_n is not None:
+        if not (want.prompt or want.topk_prompt):
+            raise APIError(400, "prompt_logprobs_last_n: applies to prompt logprobs; set prompt_logprobs",
+                           param="prompt_logprobs_last_n")
+        want.last_n = count("prompt_logprobs_last_n", prompt_len - 1)
+        if want.last_n < 1:
+            raise APIError(400, f"prompt_logprobs_last_n: must be 1..{prompt_len - 1} for a {prompt_len}-token prompt",
+                           param="prompt_logprobs_last_n")
+    return want
+
+
+def _topk_proto(message, matrices) -> None:
+    ids, lps = matrices
+    message.length, message.k = ids.shape
+    message.token_ids, message.logprobs = ids.tobytes(), lps.tobytes()
+
+
+def _sample_output(samples: list, prompt_logprobs: list | None, topk_prompt=None) -> bytes:
     from tinker.proto import tinker_public_pb2 as pb
 
     out = pb.SampleResponse()
-    for tokens, logprobs, stopped in samples:
+    for sample in samples:
         seq = out.sequences.add()
-        seq.stop_reason = pb.STOP_REASON_STOP if stopped else pb.STOP_REASON_LENGTH
-        seq.tokens = np.asarray(tokens, np.int32).tobytes()
-        seq.logprobs = np.asarray(logprobs, np.float32).tobytes()
+        seq.stop_reason = pb.STOP_REASON_STOP if sample.stopped else pb.STOP_REASON_LENGTH
+        seq.tokens = np.asarray(sample.tokens, np.int32).tobytes()
+        seq.logprobs = np.asarray(sample.logprobs, np.float32).tobytes()
+        if sample.topk is not None:
+            _topk_proto(seq.topk_sampled_logprobs, sample.topk)
     if prompt_logprobs is not None:
         out.prompt_logprobs = np.asarray(prompt_logprobs, np.float32).tobytes()
+    if topk_prompt is not None:
+        _topk_proto(out.topk_prompt_logprobs, topk_prompt)
     return out.SerializeToString()
 
 
@@ -424,17 +457,17 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         n = int(req.get("num_samples", 1))
         if not 1 <= n <= 64:
             raise APIError(400, f"num_samples: {n} is outside 1..64", param="num_samples")
-        for extra in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+        for extra in ("target_prompt_logprobs", "prompt_alt_tokens_k"):
             if req.get(extra):
                 raise APIError(400, f"{extra}: not supported by this server", param=extra)
         prompt = [t for c in (req.get("prompt") or {}).get("chunks", []) for t in c.get("tokens", [])]
         if not prompt:
             raise APIError(400, "prompt: no tokens", param="prompt")
-        params, want_prompt = req.get("sampling_params") or {}, bool(req.get("prompt_logprobs"))
+        params, want = req.get("sampling_params") or {}, _scores(req, len(prompt))
 
         def work(b: Base):
-            samples, plp = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n, params, want_prompt)
-            return _sample_output(samples, plp)
+            samples, plp, tplp = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n, params, want)
+            return _sample_output(samples, plp, tplp)
 
         ids = [f"{key}:{req.get('seq_id', 0)}:{i}" for i in range(n)]
         return srv.enqueue(base, work, key=(key, int(req.get("seq_id", 0))), sample_sequence_ids=ids)

@@ -20,7 +20,13 @@ Losses follow Tinker's definitions, summed over tokens and datums (position i of
 - ``cispo``: ``-sum(sg(clip(r, lo, hi)) * lp * A)``: the clipped ratio is a constant weight on the
   log-probability, so no token's gradient is zeroed; ``lo``/``hi`` default to 0 and 4 (one-sided);
 - ``dro``: ``-sum(lp * A - beta / 2 * (lp - logprobs) ** 2)``; ``beta`` from ``loss_fn_config``, which
-  this server requires (Tinker documents no default).
+  this server requires (Tinker documents no default);
+- ``gspo`` (the token variant): ppo's objective with every token's ratio replaced by the sequence's,
+  ``exp(mean(lp - logprobs))`` over ``sequence_ratio_mask`` (by default the tokens with a non-zero
+  advantage, which leaves out the prompt), carrying its own token's gradient; ppo's thresholds.
+
+A threshold (``clip_low_threshold``, ``clip_high_threshold``, ``beta``) may also come per token in
+``loss_fn_inputs``, which the SDK's ``Datum`` allows; otherwise ``loss_fn_config`` gives one value.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from pathlib import Path
 
 from ..core.errors import StropError
 
-LOSSES = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
+LOSSES = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo")
 CACHED_SNAPSHOTS = 8
 
 
@@ -202,10 +208,15 @@ class Base:
         client.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm:mean": float(norm)}
 
-    def sample(self, adapter: str | None, prompt: list[int], n: int, params: dict, prompt_logprobs: bool):
-        """[(tokens, logprobs, stopped)] for ``n`` samples, and the prompt's logprobs when asked."""
+    def sample(self, adapter: str | None, prompt: list[int], n: int, params: dict, want: Scores = None):
+        """[Sample] for ``n`` samples, and the prompt's scores when ``want`` asks for them.
+
+        Every sampled token's log-probability (and its top-k, when asked) is taken at temperature 1
+        from the logits it was drawn from, as ``forward`` would compute it.
+        """
         import torch
 
+        want = want or Scores()
         model = self.peft if self.peft is not None else self.model
         stops = params.get("stop")
         stop_ids = [s for s in stops if isinstance(s, int)] if isinstance(stops, list) else []
@@ -217,7 +228,7 @@ class Base:
         out = []
         with torch.no_grad(), self.use(adapter):
             for _ in range(n):
-                ids, logps, stopped = list(prompt), [], False
+                ids, logps, tops, stopped = list(prompt), [], [], False
                 past = None
                 step_ids = torch.tensor([ids])
                 for _step in range(max_new):
@@ -225,19 +236,30 @@ class Base:
                     past = result.past_key_values
                     logits = result.logits[0, -1].float()
                     token = _pick(logits, temperature, int(params.get("top_k", -1)), float(params.get("top_p", 1.0)), gen)
-                    logps.append(float(torch.log_softmax(logits, -1)[token]))
+                    scores = torch.log_softmax(logits, -1)
+                    logps.append(float(scores[token]))
+                    if want.topk_sample:
+                        tops.append(torch.topk(scores, min(want.topk_sample, scores.numel())))
                     ids.append(token)
                     step_ids = torch.tensor([[token]])
                     if token in stop_ids or (eos is not None and token == eos) or _ends_with(self.tok, ids[len(prompt):], stop_texts):
                         stopped = True
                         break
-                out.append((ids[len(prompt):], logps, stopped))
-            plp = None
-            if prompt_logprobs:
+                topk = _topk_rows([(t.indices, t.values) for t in tops], want.topk_sample) if want.topk_sample else None
+                out.append(Sample(ids[len(prompt):], logps, stopped, topk))
+            plp = tplp = None
+            if want.prompt or want.topk_prompt:
                 logits = model(input_ids=torch.tensor([prompt])).logits[0].float()
-                lp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
-                plp = [math.nan] + lp.tolist()
-        return out, plp
+                scores = torch.log_softmax(logits[:-1], -1)
+                first = len(prompt) - want.last_n if want.last_n else 1  # the first prompt position scored
+                if want.prompt:
+                    lp = scores.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0].tolist()
+                    plp = [math.nan] * first + lp[first - 1:]
+                if want.topk_prompt:
+                    k = min(want.topk_prompt, scores.shape[1])
+                    top = torch.topk(scores[first - 1:], k)
+                    tplp = _topk_rows([None] * first + list(zip(top.indices, top.values)), k)
+        return out, plp, tplp
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, client: Client, directory: Path, with_optimizer: bool) -> None:
@@ -290,11 +312,14 @@ def _loss(loss_fn: str, lp, inputs: dict, config: dict):
     advantages = given("advantages")
     if loss_fn == "importance_sampling":
         return -(ratio * advantages).sum()
-    def number(key: str, default: float | None) -> float:
+    def number(key: str, default: float | None):
+        """A loss parameter: per token from ``loss_fn_inputs`` (the SDK's Datum allows it), else one value."""
+        if key in inputs:
+            return given(key)
         if key not in config and default is None:
             raise UserError(f"loss_fn {loss_fn}: loss_fn_config needs {key!r} (this server has no default)")
         try:
-            return float(config.get(key, default))
+            return lp.new_tensor(float(config.get(key, default)))
         except (TypeError, ValueError):
             raise UserError(f"loss_fn_config[{key!r}]: {config[key]!r} is not a number") from None
 
@@ -304,7 +329,48 @@ def _loss(loss_fn: str, lp, inputs: dict, config: dict):
         lo, hi = number("clip_low_threshold", 0.0), number("clip_high_threshold", 4.0)
         return -(torch.clamp(ratio, lo, hi).detach() * lp * advantages).sum()
     lo, hi = number("clip_low_threshold", 0.8), number("clip_high_threshold", 1.2)
+    if loss_fn == "gspo":
+        ratio = _sequence_ratio(lp, sampled, given("sequence_ratio_mask") != 0 if "sequence_ratio_mask" in inputs
+                                else advantages != 0)
     return -torch.minimum(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
+
+
+def _sequence_ratio(lp, sampled, mask):
+    """GSPO-token's ratio: every token carries exp(mean log-ratio over ``mask``), with its own lp's gradient."""
+    import torch
+
+    log_ratio = (lp.detach() - sampled)[mask].mean() if bool(mask.any()) else lp.new_zeros(())
+    return torch.exp(log_ratio + lp - lp.detach())
+
+
+@dataclass
+class Scores:
+    """What a sample request asks for beside the sampled tokens (the SDK's ``SampleRequest`` fields)."""
+
+    prompt: bool = False      # prompt_logprobs
+    topk_prompt: int = 0      # topk_prompt_logprobs
+    topk_sample: int = 0      # topk_sample_logprobs
+    last_n: int | None = None  # prompt_logprobs_last_n: score only the prompt's last N tokens
+
+
+@dataclass
+class Sample:
+    tokens: list
+    logprobs: list
+    stopped: bool
+    topk: tuple | None = None  # (token ids, logprobs), each (length, k), when asked
+
+
+def _topk_rows(rows: list, k: int):
+    """Dense (length, k) token-id and logprob matrices; a row that is None is the SDK's empty sentinel."""
+    import numpy as np
+
+    ids = np.zeros((len(rows), k), np.int32)
+    lps = np.full((len(rows), k), -99999.0, np.float32)  # tinker.types.topk_logprobs.MASK_LOGPROB
+    for i, row in enumerate(rows):
+        if row is not None:
+            ids[i], lps[i] = row[0].numpy(), row[1].numpy()
+    return ids, lps
 
 
 def _pick(logits, temperature: float, top_k: int, top_p: float, gen) -> int:
