@@ -100,13 +100,14 @@ def test_sampling_returns_tokens_with_their_logprobs(service, tiny_model_dir):
     assert len(out.sequences) == 3
     for seq in out.sequences:
         assert 1 <= len(seq.tokens) <= 5 and len(seq.logprobs) == len(seq.tokens) and all(x <= 0 for x in seq.logprobs)
-    # a sampled token's logprob is what a forward pass gives it
-    seq = out.sequences[0]
-    target = [2, 3, 4] + [seq.tokens[0]]
-    fwd = tc.forward([types.Datum(model_input=prompt, loss_fn_inputs={"target_tokens": target,
-                                                                         "weights": [0, 0, 0, 1]})],
-                     "cross_entropy").result()
-    assert fwd.loss_fn_outputs[0]["logprobs"].tolist()[-1] == pytest.approx(seq.logprobs[0], abs=1e-4)
+    # every sampled token's logprob, in every sample of the batch, is what a forward pass gives it
+    for seq in out.sequences:
+        ids = [1, 2, 3, 4] + seq.tokens
+        fwd = tc.forward([types.Datum(model_input=types.ModelInput.from_ints(ids[:-1]),
+                                      loss_fn_inputs={"target_tokens": ids[1:]})], "cross_entropy").result()
+        assert fwd.loss_fn_outputs[0]["logprobs"].tolist()[3:] == pytest.approx(seq.logprobs, abs=1e-4)
+    again = sampler.sample(prompt, 3, types.SamplingParams(max_tokens=5, temperature=1.0, seed=7)).result()
+    assert [s.tokens for s in again.sequences] == [s.tokens for s in out.sequences]  # a seed repeats
 
 
 def test_rl_losses_and_a_custom_loss_run(service, tiny_model_dir):
@@ -341,3 +342,20 @@ def test_top_k_logprobs_for_sampled_and_prompt_tokens(service, tiny_model_dir):
     with pytest.raises(tinker.BadRequestError, match=r"prompt_logprobs_last_n: must be 1..4|prompt_logprobs_last_n: 9"):
         sampler.sample(types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=1),
                        include_prompt_logprobs=True, prompt_logprobs_last_n=9).result()
+
+
+def test_datums_of_different_lengths_batched_give_what_each_gives_alone(service, tiny_model_dir, monkeypatch):
+    from strop.tinker import backend
+
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    data = [types.Datum(model_input=types.ModelInput.from_ints(ids), loss_fn_inputs={"target_tokens": ids[1:] + [3]})
+            for ids in ([5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15, 16])]
+    together = tc.forward(data, "cross_entropy").result()
+    alone = [tc.forward([d], "cross_entropy").result() for d in data]
+    for batched, single in zip(together.loss_fn_outputs, alone):
+        assert batched["logprobs"].tolist() == pytest.approx(single.loss_fn_outputs[0]["logprobs"].tolist(), abs=1e-5)
+    assert together.metrics["loss:sum"] == pytest.approx(sum(a.metrics["loss:sum"] for a in alone), abs=1e-4)
+    monkeypatch.setattr(backend, "BATCH_TOKENS", 8)  # one datum per pass: the same numbers
+    split = tc.forward(data, "cross_entropy").result()
+    assert split.metrics["loss:sum"] == pytest.approx(together.metrics["loss:sum"], abs=1e-4)
+    assert [len(b) for b in backend._batches([backend.Datum([0] * n, {}) for n in (3, 7, 2)], 14)] == [2, 1]

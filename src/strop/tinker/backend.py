@@ -40,6 +40,7 @@ from ..core.errors import StropError
 
 LOSSES = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo")
 CACHED_SNAPSHOTS = 8
+BATCH_TOKENS = 4096  # padded tokens per forward pass: the logits are BATCH_TOKENS x vocabulary floats
 
 
 class UserError(Exception):
@@ -163,19 +164,39 @@ class Base:
         return [p for n, p in self.peft.named_parameters() if f".{name}." in n]
 
     # -- the primitives ---------------------------------------------------------------------------
-    def logprobs(self, adapter: str | None, datum: Datum):
-        """(log-probability of each target token, shape (T,)) under ``adapter``; keeps the graph."""
+    def logprobs(self, adapter: str | None, data: list[Datum]) -> list:
+        """Each datum's log-probability of its target tokens (shape (T,)) under ``adapter``; keeps the graph.
+
+        Datums run together, right-padded, in batches of at most ``BATCH_TOKENS`` padded tokens: one
+        forward pass per batch instead of one per datum (each pass pays every layer's overhead again,
+        which dominates on a CPU at these sizes). Right padding leaves a causal model's real positions
+        unchanged.
+        """
         import torch
 
-        ids = torch.tensor([datum.tokens], device=self.device)
-        targets = torch.as_tensor(datum.inputs["target_tokens"], device=self.device).long().reshape(-1)
-        if targets.numel() != ids.shape[1]:
-            raise UserError(f"target_tokens: {targets.numel()} values for a {ids.shape[1]}-token input "
-                            "(position i predicts target i, so they must be the same length)")
+        for d in data:
+            if "target_tokens" not in d.inputs:
+                raise UserError("loss_fn_inputs needs 'target_tokens'")
+            n = torch.as_tensor(d.inputs["target_tokens"]).numel()
+            if n != len(d.tokens):
+                raise UserError(f"target_tokens: {n} values for a {len(d.tokens)}-token input "
+                                "(position i predicts target i, so they must be the same length)")
         model = self.peft if self.peft is not None else self.model
+        out = []
         with self.use(adapter):
-            logits = model(input_ids=ids).logits[0].float()  # (T, V)
-        return torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+            for batch in _batches(data, BATCH_TOKENS):
+                width = max(len(d.tokens) for d in batch)
+                ids = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
+                mask = torch.zeros_like(ids)
+                targets = torch.zeros_like(ids)
+                for i, d in enumerate(batch):
+                    ids[i, :len(d.tokens)] = torch.tensor(d.tokens)
+                    mask[i, :len(d.tokens)] = 1
+                    targets[i, :len(d.tokens)] = torch.as_tensor(d.inputs["target_tokens"]).long().reshape(-1)
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+                lp = torch.log_softmax(logits, dim=-1).gather(2, targets[..., None])[..., 0]
+                out.extend(lp[i, :len(d.tokens)] for i, d in enumerate(batch))
+        return out
 
     def forward_backward(self, client: Client, data: list[Datum], loss_fn: str, config: dict, forward_only: bool):
         import torch
@@ -185,13 +206,13 @@ class Base:
         outputs, total = [], 0.0
         grad = torch.enable_grad() if not forward_only else torch.no_grad()
         with grad:
-            for d in data:
-                lp = self.logprobs(client.adapter, d)
-                loss = _loss(loss_fn, lp, d.inputs, config)
+            for batch in _batches(data, BATCH_TOKENS):
+                lps = self.logprobs(client.adapter, batch)
+                loss = sum(_loss(loss_fn, lp, d.inputs, config) for lp, d in zip(lps, batch))
                 if not forward_only:
                     loss.backward()
                 total += float(loss.detach())
-                outputs.append(lp.detach().numpy().astype("float32"))
+                outputs.extend(lp.detach().numpy().astype("float32") for lp in lps)
         return outputs, {"loss:sum": total}
 
     def optim_step(self, client: Client, adam: dict) -> dict:
@@ -225,40 +246,51 @@ class Base:
         max_new = int(params.get("max_tokens") or 64)
         temperature = float(params.get("temperature", 1.0))
         gen = torch.Generator().manual_seed(int(params["seed"])) if params.get("seed") is not None else None
-        out = []
+        top_k, top_p = int(params.get("top_k", -1)), float(params.get("top_p", 1.0))
         with torch.no_grad(), self.use(adapter):
-            for _ in range(n):
-                ids, logps, tops, stopped = list(prompt), [], [], False
-                past = None
-                step_ids = torch.tensor([ids])
-                for _step in range(max_new):
-                    result = model(input_ids=step_ids, past_key_values=past, use_cache=True)
-                    past = result.past_key_values
-                    logits = result.logits[0, -1].float()
-                    token = _pick(logits, temperature, int(params.get("top_k", -1)), float(params.get("top_p", 1.0)), gen)
-                    scores = torch.log_softmax(logits, -1)
-                    logps.append(float(scores[token]))
+            # the prompt once; its cache is copied for the n samples, which then decode as one batch
+            first = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            past = first.past_key_values
+            past.batch_repeat_interleave(n)
+            logits = first.logits[0, -1:].float().expand(n, -1)
+            seqs = [Sample([], [], False, None) for _ in range(n)]
+            tops: list[list] = [[] for _ in range(n)]
+            live = list(range(n))
+            for _step in range(max_new):
+                scores = torch.log_softmax(logits, -1)
+                step = []
+                for i in range(n):
+                    token = _pick(logits[i], temperature, top_k, top_p, gen) if i in live else 0
+                    step.append(token)
+                    if i not in live:
+                        continue
+                    seq = seqs[i]
+                    seq.tokens.append(token)
+                    seq.logprobs.append(float(scores[i, token]))
                     if want.topk_sample:
-                        tops.append(torch.topk(scores, min(want.topk_sample, scores.numel())))
-                    ids.append(token)
-                    step_ids = torch.tensor([[token]])
-                    if token in stop_ids or (eos is not None and token == eos) or _ends_with(self.tok, ids[len(prompt):], stop_texts):
-                        stopped = True
-                        break
-                topk = _topk_rows([(t.indices, t.values) for t in tops], want.topk_sample) if want.topk_sample else None
-                out.append(Sample(ids[len(prompt):], logps, stopped, topk))
+                        top = torch.topk(scores[i], min(want.topk_sample, scores.shape[1]))
+                        tops[i].append((top.indices, top.values))
+                    if token in stop_ids or (eos is not None and token == eos) or _ends_with(self.tok, seq.tokens, stop_texts):
+                        seq.stopped = True
+                if not (live := [i for i in live if not seqs[i].stopped]) or _step == max_new - 1:
+                    break
+                result = model(input_ids=torch.tensor(step)[:, None], past_key_values=past, use_cache=True)
+                past, logits = result.past_key_values, result.logits[:, -1].float()
+            if want.topk_sample:
+                for seq, rows in zip(seqs, tops):
+                    seq.topk = _topk_rows(rows, want.topk_sample)
+            out = seqs
             plp = tplp = None
             if want.prompt or want.topk_prompt:
-                logits = model(input_ids=torch.tensor([prompt])).logits[0].float()
-                scores = torch.log_softmax(logits[:-1], -1)
-                first = len(prompt) - want.last_n if want.last_n else 1  # the first prompt position scored
+                scores = torch.log_softmax(first.logits[0, :-1].float(), -1)
+                first_scored = len(prompt) - want.last_n if want.last_n else 1  # the first prompt position scored
                 if want.prompt:
                     lp = scores.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0].tolist()
-                    plp = [math.nan] * first + lp[first - 1:]
+                    plp = [math.nan] * first_scored + lp[first_scored - 1:]
                 if want.topk_prompt:
                     k = min(want.topk_prompt, scores.shape[1])
-                    top = torch.topk(scores[first - 1:], k)
-                    tplp = _topk_rows([None] * first + list(zip(top.indices, top.values)), k)
+                    top = torch.topk(scores[first_scored - 1:], k)
+                    tplp = _topk_rows([None] * first_scored + list(zip(top.indices, top.values)), k)
         return out, plp, tplp
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -371,6 +403,20 @@ def _topk_rows(rows: list, k: int):
         if row is not None:
             ids[i], lps[i] = row[0].numpy(), row[1].numpy()
     return ids, lps
+
+
+def _batches(data: list, budget: int):
+    """Consecutive runs of ``data`` whose padded size (count x longest) stays within ``budget`` tokens."""
+    batch, width = [], 0
+    for d in data:
+        w = max(width, len(d.tokens))
+        if batch and w * (len(batch) + 1) > budget:
+            yield batch
+            batch, w = [], len(d.tokens)
+        batch.append(d)
+        width = w
+    if batch:
+        yield batch
 
 
 def _pick(logits, temperature: float, top_k: int, top_p: float, gen) -> int:
