@@ -235,3 +235,28 @@ def test_format_table_aligns_systems_as_columns():
     assert lines[2].split() == ["bleu", "1.5000", "22.25"]
     assert lines[3].split() == ["tokens", "12", "-"]
     assert len({len(line) for line in lines}) == 1
+
+
+def test_a_shared_prefix_run_once_gives_what_each_row_gives_whole(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from strop import models
+    from strop.data.render import render
+
+    system = "You are a careful assistant who answers in one short sentence and never guesses."
+    convs = [_conv(("user", f"Describe a {who} who has just started a new job."), ("assistant", answer))
+             for who in ("woman", "man", "nurse who") for answer in ("They are capable.", "They are late again.")]
+    model, tok = models.load(str(tiny_model_dir))
+    lora = get_peft_model(models.load(str(tiny_model_dir))[0],
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    rows = [(r.input_ids, r.labels) for r in (render(tok, c, 512, system_prompt=system) for c in convs)]
+    for m in (model, lora):  # a plain model, and a peft one (how eval scores a tuned run)
+        alone = [L.token_nll(m, tok, [row], 1) for row in rows]  # one row per pass: nothing shared
+        shapes = []
+        hook = m.register_forward_pre_hook(lambda _, args, kwargs: shapes.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+        together = L.example_nll(m, tok, convs, 512, system, batch_size=6)
+        hook.remove()
+        assert shapes[0][0] == 1 and shapes[0][1] >= L.SHARED_PREFIX_MIN and shapes[1][0] == 6  # prefix once, then the rest
+        assert together[1] == [a[1][0] for a in alone]
+        assert together[0] == pytest.approx([a[0][0] for a in alone], abs=1e-4)

@@ -268,7 +268,7 @@ def test_a_base_that_does_not_fit_in_memory_is_one_line(service, tmp_path, tiny_
         service.create_lora_training_client(base_model=str(other), rank=4).result()
 
 
-def test_names_from_the_client_never_leave_the_workdir(base_url):
+def test_names_from_the_client_never_leave_the_workdir(base_url, tiny_model_dir):
     import httpx
 
     headers = {"X-API-Key": KEY}
@@ -277,6 +277,14 @@ def test_names_from_the_client_never_leave_the_workdir(base_url):
         route = "create_model" if body["type"] == "create_model" else "load_weights"
         r = httpx.post(f"{base_url}/api/v1/{route}", json=body, headers=headers)
         assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
+    # numbers that are not numbers, from a client that is not the SDK: a 400 naming the field, never a 500
+    key = tinker.ServiceClient().create_sampling_client(base_model=str(tiny_model_dir)).result()._sampling_session_id
+    prompt = {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]}
+    for field, value in (("num_samples", "two"), ("seq_id", [1]), ("topk_sample_logprobs", 1.5),
+                         ("topk_prompt_logprobs", 10_000), ("prompt_logprobs_last_n", 2)):
+        r = httpx.post(f"{base_url}/api/v1/asample", headers=headers,
+                       json={"sampling_session_id": key, "prompt": prompt, "num_samples": 1, field: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, r.text)
 
 
 @pytest.mark.slow

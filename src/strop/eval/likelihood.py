@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from ..core.errors import StropError
+from ..models.cache import cache_kw, returned_cache
 
 
 def perplexity(model, tok, conversations: list, max_length: int, system_prompt: str = "", batch_size: int = 8) -> dict:
@@ -68,10 +69,36 @@ def token_nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: i
                 nll += [0.0] * len(batch)
                 count += [0] * len(batch)
                 continue
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           logits_to_keep=keep.to(device)).logits.float()  # (B, K, V)
+            logits = _scored_logits(model, ids.to(device), mask.to(device), keep.to(device))  # (B, K, V)
             targets = labels[:, keep + 1].to(device)  # (B, K)
             losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, K)
             nll += losses.sum(dim=1).tolist()
             count += (targets != IGNORE).sum(dim=1).tolist()
     return nll, count
+
+
+SHARED_PREFIX_MIN = 16  # tokens every row of a batch must share before the prefix is run once for all
+
+
+def _scored_logits(model, ids, mask, keep):
+    """The logits at positions ``keep`` of each row, computing the tokens all rows share only once.
+
+    Rows scored together often open alike: the same system prompt and template, a bias probe's
+    template with only one word swapped. That common prefix (up to the first scored position) goes
+    through the model once; its cache is copied to every row, and the rows run only their rest.
+    Causal attention makes this exact: a position sees only the tokens before it, the same either
+    way. Models whose cache cannot be copied per row are run whole.
+    """
+    batch = ids.shape[0]
+    shared = int(keep[0]) + 1 if batch > 1 else 0  # position keep[0] is scored, so its logits are needed
+    if shared:
+        differs = (ids[:, :shared] != ids[:1, :shared]).any(dim=0).nonzero()
+        shared = int(differs[0]) if len(differs) else shared
+        shared = min(shared, int(keep[0]), int(mask.sum(dim=1).min()))  # no logits, no padding in the prefix
+    if shared >= SHARED_PREFIX_MIN:
+        past = returned_cache(model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1))
+        if hasattr(past, "batch_repeat_interleave"):
+            past.batch_repeat_interleave(batch)
+            return model(input_ids=ids[:, shared:], attention_mask=mask, use_cache=True, **cache_kw(model, past),
+                         logits_to_keep=keep - shared).logits.float()
+    return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()

@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..models.cache import cache_kw, returned_cache
 from ..models.engine import GREEDY_BELOW
 
 DONE = None  # sentinel put on a request's queue after its last token
@@ -190,9 +191,9 @@ class Batcher:
     def _forward(self, ids, mask, cache, positions, adapters):
         kw = {"adapter_names": adapters} if any(a is not None for a in adapters) else {}
         # logits_to_keep=1: the vocabulary projection only for the last position (prefill would do all)
-        out = self.model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **kw)
-        return out.logits[:, -1].float(), out.past_key_values  # (B, V)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                         **cache_kw(self.model, cache), **kw)
+        return out.logits[:, -1].float(), returned_cache(out)  # (B, V)
 
     def _prefill(self, req: Request) -> None:
         """Prefill ``req`` alone and give its first token; anything raised here ends ``req`` only

@@ -454,8 +454,8 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         if key not in srv.samplers:
             raise APIError(404, f"sampling_session_id {key!r}: no such sampling session", param="sampling_session_id")
         base, snapshot, _ = srv.samplers[key]
-        n = int(req.get("num_samples", 1))
-        if not 1 <= n <= 64:
+        n = req.get("num_samples", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
             raise APIError(400, f"num_samples: {n} is outside 1..64", param="num_samples")
         for extra in ("target_prompt_logprobs", "prompt_alt_tokens_k"):
             if req.get(extra):
@@ -469,8 +469,11 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
             samples, plp, tplp = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n, params, want)
             return _sample_output(samples, plp, tplp)
 
-        ids = [f"{key}:{req.get('seq_id', 0)}:{i}" for i in range(n)]
-        return srv.enqueue(base, work, key=(key, int(req.get("seq_id", 0))), sample_sequence_ids=ids)
+        seq_id = req.get("seq_id", 0)
+        if not isinstance(seq_id, int) or isinstance(seq_id, bool):
+            raise APIError(400, f"seq_id: {seq_id!r} is not a whole number", param="seq_id")
+        ids = [f"{key}:{seq_id}:{i}" for i in range(n)]
+        return srv.enqueue(base, work, key=(key, seq_id), sample_sequence_ids=ids)
 
     # -- REST reads (RestClient): runs and their checkpoints, from the files under --workdir ------------
     def checkpoints(run_id: str) -> list[dict]:

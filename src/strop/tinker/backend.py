@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import StropError
+from ..models.cache import cache_kw, returned_cache
 
 LOSSES = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo")
 CACHED_SNAPSHOTS = 8
@@ -250,7 +251,7 @@ class Base:
         with torch.no_grad(), self.use(adapter):
             # the prompt once; its cache is copied for the n samples, which then decode as one batch
             first = model(input_ids=torch.tensor([prompt]), use_cache=True)
-            past = first.past_key_values
+            past = returned_cache(first)
             past.batch_repeat_interleave(n)
             logits = first.logits[0, -1:].float().expand(n, -1)
             seqs = [Sample([], [], False, None) for _ in range(n)]
@@ -274,8 +275,8 @@ class Base:
                         seq.stopped = True
                 if not (live := [i for i in live if not seqs[i].stopped]) or _step == max_new - 1:
                     break
-                result = model(input_ids=torch.tensor(step)[:, None], past_key_values=past, use_cache=True)
-                past, logits = result.past_key_values, result.logits[:, -1].float()
+                result = model(input_ids=torch.tensor(step)[:, None], use_cache=True, **cache_kw(model, past))
+                past, logits = returned_cache(result), result.logits[:, -1].float()
             if want.topk_sample:
                 for seq, rows in zip(seqs, tops):
                     seq.topk = _topk_rows(rows, want.topk_sample)
