@@ -367,3 +367,32 @@ def test_datums_of_different_lengths_batched_give_what_each_gives_alone(service,
     split = tc.forward(data, "cross_entropy").result()
     assert split.metrics["loss:sum"] == pytest.approx(together.metrics["loss:sum"], abs=1e-4)
     assert [len(b) for b in backend._batches([backend.Datum([0] * n, {}) for n in (3, 7, 2)], 14)] == [2, 1]
+
+
+def test_target_prompt_logprobs_dense_and_sparse(service, tiny_model_dir):
+    import numpy as np
+
+    tc = service.create_lora_training_client(base_model=str(tiny_model_dir), rank=4)
+    sampler = tc.save_weights_and_get_sampling_client().result()
+    prompt = types.ModelInput.from_ints([1, 2, 3, 4, 5])
+    params = types.SamplingParams(max_tokens=1, temperature=0.0)
+    ref = sampler.sample(prompt, 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=2).result()
+    # row i asks at prompt position i + 1: the token that came, and the most likely one; -1 asks nothing
+    asked = np.array([[2, ref.topk_prompt_logprobs[1][0][0]], [3, -1], [4, -1], [5, 7]], np.int64)
+    dense = sampler.sample(prompt, 1, params, target_prompt_logprobs=types.TensorData.from_numpy(asked)).result()
+    got = dense.target_prompt_logprobs.to_numpy()
+    assert got.shape == (4, 2) and np.isnan(got[1, 1]) and np.isnan(got[2, 1])
+    assert got[:, 0].tolist() == pytest.approx(ref.prompt_logprobs[1:], abs=1e-5)
+    assert got[0, 1] == pytest.approx(ref.topk_prompt_logprobs[1][0][1], abs=1e-5)
+    # the same cells as sparse CSR come back in the same layout
+    sparse = types.TensorData(data=[2, int(asked[0, 1]), 3, 4, 5, 7], dtype="int64", shape=[4, 2],
+                              sparse_crow_indices=[0, 2, 3, 4, 6], sparse_col_indices=[0, 1, 0, 0, 0, 1])
+    back = sampler.sample(prompt, 1, params, target_prompt_logprobs=sparse).result().target_prompt_logprobs
+    assert back.sparse_crow_indices == [0, 2, 3, 4, 6]
+    assert back.to_numpy(pad_value=0)[:, 0].tolist() == pytest.approx(got[:, 0].tolist(), abs=1e-6)
+    with pytest.raises(tinker.BadRequestError, match=r"target_prompt_logprobs: shape \[3, 2\] for a 5-token prompt"):
+        sampler.sample(prompt, 1, params, target_prompt_logprobs=types.TensorData.from_numpy(asked[:3])).result()
+    huge = asked.copy()
+    huge[3, 1] = 10**9
+    with pytest.raises(tinker.RequestFailedError, match="token id 1000000000 is outside the vocabulary"):
+        sampler.sample(prompt, 1, params, target_prompt_logprobs=types.TensorData.from_numpy(huge)).result()

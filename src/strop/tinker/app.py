@@ -33,6 +33,7 @@ KEEP = 4096  # finished futures kept for the client's re-polls and retries; olde
 SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # session, run and checkpoint names: no '/', no leading dot
 PROTO = "application/x-protobuf"
 MAX_TOPK = 64  # top-k logprobs per position: a (length, k) matrix per sequence
+MAX_TARGETS = 1024  # target_prompt_logprobs: token ids asked for per prompt position
 CLIENT_CONFIG = {"pjwt_auth_enabled": False, "use_pyqwest_transport": False, "proto_compress_fwdbwd": False,
                  "parallel_fwdbwd_chunks": False, "fwdbwd_max_chunk_len": 1 << 20,
                  "fwdbwd_max_chunk_bytes_count": 1 << 30, "sample_use_retrieve_futures": False,
@@ -210,13 +211,57 @@ def _scores(req: dict, prompt_len: int) -> Scores:
     return want
 
 
+def _targets(spec, prompt_len: int):
+    """``target_prompt_logprobs`` as (shape, CSR rows or None, [(row, column, token id)]), checked."""
+    if not spec:
+        return None
+    field = "target_prompt_logprobs"
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or len(spec["shape"]) != 2:
+        raise APIError(400, f"{field}: expected an int64 tensor of shape [len(prompt) - 1, K]", param=field)
+    rows, k = spec["shape"]
+    if rows != prompt_len - 1 or not isinstance(k, int) or not 0 <= k <= MAX_TARGETS:
+        raise APIError(400, f"{field}: shape {spec['shape']} for a {prompt_len}-token prompt; expected "
+                       f"[{prompt_len - 1}, K] with K at most {MAX_TARGETS}", param=field)
+    try:
+        data = np.asarray(spec.get("data") or [], np.int64).reshape(-1)
+        crow, col = spec.get("sparse_crow_indices"), spec.get("sparse_col_indices")
+        if crow is not None:
+            crow, col = np.asarray(crow, np.int64), np.asarray(col, np.int64)
+            if (len(crow) != rows + 1 or len(col) != len(data) or crow[0] != 0 or crow[-1] != len(data)
+                    or np.any(np.diff(crow) < 0) or np.any((col < 0) | (col >= k))):
+                raise ValueError
+            cells = [(i, int(col[at]), int(data[at])) for i in range(rows) for at in range(crow[i], crow[i + 1])]
+        else:
+            cells = [(i, j, int(t)) for (i, j), t in np.ndenumerate(data.reshape(rows, k)) if t != -1]
+    except (TypeError, ValueError):
+        raise APIError(400, f"{field}: the data does not fit its shape and layout", param=field) from None
+    return (rows, k), (crow, col) if crow is not None else None, cells
+
+
+def _target_tensor(targets, values: list[float]):
+    """The proto Tensor answering ``target_prompt_logprobs``: its shape and layout, NaN where nothing was asked."""
+    from tinker.proto import tinker_public_pb2 as pb
+
+    (rows, k), csr, cells = targets
+    out = pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[rows, k])
+    if csr is not None:
+        out.sparse_csr.values = np.asarray(values, np.float32).tobytes()
+        out.sparse_csr.crow_indices, out.sparse_csr.col_indices = csr[0].tobytes(), csr[1].tobytes()
+    else:
+        dense = np.full((rows, k), np.nan, np.float32)
+        for (i, j, _), v in zip(cells, values):
+            dense[i, j] = v
+        out.dense = dense.tobytes()
+    return out
+
+
 def _topk_proto(message, matrices) -> None:
     ids, lps = matrices
     message.length, message.k = ids.shape
     message.token_ids, message.logprobs = ids.tobytes(), lps.tobytes()
 
 
-def _sample_output(samples: list, prompt_logprobs: list | None, topk_prompt=None) -> bytes:
+def _sample_output(samples: list, prompt_logprobs: list | None, topk_prompt=None, targets=None) -> bytes:
     from tinker.proto import tinker_public_pb2 as pb
 
     out = pb.SampleResponse()
@@ -231,6 +276,8 @@ def _sample_output(samples: list, prompt_logprobs: list | None, topk_prompt=None
         out.prompt_logprobs = np.asarray(prompt_logprobs, np.float32).tobytes()
     if topk_prompt is not None:
         _topk_proto(out.topk_prompt_logprobs, topk_prompt)
+    if targets is not None:
+        out.target_prompt_logprobs.CopyFrom(targets)
     return out.SerializeToString()
 
 
@@ -457,17 +504,21 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         n = req.get("num_samples", 1)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
             raise APIError(400, f"num_samples: {n} is outside 1..64", param="num_samples")
-        for extra in ("target_prompt_logprobs", "prompt_alt_tokens_k"):
-            if req.get(extra):
-                raise APIError(400, f"{extra}: not supported by this server", param=extra)
+        if req.get("prompt_alt_tokens_k"):
+            raise APIError(400, "prompt_alt_tokens_k: not supported by this server", param="prompt_alt_tokens_k")
         prompt = [t for c in (req.get("prompt") or {}).get("chunks", []) for t in c.get("tokens", [])]
         if not prompt:
             raise APIError(400, "prompt: no tokens", param="prompt")
         params, want = req.get("sampling_params") or {}, _scores(req, len(prompt))
 
+        targets = _targets(req.get("target_prompt_logprobs"), len(prompt))
+        if targets is not None:
+            want.targets = [(i, t) for i, _, t in targets[2]]
+
         def work(b: Base):
-            samples, plp, tplp = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n, params, want)
-            return _sample_output(samples, plp, tplp)
+            samples, plp, tplp, values = b.sample(b.sampling_adapter(snapshot) if snapshot else None, prompt, n,
+                                                  params, want)
+            return _sample_output(samples, plp, tplp, _target_tensor(targets, values) if targets else None)
 
         seq_id = req.get("seq_id", 0)
         if not isinstance(seq_id, int) or isinstance(seq_id, bool):

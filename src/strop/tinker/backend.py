@@ -281,9 +281,15 @@ class Base:
                 for seq, rows in zip(seqs, tops):
                     seq.topk = _topk_rows(rows, want.topk_sample)
             out = seqs
-            plp = tplp = None
-            if want.prompt or want.topk_prompt:
-                scores = torch.log_softmax(first.logits[0, :-1].float(), -1)
+            plp = tplp = targets = None
+            if want.prompt or want.topk_prompt or want.targets is not None:
+                scores = torch.log_softmax(first.logits[0, :-1].float(), -1)  # row i: prompt position i + 1
+                if want.targets is not None:
+                    bad = [t for _, t in want.targets if not 0 <= t < scores.shape[1]]
+                    if bad:
+                        raise UserError(f"target_prompt_logprobs: token id {bad[0]} is outside the vocabulary "
+                                        f"(0..{scores.shape[1] - 1})")
+                    targets = [float(scores[i, t]) for i, t in want.targets]
                 first_scored = len(prompt) - want.last_n if want.last_n else 1  # the first prompt position scored
                 if want.prompt:
                     lp = scores.gather(1, torch.tensor(prompt[1:])[:, None])[:, 0].tolist()
@@ -292,7 +298,7 @@ class Base:
                     k = min(want.topk_prompt, scores.shape[1])
                     top = torch.topk(scores[first_scored - 1:], k)
                     tplp = _topk_rows([None] * first_scored + list(zip(top.indices, top.values)), k)
-        return out, plp, tplp
+        return out, plp, tplp, targets
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, client: Client, directory: Path, with_optimizer: bool) -> None:
@@ -384,6 +390,7 @@ class Scores:
     topk_prompt: int = 0      # topk_prompt_logprobs
     topk_sample: int = 0      # topk_sample_logprobs
     last_n: int | None = None  # prompt_logprobs_last_n: score only the prompt's last N tokens
+    targets: list | None = None  # target_prompt_logprobs: (row, token id) cells, row i = prompt position i + 1
 
 
 @dataclass
