@@ -250,7 +250,9 @@ class Base:
         top_k, top_p = int(params.get("top_k", -1)), float(params.get("top_p", 1.0))
         with torch.no_grad(), self.use(adapter):
             # the prompt once; its cache is copied for the n samples, which then decode as one batch
-            first = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            scored = want.prompt or want.topk_prompt or want.targets is not None
+            # logits_to_keep=1 unless the prompt is scored: (prompt x vocabulary) floats are large
+            first = model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=0 if scored else 1)
             past = returned_cache(first)
             past.batch_repeat_interleave(n)
             logits = first.logits[0, -1:].float().expand(n, -1)
@@ -282,7 +284,7 @@ class Base:
                     seq.topk = _topk_rows(rows, want.topk_sample)
             out = seqs
             plp = tplp = targets = None
-            if want.prompt or want.topk_prompt or want.targets is not None:
+            if scored:
                 scores = torch.log_softmax(first.logits[0, :-1].float(), -1)  # row i: prompt position i + 1
                 if want.targets is not None:
                     bad = [t for _, t in want.targets if not 0 <= t < scores.shape[1]]
