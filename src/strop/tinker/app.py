@@ -189,25 +189,25 @@ def _fb_output(logprobs: list, metrics: dict) -> bytes:
     return out.SerializeToString()
 
 
+def _whole(req: dict, field: str, default: int, span: range | None = None) -> int:
+    """``req[field]`` as an int (in ``span`` when given), else a 400 naming the field."""
+    value = req.get(field)
+    value = default if value is None else value
+    if not isinstance(value, int) or isinstance(value, bool) or (span is not None and value not in span):
+        where = f" in {span.start}..{span.stop - 1}" if span is not None else ""
+        raise APIError(400, f"{field}: {value!r} is not a whole number{where}", param=field)
+    return value
+
+
 def _scores(req: dict, prompt_len: int) -> Scores:
     """The scores a sample request asks for, checked as the SDK documents them."""
-    def count(field: str, top: int) -> int:
-        value = req.get(field) or 0
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-            raise APIError(400, f"{field}: {value!r} is not a whole number in 0..{top}", param=field)
-        return value
-
-    last_n = req.get("prompt_logprobs_last_n")
-    want = Scores(bool(req.get("prompt_logprobs")), count("topk_prompt_logprobs", MAX_TOPK),
-                  count("topk_sample_logprobs", MAX_TOPK))
-    if last_n is not None:
+    want = Scores(bool(req.get("prompt_logprobs")), _whole(req, "topk_prompt_logprobs", 0, range(MAX_TOPK + 1)),
+                  _whole(req, "topk_sample_logprobs", 0, range(MAX_TOPK + 1)))
+    if req.get("prompt_logprobs_last_n") is not None:
         if not (want.prompt or want.topk_prompt):
             raise APIError(400, "prompt_logprobs_last_n: applies to prompt logprobs; set prompt_logprobs",
                            param="prompt_logprobs_last_n")
-        want.last_n = count("prompt_logprobs_last_n", prompt_len - 1)
-        if want.last_n < 1:
-            raise APIError(400, f"prompt_logprobs_last_n: must be 1..{prompt_len - 1} for a {prompt_len}-token prompt",
-                           param="prompt_logprobs_last_n")
+        want.last_n = _whole(req, "prompt_logprobs_last_n", 0, range(1, prompt_len))  # 1..len(prompt) - 1
     return want
 
 
@@ -501,9 +501,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
         if key not in srv.samplers:
             raise APIError(404, f"sampling_session_id {key!r}: no such sampling session", param="sampling_session_id")
         base, snapshot, _ = srv.samplers[key]
-        n = req.get("num_samples", 1)
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 64:
-            raise APIError(400, f"num_samples: {n} is outside 1..64", param="num_samples")
+        n = _whole(req, "num_samples", 1, range(1, 65))
         if req.get("prompt_alt_tokens_k"):
             raise APIError(400, "prompt_alt_tokens_k: not supported by this server", param="prompt_alt_tokens_k")
         prompt = [t for c in (req.get("prompt") or {}).get("chunks", []) for t in c.get("tokens", [])]
@@ -520,9 +518,7 @@ def create_app(workdir: str | Path, *, api_key: str | None = None, bind_host: st
                                                   params, want)
             return _sample_output(samples, plp, tplp, _target_tensor(targets, values) if targets else None)
 
-        seq_id = req.get("seq_id", 0)
-        if not isinstance(seq_id, int) or isinstance(seq_id, bool):
-            raise APIError(400, f"seq_id: {seq_id!r} is not a whole number", param="seq_id")
+        seq_id = _whole(req, "seq_id", 0)
         ids = [f"{key}:{seq_id}:{i}" for i in range(n)]
         return srv.enqueue(base, work, key=(key, seq_id), sample_sequence_ids=ids)
 

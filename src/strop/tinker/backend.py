@@ -165,17 +165,16 @@ class Base:
         return [p for n, p in self.peft.named_parameters() if f".{name}." in n]
 
     # -- the primitives ---------------------------------------------------------------------------
-    def logprobs(self, adapter: str | None, data: list[Datum]) -> list:
+    def logprobs(self, adapter: str | None, batch: list[Datum]) -> list:
         """Each datum's log-probability of its target tokens (shape (T,)) under ``adapter``; keeps the graph.
 
-        Datums run together, right-padded, in batches of at most ``BATCH_TOKENS`` padded tokens: one
-        forward pass per batch instead of one per datum (each pass pays every layer's overhead again,
-        which dominates on a CPU at these sizes). Right padding leaves a causal model's real positions
-        unchanged.
+        The datums run in one forward pass, right-padded (one pass per datum would pay every
+        layer's overhead again, which dominates on a CPU at these sizes); right padding leaves a
+        causal model's real positions unchanged. ``forward_backward`` sizes the batches.
         """
         import torch
 
-        for d in data:
+        for d in batch:
             if "target_tokens" not in d.inputs:
                 raise UserError("loss_fn_inputs needs 'target_tokens'")
             n = torch.as_tensor(d.inputs["target_tokens"]).numel()
@@ -183,21 +182,18 @@ class Base:
                 raise UserError(f"target_tokens: {n} values for a {len(d.tokens)}-token input "
                                 "(position i predicts target i, so they must be the same length)")
         model = self.peft if self.peft is not None else self.model
-        out = []
+        width = max(len(d.tokens) for d in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        targets = torch.zeros_like(ids)
+        for i, d in enumerate(batch):
+            ids[i, :len(d.tokens)] = torch.tensor(d.tokens)
+            mask[i, :len(d.tokens)] = 1
+            targets[i, :len(d.tokens)] = torch.as_tensor(d.inputs["target_tokens"]).long().reshape(-1)
         with self.use(adapter):
-            for batch in _batches(data, BATCH_TOKENS):
-                width = max(len(d.tokens) for d in batch)
-                ids = torch.zeros((len(batch), width), dtype=torch.long, device=self.device)
-                mask = torch.zeros_like(ids)
-                targets = torch.zeros_like(ids)
-                for i, d in enumerate(batch):
-                    ids[i, :len(d.tokens)] = torch.tensor(d.tokens)
-                    mask[i, :len(d.tokens)] = 1
-                    targets[i, :len(d.tokens)] = torch.as_tensor(d.inputs["target_tokens"]).long().reshape(-1)
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
-                lp = torch.log_softmax(logits, dim=-1).gather(2, targets[..., None])[..., 0]
-                out.extend(lp[i, :len(d.tokens)] for i, d in enumerate(batch))
-        return out
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+        lp = torch.log_softmax(logits, dim=-1).gather(2, targets[..., None])[..., 0]
+        return [lp[i, :len(d.tokens)] for i, d in enumerate(batch)]
 
     def forward_backward(self, client: Client, data: list[Datum], loss_fn: str, config: dict, forward_only: bool):
         import torch
