@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EDITABLE ?= 1
 INSTALL := $(if $(filter 1,$(EDITABLE)),-e ".[test]",".[test]")
 
-.PHONY: venv demo test test-fast test-slow test-interop test-tinker-cookbook clean browser
+.PHONY: venv demo test test-fast test-slow test-interop test-tinker-cookbook test-lm-eval clean browser
 
 venv: $(STAMP)
 
@@ -60,6 +60,15 @@ test-tinker-cookbook: venv
 	$(COOKBOOK_VENV)/bin/pip install --quiet --disable-pip-version-check tinker-cookbook==0.5.8 tinker==0.38.0 \
 	    sympy pylatexenc
 	$(PY) tests/tinker/cookbook/run.py $(COOKBOOK_VENV)/bin/python
+
+# lm-evaluation-harness against `strop serve` (tests/lm_eval/), checked against lm-eval's own HF backend on
+# the same weights. Not in `make test`: it installs lm-eval and its dependencies into a venv of its own.
+LM_EVAL_VENV ?= .venv-lmeval
+test-lm-eval: venv
+	test -x $(LM_EVAL_VENV)/bin/python || $(PYTHON) -m venv $(LM_EVAL_VENV)
+	$(LM_EVAL_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(LM_EVAL_VENV)/bin/pip install --quiet --disable-pip-version-check "lm-eval[hf,api]==0.4.13"
+	$(PY) tests/lm_eval/run.py $(LM_EVAL_VENV)/bin/python
 
 # Headless Chromium for the studio's browser test (Debian packages). Best effort:
 # without root or apt the browser test skips and says why.

@@ -195,5 +195,141 @@ def test_validation_errors_use_openai_shape(base_url):
     r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
     assert httpx.get(f"{base_url}/nope").json()["error"]["message"]
-    r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": MESSAGES, "stop": ["a"] * 5})
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": MESSAGES, "stop": ["a"] * 17})
     assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+
+
+# -- logprobs, echo, several prompts, tokenizer routes (what lm-evaluation-harness's local-completions uses) --
+def _forward_logprobs(engine, ids):
+    import torch
+
+    with torch.inference_mode():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits, -1)
+
+
+def test_echo_scores_the_prompt_like_a_forward(base_url, engine):
+    ids = engine.tok("The sea is wide and the ships are slow.", add_special_tokens=False)["input_ids"]
+    body = {"model": "tiny", "prompt": [ids], "echo": True, "logprobs": 3, "max_tokens": 0}
+    r = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert len(lp["token_logprobs"]) == len(ids) and lp["tokens"] == [engine.tok.decode([i]) for i in ids]
+    want = _forward_logprobs(engine, ids)
+    for t in range(1, len(ids)):
+        assert abs(lp["token_logprobs"][t] - float(want[t - 1, ids[t]])) < 1e-4
+        best = max(lp["top_logprobs"][t].values())
+        assert abs(best - float(want[t - 1].max())) < 1e-4 and len(lp["top_logprobs"][t]) <= 4
+    assert lp["text_offset"][0] == 0 and lp["text_offset"][1] == len(lp["tokens"][0])
+    assert r.json()["choices"][0]["text"] == engine.tok.decode(ids)
+    assert r.json()["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 0, "total_tokens": len(ids)}
+
+
+def test_loglikelihood_request_as_lm_eval_sends_it(base_url, engine):
+    """lm-eval's payload: token-id prompts, echo, logprobs 1, max_tokens 1; it sums token_logprobs[ctxlen:-1]."""
+    ctx = engine.tok("Question: what colour is the sky? Answer:", add_special_tokens=False)["input_ids"]
+    conts = [engine.tok(c, add_special_tokens=False)["input_ids"] for c in (" blue", " green and wet")]
+    body = {"model": "tiny", "prompt": [ctx + c for c in conts], "temperature": 0, "max_tokens": 1, "logprobs": 1,
+            "seed": 1234, "echo": True}
+    choices = sorted(httpx.post(f"{base_url}/v1/completions", json=body, timeout=60).json()["choices"],
+                     key=lambda c: c["index"])
+    assert [c["index"] for c in choices] == [0, 1]
+    for cont, choice in zip(conts, choices):
+        ids = ctx + cont
+        want = _forward_logprobs(engine, ids)
+        got = sum(choice["logprobs"]["token_logprobs"][len(ctx):-1])
+        assert abs(got - sum(float(want[t - 1, ids[t]]) for t in range(len(ctx), len(ids)))) < 1e-3
+        assert len(choice["logprobs"]["token_logprobs"]) == len(ids) + 1  # the one generated token (or the end)
+        greedy = all(choice["logprobs"]["token_logprobs"][t] == max(choice["logprobs"]["top_logprobs"][t].values())
+                     for t in range(len(ctx), len(ids)))
+        assert greedy == all(int(want[t - 1].argmax()) == ids[t] for t in range(len(ctx), len(ids)))
+
+
+def test_several_prompts_each_as_alone(client):
+    prompts = ["The harbour at dawn", "A list of fruit:", "Once upon a time"]
+    alone = [client.completions.create(model="tiny", prompt=p, max_tokens=5).choices[0].text for p in prompts]
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=5, n=2, **SAMPLED)
+    assert [c.index for c in r.choices] == list(range(6))
+    greedy = client.completions.create(model="tiny", prompt=prompts, max_tokens=5)
+    assert [c.text for c in greedy.choices] == alone
+    assert greedy.usage.completion_tokens <= 15
+
+
+def test_generated_logprobs_match_a_forward(client, engine):
+    """Each sampled token's logprob is the model's own (before temperature) given the tokens before it."""
+    text = "Tell me about boats"
+    r = client.completions.create(model="tiny", prompt=text, max_tokens=6, logprobs=2, **SAMPLED)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and lp.text_offset[0] == len(text)
+    by_text: dict[str, list[int]] = {}
+    for i, piece in enumerate(engine.tok.batch_decode([[i] for i in range(len(engine.tok))])):
+        by_text.setdefault(piece, []).append(i)
+    ids = engine.tok(text, add_special_tokens=False)["input_ids"]
+    for piece, value in zip(lp.tokens, lp.token_logprobs):  # the text alone does not say which ids were sampled
+        want = _forward_logprobs(engine, ids)[-1]
+        match = [i for i in by_text[piece] if abs(value - float(want[i])) < 1e-3]
+        assert match, (piece, value)
+        ids.append(match[0])
+
+
+def test_chat_logprobs_plain_and_streamed(client):
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, logprobs=True,
+                                           top_logprobs=2, **SAMPLED)
+    content = plain.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == plain.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.logprob - 1e-6 for t in content)
+    assert all(bytes(t.bytes) == t.token.encode() for t in content)
+    chunks = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, logprobs=True,
+                                            top_logprobs=2, stream=True, **SAMPLED)
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 5)) for t in streamed] == [(t.token, round(t.logprob, 5)) for t in content]
+    assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2).choices[0].logprobs is None
+
+
+def test_tokenizer_routes(base_url, engine):
+    text = "Tokens, then text again: café 12x12."
+    ids = httpx.post(f"{base_url}/tokenize", json={"prompt": text, "add_special_tokens": False}).json()["tokens"]
+    assert ids == engine.tok(text, add_special_tokens=False)["input_ids"]
+    assert httpx.post(f"{base_url}/detokenize", json={"tokens": ids}).json()["prompt"] == text
+    chat = httpx.post(f"{base_url}/tokenize", json={"messages": MESSAGES}).json()
+    assert chat["tokens"] == engine.encode(MESSAGES) and chat["count"] == len(chat["tokens"])
+    info = httpx.get(f"{base_url}/tokenizer_info").json()
+    assert info["eos_token"] == engine.tok.eos_token and info["model_max_length"] == engine.context_length
+    r = httpx.post(f"{base_url}/detokenize", json={"tokens": [1, 10 ** 9]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tokens"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "hi", "echo": True, "stream": True}, "echo"),
+    ({"prompt": [[1, 2], [3, 10 ** 9]]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": ["a"] * 65}, "prompt"),
+    ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+    ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+])
+def test_completion_request_errors(base_url, body, param):
+    r = httpx.post(f"{base_url}/v1/completions", json={"model": "tiny", **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_top_logprobs_needs_logprobs(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    assert err.value.param == "top_logprobs"
+
+
+def test_eos_row_kept_for_lm_eval():
+    """A choice the model ended lists its end-of-sequence row; one a stop string ended does not."""
+    from types import SimpleNamespace
+
+    from strop.serve.generation import Outcome
+    from strop.serve.logprobs import generated_rows
+
+    req = SimpleNamespace(scores=["a", "b", "eos"], finish_reason="stop")
+    assert generated_rows(req, Outcome(tokens=2, finish_reason="stop")) == ["a", "b", "eos"]
+    assert generated_rows(req, Outcome(tokens=1, finish_reason="stop", stop_string=True)) == ["a"]
+    assert generated_rows(SimpleNamespace(scores=["a", "b"], finish_reason="length"), Outcome(tokens=2)) == ["a", "b"]

@@ -39,6 +39,29 @@ from ..models.cache import cache_kw, returned_cache
 from ..models.engine import GREEDY_BELOW
 
 DONE = None  # sentinel put on a request's queue after its last token
+SCORE_CHUNK = 512  # prompt tokens per forward when a prompt is scored: bounds the (tokens x vocabulary) logits
+
+
+@dataclass
+class Scored:
+    """One token's log-probability under the model (its own distribution, before temperature or
+    top_p), and the ``top`` most likely tokens at that position as (id, logprob), best first."""
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def scored(logprobs, tokens, n: int) -> list[Scored]:
+    """Scored rows for ``tokens`` (T,) under ``logprobs`` (T, V) (log-softmaxed), with top ``n``."""
+    import torch
+
+    chosen = logprobs.gather(-1, tokens[:, None])[:, 0].tolist()
+    if n:
+        values, ids = torch.topk(logprobs, n, dim=-1)
+        tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        tops = [[] for _ in chosen]
+    return [Scored(t, lp, top) for t, lp, top in zip(tokens.tolist(), chosen, tops)]
 
 
 class QueueFull(Exception):
@@ -58,6 +81,8 @@ class Request:
     top_p: float = 1.0
     seed: int | None = None
     adapter: str | None = None  # peft adapter name; None: the model's default
+    logprobs: int | None = None  # record each new token's logprob and this many alternatives; None: off
+    score_prompt: bool = False  # also score every prompt token (``prompt_scores``); max_new_tokens may then be 0
     tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE
     new: list[int] = field(default_factory=list)
     finish_reason: str = "length"
@@ -65,6 +90,10 @@ class Request:
     error: BaseException | None = None
     submitted: float = field(default_factory=time.monotonic)
     generator: object = None
+    # with ``logprobs``: one Scored per new token, written before the token is queued; the last is
+    # the end-of-sequence token when the model chose it (it is scored but never queued)
+    scores: list = field(default_factory=list)
+    prompt_scores: list | None = None  # with ``score_prompt``: one Scored per prompt token after the first
 
     def cancel(self) -> None:
         """Stop generating for this request (the client went away)."""
@@ -205,17 +234,47 @@ class Batcher:
             self._check_adapter(req.adapter)
             ids = torch.tensor([req.ids])  # (1, T)
             mask = torch.ones_like(ids)
-            logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
-                                          [req.adapter] if req.adapter else [None])
+            if req.score_prompt:
+                logits, cache = self._score_prompt(req)
+            else:
+                logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
+                                              [req.adapter] if req.adapter else [None])
         except Exception as exc:
             self._fail(req, exc)
             return
         self.stats["requests"] += 1
+        if req.max_new_tokens <= 0:  # the prompt's scores were all that was asked for
+            req.tokens.put(DONE)
+            return
         if self._next(req, logits[0]):
             try:
                 self._merge(req, cache, mask)
             except Exception as exc:
                 self._fail(req, exc)
+
+    def _score_prompt(self, req: Request):
+        """Prefill ``req`` in chunks of SCORE_CHUNK tokens, keeping every position's logits to score
+        the prompt's own tokens; returns the last position's logits (1, V) and the cache."""
+        import torch
+        from transformers import DynamicCache
+
+        ids, cache, found, last = torch.tensor(req.ids), DynamicCache(), [], None
+        kw = {"adapter_names": [req.adapter]} if req.adapter is not None else {}
+        for start in range(0, len(ids), SCORE_CHUNK):
+            chunk = ids[start:start + SCORE_CHUNK]
+            end = start + len(chunk)
+            out = self.model(input_ids=chunk[None], attention_mask=torch.ones(1, end, dtype=torch.long),
+                             position_ids=torch.arange(start, end)[None], use_cache=True, logits_to_keep=0,
+                             **cache_kw(self.model, cache), **kw)
+            cache = returned_cache(out)
+            logprobs = torch.log_softmax(out.logits[0].float(), -1)  # position t predicts token t + 1
+            if last is not None:  # the previous chunk's last position predicts this chunk's first token
+                found += scored(last[None], chunk[:1], req.logprobs or 0)
+            if len(chunk) > 1:
+                found += scored(logprobs[:-1], chunk[1:], req.logprobs or 0)
+            last = logprobs[-1]
+        req.prompt_scores = found
+        return out.logits[:, -1].float(), cache
 
     def _check_adapter(self, name: str | None) -> None:
         """A model without that adapter would ignore the name and answer with the wrong weights."""
@@ -259,6 +318,10 @@ class Batcher:
         (finished, cancelled, or failed: an error here ends this row alone)."""
         try:
             tok = _pick(logits, r)
+            if r.logprobs is not None and not r.cancelled:
+                import torch
+
+                r.scores += scored(torch.log_softmax(logits, -1)[None], torch.tensor([tok]), r.logprobs)
         except Exception as exc:
             self._fail(r, exc)
             return False

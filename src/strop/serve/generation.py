@@ -41,16 +41,18 @@ class Outcome:
     tokens: int = 0
     finish_reason: str = "length"
     first_token_s: float | None = None
+    stop_string: bool = False  # a stop string ended it (not the model, nor the length)
     pieces: list[str] = field(default_factory=list)
 
 
-def submit_all(batcher, ids: list[int], gen: dict, adapter: str | None, n: int) -> list[Request]:
+def submit_all(batcher, ids: list[int], gen: dict, adapter: str | None, n: int, **fields) -> list[Request]:
+    """``n`` requests for one prompt (seeds seed, seed + 1, ...); ``fields``: more Request fields."""
     reqs: list[Request] = []
     try:
         for i in range(n):
             seed = None if gen["seed"] is None else gen["seed"] + i
             reqs.append(batcher.submit(Request(ids, gen["max_new_tokens"], gen["temperature"], gen["top_p"],
-                                               seed, adapter)))
+                                               seed, adapter, **fields)))
     except BaseException:  # a full queue, or anything else: none of the siblings decodes for nobody
         for r in reqs:
             r.cancel()
@@ -70,7 +72,7 @@ async def pieces(req: Request, tok, stops: list[str], out: Outcome):
             if text:
                 yield text
             if hit:
-                out.finish_reason = "stop"
+                out.finish_reason, out.stop_string = "stop", True
                 return
         if req.error is not None:
             raise req.error

@@ -2,17 +2,23 @@
 
 Routes: ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus
 text), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``
-and ``POST /v1/completions`` (plain or SSE).
+and ``POST /v1/completions`` (plain or SSE), and vLLM's tokenizer routes
+``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info``, with which
+lm-evaluation-harness needs no tokenizer of its own (docs/serving.md).
 
 Where we differ from OpenAI, on purpose:
   * ``temperature`` defaults to 0 (greedy), not 1: a local model under test
     should give the same answer to the same request unless asked otherwise.
   * ``n`` > 1 works without streaming only; ``max_tokens`` is clamped to
     ``max_tokens_cap`` and to what is left of the context; fields we do not
-    use (tools, logprobs...) are ignored, because clients send many of them.
-  * generation stops at a ``stop`` string, and ``usage.completion_tokens``
-    counts the tokens up to the one that completed it.
-  * ``/v1/completions`` takes one prompt per request.
+    use (tools...) are ignored, because clients send many of them.
+  * generation stops at a ``stop`` string (up to 16 of them, where OpenAI takes 4), and
+    ``usage.completion_tokens`` counts the tokens up to the one that completed it.
+  * logprobs are the model's own distribution, before temperature and top_p
+    (logprobs.py); up to 20 alternatives on both routes.
+  * ``/v1/completions`` takes a string, a list of strings, a list of token ids
+    or a list of lists of them (as OpenAI does), at most ``max_waiting`` prompts x ``n``;
+    ``echo`` with ``max_tokens: 0`` scores a prompt without generating.
 
 All generation goes through one `Batcher` (continuous batching, batching.py);
 routes only submit requests and turn the token ids they get back into text.
@@ -40,6 +46,7 @@ from ..models.templates import prompt_text
 from . import adapters as adapter_table
 from .batching import Batcher, Closed, QueueFull
 from .generation import Outcome, StopFilter, collect, pieces, submit_all  # noqa: F401 (StopFilter re-exported)
+from .logprobs import MAX_LOGPROBS, chat_logprobs, completion_logprobs, generated_rows
 from .metrics import Metrics
 
 
@@ -58,6 +65,9 @@ class ChatMessage(BaseModel):
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
         # "developer" is OpenAI's newer name for the system role; chat templates know only "system".
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+MAX_STOPS = 16  # OpenAI takes 4; lm-eval's tasks send their own stop strings plus the end-of-text one
 
 
 class StreamOptions(BaseModel):
@@ -79,31 +89,61 @@ class Sampling(BaseModel):
 
     @field_validator("stop")
     @classmethod
-    def _at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > 4:
-            raise ValueError(f"at most 4 stop sequences, got {len(stop)}")
+    def _at_most_sixteen(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences, got {len(stop)}")
         return stop
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+    def wanted(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def scores(self) -> int | None:
+        """How many alternatives the batcher records per token; None: no logprobs."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt, generate nothing")
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError(f"exactly one prompt per request, got {len(prompt)}")
+    def _not_empty(cls, prompt):
+        if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
+            raise ValueError("a prompt is an empty list")
         return prompt
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """The request's prompts, each a string or a list of token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tokens: list[int]
 
 
 def model_id_for(name: str) -> str:
@@ -153,25 +193,48 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         _lookup(name, served)
         return next(c for c in cards if c["id"] == name)
 
-    async def run(req: Sampling, ids: list[int], meta: dict, kind: str):
+    vocab = engine.model.get_input_embeddings().num_embeddings
+
+    def submit(req: Sampling, prompts: list[list[int]], adapter: str | None, n: int, **fields) -> list[list]:
+        """Every prompt's ``n`` requests, or none at all: a full queue cancels those already in."""
+        done: list[list] = []
+        try:
+            for ids in prompts:
+                gen = _gen_args(req, max_tokens_cap, engine.context_length - len(ids))
+                done.append(submit_all(batcher, ids, gen, adapter, n, **fields))
+        except BaseException as exc:
+            for r in (r for reqs in done for r in reqs):
+                r.cancel()
+            if isinstance(exc, Closed):
+                raise APIError(503, "this model is being unloaded; retry shortly", type="server_error",
+                               code="model_unloading", headers={"Retry-After": "1"}) from None
+            if isinstance(exc, QueueFull):
+                raise APIError(429, "the server is busy: too many requests waiting; retry shortly",
+                               type="server_busy", code="queue_full", headers={"Retry-After": "1"}) from None
+            raise
+        return done
+
+    async def run(req: Sampling, prompts: list[list[int]], meta: dict, kind: str, *, top: int | None = None,
+                  echo: bool = False, texts: list[str] | None = None):
+        """Answer ``prompts`` (token ids; ``texts``: the same as text, for ``echo``) with ``req``'s settings;
+        ``top``: record logprobs with that many alternatives (None: none)."""
         adapter = _lookup(req.model or model_id, served)[0]
-        _check_length(len(ids), engine.context_length)
+        for ids in prompts:
+            _check_length(len(ids), engine.context_length, "messages" if kind == "chat" else "prompt")
         n = 1 if req.n is None else req.n
         if req.stream and n != 1:
             raise APIError(400, f"n={n}: use 1 when streaming", param="n")
-        gen = _gen_args(req, max_tokens_cap, engine.context_length - len(ids))
-        try:
-            reqs = submit_all(batcher, ids, gen, adapter, n)
-        except Closed:
-            raise APIError(503, "this model is being unloaded; retry shortly", type="server_error",
-                           code="model_unloading", headers={"Retry-After": "1"}) from None
-        except QueueFull:
-            raise APIError(429, "the server is busy: too many requests waiting; retry shortly", type="server_busy",
-                           code="queue_full", headers={"Retry-After": "1"}) from None
+        if req.stream and len(prompts) != 1:
+            raise APIError(400, f"{len(prompts)} prompts: stream one prompt per request", param="prompt")
+        if len(prompts) * n > batcher.max_waiting:
+            raise APIError(400, f"{len(prompts)} prompts x n={n} is more than this server queues at once "
+                           f"({batcher.max_waiting}); send fewer per request", param="prompt")
+        groups = submit(req, prompts, adapter, n, logprobs=top, score_prompt=echo and top is not None)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Stream(_sse(reqs[0], engine.tok, req.stops(), include_usage, meta, len(ids), kind,
-                               app.state.metrics), reqs)
+            return Stream(_sse(groups[0][0], engine.tok, req.stops(), include_usage, meta, len(prompts[0]), kind,
+                               app.state.metrics, top, len(texts[0]) if texts else 0), groups[0])
+        reqs = [r for group in groups for r in group]
         try:
             done = [await collect(r, engine.tok, req.stops()) for r in reqs]
         except Exception as exc:  # one row failed in the batcher: this request alone, in OpenAI's shape
@@ -179,22 +242,67 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         finally:  # one choice failing, or the client leaving, ends its siblings too
             for r in reqs:
                 r.cancel()
-        choices = [_choice(kind, i, text, out.finish_reason) for i, (text, out) in enumerate(done)]
-        app.state.metrics.add("completion_tokens_total", sum(out.tokens for _, out in done))
+        choices = []
+        for i, (r, (text, out)) in enumerate(zip(reqs, done)):
+            ids = prompts[i // n]
+            if kind == "chat":
+                choice = _choice(kind, i, text, out.finish_reason)
+                if top is not None:
+                    choice["logprobs"] = chat_logprobs(engine.tok, r.scores[:out.tokens], top)
+            else:
+                prompt = texts[i // n] if echo else ""
+                choice = _choice(kind, i, prompt + text, out.finish_reason)
+                if top is not None:
+                    choice["logprobs"] = completion_logprobs(engine.tok, ids, r.prompt_scores if echo else None,
+                                                             generated_rows(r, out), 0 if echo else len(texts[i // n]))
+            choices.append(choice)
+        completion = sum(out.tokens for _, out in done)
+        app.state.metrics.add("completion_tokens_total", completion)
         return {**meta, "object": OBJECT[kind], "choices": choices,
-                "usage": _usage(len(ids), sum(out.tokens for _, out in done))}
+                "usage": _usage(sum(len(ids) for ids in prompts) * n, completion)}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         system = _lookup(req.model or model_id, served)[1]  # each adapter keeps its run's system prompt
+        top = req.scores()
         text = prompt_text(engine.tok, [m.as_dict() for m in req.messages], system)
         ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
-        return await run(req, ids, _meta("chatcmpl", req.model or model_id), "chat")
+        return await run(req, [ids], _meta("chatcmpl", req.model or model_id), "chat", top=top)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
-        ids = engine.tok(req.text(), add_special_tokens=False)["input_ids"]
-        return await run(req, ids, _meta("cmpl", req.model or model_id), "text")
+        if req.wanted() == 0 and not req.echo:
+            raise APIError(400, "max_tokens: 0 generates nothing; it is for scoring a prompt with echo: true",
+                           param="max_tokens")
+        if req.echo and req.stream:
+            raise APIError(400, "echo: not with stream; ask without streaming", param="echo")
+        raw = req.prompts()
+        prompts = await run_in_threadpool(lambda: [_ids(engine.tok, p, vocab) for p in raw])
+        texts = [p if isinstance(p, str) else engine.tok.decode(p) for p in raw]
+        return await run(req, prompts, _meta("cmpl", req.model or model_id), "text", top=req.logprobs,
+                         echo=req.echo, texts=texts)
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict:
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give either prompt (text) or messages (a chat), not both or neither", param="prompt")
+        if req.messages is not None:
+            text = prompt_text(engine.tok, [m.as_dict() for m in req.messages], engine.system_prompt)
+            ids = engine.tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = engine.tok(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.context_length}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict:
+        return {"prompt": engine.tok.decode(_checked_ids(req.tokens, vocab, "tokens"))}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        tok = engine.tok
+        return {"tokenizer_class": type(tok).__name__, "eos_token": tok.eos_token, "bos_token": tok.bos_token,
+                "pad_token": tok.pad_token, "chat_template": getattr(tok, "chat_template", None),
+                "model_max_length": engine.context_length}
 
     return app
 
@@ -223,10 +331,27 @@ def _lookup(name: str, served: dict) -> tuple[str | None, str]:
     return served[name]
 
 
-def _check_length(n_prompt: int, context: int) -> None:
+def _check_length(n_prompt: int, context: int, param: str = "messages") -> None:
     if n_prompt >= context:
         raise APIError(400, f"the prompt has {n_prompt} tokens but the model's context length is {context} tokens",
-                       param="messages", code="context_length_exceeded")
+                       param=param, code="context_length_exceeded")
+
+
+def _checked_ids(ids: list[int], vocab: int, param: str) -> list[int]:
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise APIError(400, f"token id {bad} is outside the model's vocabulary (0 to {vocab - 1})", param=param)
+    return ids
+
+
+def _ids(tok, prompt: str | list[int], vocab: int) -> list[int]:
+    """A completion prompt as token ids: text is tokenized without special tokens added, ids are checked."""
+    if isinstance(prompt, str):
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise APIError(400, "the prompt is empty: give some text or token ids", param="prompt")
+        return ids
+    return _checked_ids(prompt, vocab, "prompt")
 
 
 def _meta(prefix: str, model: str) -> dict:
@@ -241,8 +366,10 @@ def _choice(kind: str, index: int, text: str, finish: str) -> dict:
 
 
 def _gen_args(req: Sampling, cap: int, room: int) -> dict:
-    wanted = req.max_completion_tokens or req.max_tokens or cap
-    return {"max_new_tokens": max(1, min(wanted, cap, room)), "temperature": req.temperature or 0.0,
+    wanted = req.wanted()
+    if wanted == 0:  # echo alone: score the prompt
+        return {"max_new_tokens": 0, "temperature": 0.0, "top_p": 1.0, "seed": req.seed}
+    return {"max_new_tokens": max(1, min(wanted or cap, cap, room)), "temperature": req.temperature or 0.0,
             "top_p": req.top_p or 1.0, "seed": req.seed}
 
 
@@ -276,22 +403,32 @@ def _event(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def _chunk(kind: str, meta: dict, text: str | None, finish: str | None = None, *, first: bool = False) -> str:
+def _chunk(kind: str, meta: dict, text: str | None, finish: str | None = None, *, first: bool = False,
+           logprobs: dict | None = None) -> str:
     if kind == "text":
         return _event({**meta, "object": "text_completion",
-                       "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]})
+                       "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish}]})
     delta = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
     return _event({**meta, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                   "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
 
-async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_prompt: int, kind: str, metrics):
-    out = Outcome()
+async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_prompt: int, kind: str, metrics,
+               top: int | None = None, offset: int = 0):
+    """The SSE events of one streamed choice; with ``top``, each chunk carries the logprobs of the tokens
+    it completes (``offset``: where the completion starts in the text, for the legacy shape)."""
+    out, seen = Outcome(), 0
     if kind == "chat":
         yield _chunk(kind, meta, None, first=True)
     try:
         async for text in pieces(req, tok, stops, out):
-            yield _chunk(kind, meta, text)
+            shown = None
+            if top is not None:
+                rows, seen = req.scores[seen:out.tokens], out.tokens
+                shown = (chat_logprobs(tok, rows, top) if kind == "chat"
+                         else completion_logprobs(tok, [], None, rows, offset))
+                offset += len(text)
+            yield _chunk(kind, meta, text, logprobs=shown)
         yield _chunk(kind, meta, None, out.finish_reason)
         metrics.add("completion_tokens_total", out.tokens)
         if out.first_token_s is not None:
