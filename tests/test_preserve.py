@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,6 +125,31 @@ def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
         load_train_config(None, {"data": str(narrow_file), "preserve": "replya"})
     with pytest.raises(StropError, match="preserve_ratio"):
         load_train_config(None, {"data": str(narrow_file), "preserve_ratio": -0.5})
+    with pytest.raises(StropError, match="unknown preserve_select 'closest'"):
+        load_train_config(None, {"data": str(narrow_file), "preserve_select": "closest"})
+
+
+def test_nearest_prompts_are_those_like_the_tasks(tiny_model_dir, monkeypatch):
+    """nearest picks the general prompts closest to the task's own; random (the default) does not look at them."""
+    asked = ["Who built you?", "What is your name?", "Which company made you?", "Introduce yourself."]
+    ranked = preserve.nearest_first(preserve.prompts(), asked, seed=0)
+    assert sorted(ranked) == sorted(preserve.prompts())
+    from strop.models.embeddings import embed
+
+    def closeness(prompts):
+        a, b = embed(prompts), embed(asked)
+        a, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))
+        return (a @ b.T).max(1)
+
+    first, rest = closeness(ranked[:16]), closeness(ranked[16:])
+    assert first.min() >= rest.max() - 1e-6 and list(first) == sorted(first, reverse=True)
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": "x.jsonl", "preserve_select": "nearest"})
+    monkeypatch.setattr(preserve, "base_answers", lambda cfg, tok, wanted: ({p: "An answer." for p in wanted}, 0, 0.0))
+    convs, rec = preserve.replay_conversations(cfg, None, 10, "kl", asked)
+    assert rec["select"] == "nearest" and [c.messages[0].content for c in convs] == ranked[:16]
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": "x.jsonl"})
+    convs, rec = preserve.replay_conversations(cfg, None, 10, "kl", asked)
+    assert rec["select"] == "random" and [c.messages[0].content for c in convs] != ranked[:16]
 
 
 def test_answers_about_the_base_itself_are_left_out(tiny_model_dir, monkeypatch):

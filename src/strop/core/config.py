@@ -17,6 +17,7 @@ from .suggest import did_you_mean, unknown
 DEFAULT_MODEL = "smollm2-135m-instruct"
 REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
 PRESERVE = ("auto", "kl", "replay", "none")  # forgetting protection (train/preserve.py)
+PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/preserve.py)
 KL_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
 
 
@@ -128,10 +129,15 @@ class PreserveOptions:
     # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
     preserve_ratio: float = 0.0
     preserve_weight: float = 2.0  # kl: weight of the mean per-token KL(base || model) next to the task loss
+    # which general prompts: random = a seeded sample; nearest = those closest to the task's own prompts
+    # (where a narrow file's answers leak first; docs/quality.md has both measured)
+    preserve_select: str = "random"
 
     def check_preserve(self) -> None:
         if self.preserve not in PRESERVE:
             raise StropError(unknown("preserve", self.preserve, list(PRESERVE)))
+        if self.preserve_select not in PRESERVE_SELECT:
+            raise StropError(unknown("preserve_select", self.preserve_select, list(PRESERVE_SELECT)))
         if not 0 < self.preserve_weight <= 100:
             raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
         if not 0 <= self.preserve_ratio <= 4:

@@ -32,7 +32,16 @@ ones, where the replayed samples themselves get memorised.
 Either way the number of general conversations is the ratio times the
 training rows, at least ``MIN_ROWS`` and at most the prompts available, and
 the validation split stays task rows only, so eval loss still measures the
-task. docs/quality.md has the measurements behind these choices.
+task. Which prompts (``preserve_select``): by default a seeded sample
+(``random``); ``nearest`` takes the ones closest to the task's own prompts
+(cosine similarity of all-MiniLM-L6-v2 embeddings, each general prompt scored
+by its closest task prompt), which is where a narrow file's answers leak
+first: a persona file full of "Who made you?" teaches the model to introduce
+itself to "Who wrote Romeo and Juliet?", not to "Write a poem about autumn".
+docs/quality.md has the measurements behind these choices (on personas the
+project never trained on, ``nearest`` named the persona more often at the
+same forgetting; on the demo's file, which mixes general rows in, one
+held-out question less).
 """
 from __future__ import annotations
 
@@ -48,6 +57,7 @@ from pathlib import Path
 from ..methods.preserve import DEFAULT_RATIO, mode_for, ratio_for  # noqa: F401 (part of this module's interface)
 
 MIN_ROWS = 16
+NEAREST_SAMPLE = 2048  # task prompts embedded to rank the general ones: bounds the time on a large file
 MAX_NEW_TOKENS = 96
 # Answers are *sampled* at the base's own temperature, not greedy: training on samples from the
 # base pulls the model towards the base's whole distribution, while greedy answers (low-entropy,
@@ -130,8 +140,25 @@ def _generate(cfg, tok, todo: list[str]) -> dict[str, str]:
     return out
 
 
-def replay_conversations(cfg, tok, n_train: int, mode: str = "replay") -> tuple[list, dict]:
-    """The general conversations for a run with ``n_train`` task rows, and what was done (for the run record)."""
+def nearest_first(pool: list[str], asked: list[str], seed: int) -> list[str]:
+    """``pool`` ordered by each prompt's cosine similarity to its closest prompt in ``asked`` (all-MiniLM-L6-v2
+    embeddings), closest first; ties keep ``pool``'s order. A larger ``asked`` is sampled to NEAREST_SAMPLE
+    prompts (seeded), which bounds the embedding time."""
+    import numpy as np
+
+    from ..models.embeddings import embed
+
+    if len(asked) > NEAREST_SAMPLE:
+        asked = random.Random(seed).sample(asked, NEAREST_SAMPLE)
+    ours, theirs = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+                    for v in (embed(pool), embed(asked)))
+    closest = (ours @ theirs.T).max(1)
+    return [pool[i] for i in np.argsort(-closest, kind="stable")]
+
+
+def replay_conversations(cfg, tok, n_train: int, mode: str = "replay", asked: list[str] | None = None) -> tuple[list, dict]:
+    """The general conversations for a run with ``n_train`` task rows, and what was done (for the run record).
+    ``asked``: the task's own prompts, for ``preserve_select: nearest`` (without them the pick is random)."""
     from ..data.records import Conversation, Message
 
     pool = prompts()
@@ -139,6 +166,9 @@ def replay_conversations(cfg, tok, n_train: int, mode: str = "replay") -> tuple[
     ratio = ratio_for(cfg, mode)
     n = replay_count(n_train, ratio, len(pool))
     order = random.Random(cfg.seed).sample(pool, len(pool))
+    select = getattr(cfg, "preserve_select", "random") if asked else "random"
+    if select == "nearest":
+        order = nearest_first(order, asked, cfg.seed)
     convs, skipped, generated, seconds, taken = [], 0, 0, 0.0, 0
     while len(convs) < n and taken < len(order):
         # ask for a few spares, since answers about the base itself are left out
@@ -155,7 +185,7 @@ def replay_conversations(cfg, tok, n_train: int, mode: str = "replay") -> tuple[
                 continue
             convs.append(Conversation([Message("user", prompt), Message("assistant", answer)],
                                       source="strop:replay", line=line[prompt]))
-    record = {"mode": mode, "ratio": ratio, "task_rows": n_train, "replay_rows": len(convs),
+    record = {"mode": mode, "ratio": ratio, "select": select, "task_rows": n_train, "replay_rows": len(convs),
               "skipped_self_talk_or_empty": skipped, "generated_now": generated,
               "generation_s": round(seconds, 1), "prompts": "strop/preserve_data/general_prompts.jsonl"}
     return convs, record

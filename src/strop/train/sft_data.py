@@ -53,13 +53,13 @@ def prepare(cfg: TrainConfig, tok) -> Prepared:
     evalr = _tokenize(tok, eval_convs, cfg, report, "eval")
     if not train:
         raise StropError(f"{cfg.data}: no row has a trainable token after masking and truncation to max_length {cfg.max_length}")
-    mode, general = _general_rows(cfg, tok, len(train), report)
+    mode, general = _general_rows(cfg, tok, len(train), report, train_convs)
     if mode == "kl":
         return Prepared(train, evalr, report, anchors=general)
     return Prepared(train + general, evalr, report)
 
 
-def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict) -> tuple[str, list[dict]]:
+def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs: list) -> tuple[str, list[dict]]:
     """(mode, rows): the base model's own answers to general prompts (train/preserve.py), mixed into
     training (replay) or held apart as the rows on which the KL term keeps the model near the base (kl)."""
     from . import distributed
@@ -69,7 +69,8 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict) -> tuple[st
     report["preserve"] = {"mode": mode, "why": why}
     if mode == "none":
         return mode, []
-    convs, record = replay_conversations(cfg, tok, n_train, mode)
+    asked = [m.content for c in train_convs for m in c.messages if m.role == "user"]
+    convs, record = replay_conversations(cfg, tok, n_train, mode, asked)
     rows = _tokenize(tok, convs, cfg, report, "replay")
     report["preserve"] = record | {"why": why} | ({"weight": cfg.preserve_weight} if mode == "kl" else {})
     return mode, rows
