@@ -37,11 +37,12 @@ def test_training_lowers_loss(tiny_model_dir, chat_file, tmp_path, method):
     assert (run.final / weights).is_file()
 
 
-def test_run_directory_layout_and_early_stopping(tiny_model_dir, chat_file, tmp_path):
+def test_run_directory_layout_and_early_stopping(tiny_model_dir, chat_file, tmp_path, capsys):
     # A learning rate this high makes eval loss blow up, so patience 1 must stop early.
     run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", num_epochs=20, val_size=3, eval_steps=1,
                      early_stopping_patience=1, learning_rate=0.5, lr_scheduler_type="constant",
                      report_to="tensorboard"), progress=False)
+    assert "lowest loss on 3 validation rows" in capsys.readouterr().err  # keep_best on a few rows is fragile
     rows = run.read_metrics()
     evals = [r for r in rows if "eval_loss" in r]
     assert evals and max(r["step"] for r in rows) < 60  # 20 epochs x 3 steps would be 60
