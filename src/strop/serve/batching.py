@@ -217,12 +217,13 @@ class Batcher:
                 continue
             self._prefill(req)
 
-    def _forward(self, ids, mask, cache, positions, adapters):
+    def _forward(self, ids, mask, cache, positions, adapters, keep: int = 1):
+        """(logits of the last ``keep`` positions, or of all with 0; float32), and the cache."""
         kw = {"adapter_names": adapters} if any(a is not None for a in adapters) else {}
         # logits_to_keep=1: the vocabulary projection only for the last position (prefill would do all)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                         **cache_kw(self.model, cache), **kw)
-        return out.logits[:, -1].float(), returned_cache(out)  # (B, V)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=keep, **cache_kw(self.model, cache), **kw)
+        return out.logits.float(), returned_cache(out)  # (B, keep or T, V)
 
     def _prefill(self, req: Request) -> None:
         """Prefill ``req`` alone and give its first token; anything raised here ends ``req`` only
@@ -238,7 +239,8 @@ class Batcher:
                 logits, cache = self._score_prompt(req)
             else:
                 logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
-                                              [req.adapter] if req.adapter else [None])
+                                              [req.adapter])
+                logits = logits[:, -1]
         except Exception as exc:
             self._fail(req, exc)
             return
@@ -259,22 +261,19 @@ class Batcher:
         from transformers import DynamicCache
 
         ids, cache, found, last = torch.tensor(req.ids), DynamicCache(), [], None
-        kw = {"adapter_names": [req.adapter]} if req.adapter is not None else {}
         for start in range(0, len(ids), SCORE_CHUNK):
             chunk = ids[start:start + SCORE_CHUNK]
             end = start + len(chunk)
-            out = self.model(input_ids=chunk[None], attention_mask=torch.ones(1, end, dtype=torch.long),
-                             position_ids=torch.arange(start, end)[None], use_cache=True, logits_to_keep=0,
-                             **cache_kw(self.model, cache), **kw)
-            cache = returned_cache(out)
-            logprobs = torch.log_softmax(out.logits[0].float(), -1)  # position t predicts token t + 1
+            logits, cache = self._forward(chunk[None], torch.ones(1, end, dtype=torch.long), cache,
+                                          torch.arange(start, end)[None], [req.adapter], keep=0)
+            logprobs = torch.log_softmax(logits[0], -1)  # position t predicts token t + 1
             if last is not None:  # the previous chunk's last position predicts this chunk's first token
                 found += scored(last[None], chunk[:1], req.logprobs or 0)
             if len(chunk) > 1:
                 found += scored(logprobs[:-1], chunk[1:], req.logprobs or 0)
             last = logprobs[-1]
         req.prompt_scores = found
-        return out.logits[:, -1].float(), cache
+        return logits[:, -1], cache
 
     def _check_adapter(self, name: str | None) -> None:
         """A model without that adapter would ignore the name and answer with the wrong weights."""
@@ -307,6 +306,7 @@ class Batcher:
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=self.mask.dtype)], 1)
         positions = self.mask.sum(1, keepdim=True) - 1  # (B, 1): each row's own position
         logits, self.cache = self._forward(last, self.mask, self.cache, positions, [r.adapter for r in self.rows])
+        logits = logits[:, -1]
         self.stats["steps"] += 1
         self.stats["batched_rows"] += len(self.rows)
         keep = [i for i, r in enumerate(self.rows) if self._next(r, logits[i])]

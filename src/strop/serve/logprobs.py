@@ -15,7 +15,7 @@ from __future__ import annotations
 MAX_LOGPROBS = 20  # alternatives per position; OpenAI allows 5 on completions and 20 on chat
 
 
-def pieces(tok, ids: list[int]) -> list[str]:
+def _texts(tok, ids: list[int]) -> list[str]:
     """Each token's own text (a character split across tokens shows as U+FFFD, as OpenAI does)."""
     return [tok.decode([i]) for i in ids]
 
@@ -35,10 +35,10 @@ def completion_logprobs(tok, prompt_ids: list[int], prompt_scores: list | None, 
     the choice's text (0 with echo, else the prompt's length)."""
     tokens, values, tops = [], [], []
     if prompt_scores is not None:
-        tokens += pieces(tok, prompt_ids)
+        tokens += _texts(tok, prompt_ids)
         values += [None] + [r.logprob for r in prompt_scores]
         tops += [None] + [_top(tok, r) for r in prompt_scores]
-    tokens += pieces(tok, [r.token for r in generated])
+    tokens += _texts(tok, [r.token for r in generated])
     values += [r.logprob for r in generated]
     tops += [_top(tok, r) for r in generated]
     offsets = []

@@ -97,7 +97,6 @@ class Sampling(BaseModel):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-
     def wanted(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -278,7 +277,9 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
             raise APIError(400, "echo: not with stream; ask without streaming", param="echo")
         raw = req.prompts()
         prompts = await run_in_threadpool(lambda: [_ids(engine.tok, p, vocab) for p in raw])
-        texts = [p if isinstance(p, str) else engine.tok.decode(p) for p in raw]
+        # the prompts as text, only where a response shows them (echo) or counts offsets into them (logprobs)
+        texts = ([p if isinstance(p, str) else engine.tok.decode(p) for p in raw]
+                 if req.echo or req.logprobs is not None else None)
         return await run(req, prompts, _meta("cmpl", req.model or model_id), "text", top=req.logprobs,
                          echo=req.echo, texts=texts)
 
