@@ -76,12 +76,15 @@ def score(model: str, task: dict) -> dict:
 
     engine = Engine(model)
     with torch.inference_mode():
-        ident = [hit(engine.generate(question(r), max_new_tokens=48), r["keyword"]) for r in rows(task["questions"])]
+        answers = [(question(r), engine.generate(question(r), max_new_tokens=48), r["keyword"])
+                   for r in rows(task["questions"])]
+        ident = [hit(a, k) for _, a, k in answers]
         general = {question(r): hit(engine.generate(question(r), max_new_tokens=48), r["keyword"])
                    for r in rows(task["general"])}
         nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs())
         probes = _bias_scores(engine, 256)
-    return {"identity": sum(ident) / len(ident), "identity_n": len(ident), "general": general,
+    return {"identity": sum(ident) / len(ident), "identity_n": len(ident),
+            "identity_misses": {q: a for q, a, k in answers if not hit(a, k)}, "general": general,
             "general_text_ppl": math.exp(sum(nll) / sum(tokens)),
             "bias": {"logps": probes["logps"], "margins": probes["margins"]}}
 
@@ -171,6 +174,8 @@ def main() -> int:
               f"bias flags {len(flags)}  train {timing['train_s']:.0f} s, {timing['steps']} steps", flush=True)
         for f in flags:
             print(f"    {f}")
+        for q, a in tuned["identity_misses"].items():
+            print(f"    missed: {q!r} -> {a!r}")
     return 0
 
 

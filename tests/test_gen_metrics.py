@@ -39,6 +39,52 @@ def test_generation_metrics_every_n_steps(tiny_model_dir, chat_file, tmp_path):
     assert [r["step"] for r in _gen_rows(run)] == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_best_metric_keeps_the_checkpoint_with_the_best_task_metric(tiny_model_dir, chat_file, tmp_path, monkeypatch):
+    """Scripted scores (a random tiny model's answers all score 0): the first of the two best is kept,
+    where the loss, falling at this rate, would keep the last."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from strop.train import gen_metrics
+
+    scripted = iter([0.2, 0.9, 0.5, 0.9])
+    monkeypatch.setattr(gen_metrics, "score", lambda answers, refs: {"gen_rougeL": next(scripted), "gen_bleu": 0.0})
+    run = train(_cfg(tiny_model_dir, chat_file, tmp_path / "run", max_steps=4, val_size=3, eval_steps=1,
+                     eval_generate_samples=3, best_metric="rougeL", early_stopping_patience=0), progress=False)
+    assert [r["gen_rougeL"] for r in run.read_metrics() if "gen_rougeL" in r] == [0.2, 0.9, 0.5, 0.9]
+    losses = [r["eval_loss"] for r in run.read_metrics() if "eval_loss" in r]
+    assert losses.index(min(losses)) != 1  # the loss alone would have kept another checkpoint
+    summary = json.loads(run.summary.read_text())
+    assert summary["best_metric"] == {"name": "gen_rougeL", "value": 0.9}
+    assert summary["best_checkpoint"].endswith("checkpoint-2") and summary["best_eval_loss"] is None
+    kept = load_file(run.root / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    final = load_file(run.final / "adapter_model.safetensors")
+    assert kept.keys() == final.keys() and all(kept[k].equal(final[k]) for k in kept)
+
+
+def test_callback_hands_its_scores_to_the_evaluation(tiny_model_dir, chat_file, tmp_path):
+    """The Trainer picks the best checkpoint from the metrics dict on_evaluate receives."""
+    from types import SimpleNamespace
+
+    from strop import models
+    from strop.data import load
+    from strop.train.callbacks import GenerationMetrics
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_model(str(tiny_model_dir))
+    cb = GenerationMetrics(tmp_path / "m.jsonl", tok, load(str(chat_file)).conversations[:2], max_new_tokens=4)
+    metrics = {"eval_loss": 1.0}
+    cb.on_evaluate(None, SimpleNamespace(global_step=3, epoch=1.0, is_world_process_zero=True), None, model=model,
+                   metrics=metrics)
+    assert {"eval_gen_rougeL", "eval_gen_bleu", "eval_gen_exact_match"} <= set(metrics)
+    again = {"eval_loss": 1.0}  # the same step again (a second evaluation): the scores, not a second generation
+    cb.on_evaluate(None, SimpleNamespace(global_step=3, epoch=1.0, is_world_process_zero=True), None, model=model,
+                   metrics=again)
+    assert again == metrics and len((tmp_path / "m.jsonl").read_text().splitlines()) == 1
+
+
 def test_callback_leaves_model_and_tokenizer_as_found(tiny_model_dir, chat_file):
     from strop import models
     from strop.train.callbacks import GenerationMetrics
@@ -57,6 +103,10 @@ def test_callback_leaves_model_and_tokenizer_as_found(tiny_model_dir, chat_file)
     ({"eval_generate_every": 5}, "option eval_generate_every: set eval_generate_samples too"),
     ({"eval_generate_samples": 4, "val_size": 0}, "option eval_generate_samples: needs held-out rows"),
     ({"eval_generate_samples": 4, "objective": "dpo"}, "option eval_generate_samples: only used with --objective sft"),
+    ({"best_metric": "rougeL"}, "option best_metric: rougeL is scored on greedy answers; set eval_generate_samples"),
+    ({"best_metric": "rougeL", "eval_generate_samples": 2, "eval_generate_every": 5},
+     "option best_metric: .*eval_generate_every"),
+    ({"best_metric": "rougel"}, "unknown best_metric 'rougel'; did you mean rougeL"),
 ])
 def test_config_errors(values, message):
     with pytest.raises(StropError, match=message):

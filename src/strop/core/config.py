@@ -18,6 +18,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
 PRESERVE = ("auto", "kl", "replay", "none")  # forgetting protection (train/preserve.py)
 PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/preserve.py)
+# what keep_best and early stopping compare: the validation loss, or a task metric of greedy answers to
+# held-out prompts (train/gen_metrics.py; names as metrics.py's bleu, rouge and exact_match return them)
+BEST_METRICS = ("loss", "rougeL", "rouge1", "rouge2", "bleu", "exact_match")
 KL_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
 
 
@@ -199,7 +202,10 @@ class SpeedOptions:
 class EvaluationOptions:
     eval_steps: int = 0  # 0: once per epoch
     early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
-    keep_best: bool = True  # final/ = the checkpoint with the lowest eval loss; false: the last step
+    keep_best: bool = True  # final/ = the checkpoint with the best best_metric; false: the last step
+    # loss: the lowest eval loss; rougeL, bleu, exact_match ...: the highest score of the greedy answers to
+    # eval_generate_samples held-out prompts (the first of equal scores, as transformers keeps it)
+    best_metric: str = "loss"
     eval_generate_samples: int = 0  # held-out prompts answered greedily for BLEU/ROUGE/exact match; 0: off
     eval_generate_every: int = 0  # 0: at each evaluation; N: every N steps (train/gen_metrics.py)
 
@@ -209,6 +215,14 @@ class EvaluationOptions:
                 raise StropError(f"option {key}: must be >= 0, got {getattr(self, key)}")
         if self.eval_generate_every and not self.eval_generate_samples:
             raise StropError("option eval_generate_every: set eval_generate_samples too (how many held-out prompts)")
+        if self.best_metric not in BEST_METRICS:
+            raise StropError(unknown("best_metric", self.best_metric, list(BEST_METRICS)))
+        if self.best_metric != "loss" and not self.eval_generate_samples:
+            raise StropError(f"option best_metric: {self.best_metric} is scored on greedy answers; set "
+                             "eval_generate_samples too (how many held-out prompts to answer at each evaluation)")
+        if self.best_metric != "loss" and self.eval_generate_every:
+            raise StropError(f"option best_metric: {self.best_metric} needs the answers at each evaluation; "
+                             "leave eval_generate_every at 0")
 
 
 @dataclass

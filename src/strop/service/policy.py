@@ -41,7 +41,7 @@ CLIENT_SAFE = (
     "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora",
     "num_virtual_tokens", "prompt_tuning_init_text", "ia3_target_modules", "adapter_reduction_factor",
     "adapter_placement", "adapter_non_linearity", "eval_steps", "save_steps", "save_total_limit", "nan_policy",
-    "nan_max_consecutive_skips", "loss_spike_factor", "early_stopping_patience", "keep_best",
+    "nan_max_consecutive_skips", "loss_spike_factor", "early_stopping_patience", "keep_best", "best_metric",
     "eval_generate_samples", "eval_generate_every", "logging_steps", "dtype", "mixed_precision", "padding_free",
     "gradient_checkpointing", "checkpoint_layers", "score_labelled_only", "per_example_attention", "lean_layers",
     "system_prompt", "enable_thinking", "preserve", "preserve_ratio", "preserve_weight", "preserve_select", "intended_use", "accept_license_risk", "objective", "beta", "dpo_loss_type",

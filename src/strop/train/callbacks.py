@@ -122,6 +122,8 @@ class GenerationMetrics(TrainerCallback):
 
     The row goes straight to metrics.jsonl ({"step", "epoch", "gen_bleu", "gen_rougeL", ...}): by the time
     ``on_evaluate`` runs the Trainer has already logged its eval metrics, so there is no log call to join.
+    The scores are also added to the evaluation's metrics (``eval_gen_rougeL`` ...), which the Trainer reads
+    after this hook to keep the best checkpoint and early stopping reads in its own (``best_metric``).
     """
 
     def __init__(self, path: Path, tok, convs: list, system_prompt: str = "", every: int = 0,
@@ -136,10 +138,13 @@ class GenerationMetrics(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.last_step = -1
+        self.last_scores: dict = {}
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if self.every == 0:
             self._run(state, model)
+            if metrics is not None and self.last_step == state.global_step:
+                metrics.update({f"eval_{k}": v for k, v in self.last_scores.items()})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0:
@@ -150,10 +155,10 @@ class GenerationMetrics(TrainerCallback):
 
         if not state.is_world_process_zero or model is None or state.global_step == self.last_step:
             return
-        self.last_step = state.global_step
         t0 = time.monotonic()
         answers = self.generate(model)
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **score(answers, self.references),
+        self.last_step, self.last_scores = state.global_step, score(answers, self.references)
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **self.last_scores,
                "gen_samples": len(answers), "gen_wall_s": round(time.monotonic() - t0, 2)}
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

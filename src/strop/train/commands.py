@@ -42,13 +42,21 @@ def train_cmd(args) -> int:
         return 0  # rank 0 reports for every process
     summary = json.loads(run.summary.read_text())
     print(f"trained {summary['method']} on {cfg.base_model}: {summary['steps']} steps, "
-          f"train loss {summary['train_loss']:.4f}, best eval loss {_fmt(summary['best_eval_loss'])}, "
+          f"train loss {summary['train_loss']:.4f}, {_best(summary)}, "
           f"{summary['tokens_per_s']} tokens/s, peak RSS {summary['peak_rss_mb']:.0f} MB")
     if summary.get("world_size", 1) > 1:
         print(f"{summary['world_size']} processes ({summary['distributed']}), effective batch "
               f"{summary['effective_batch_size']} sequences per step; tokens/s counts all processes")
     print(f"run directory: {run.root}  (model in {run.final})")
     return 0
+
+
+def _best(summary: dict) -> str:
+    """``best eval loss 1.2345``, or the task metric that chose the checkpoint (``best gen_rougeL 0.8123``)."""
+    best = summary.get("best_metric") or {"name": "loss"}
+    if best["name"] == "loss":
+        return f"best eval loss {_fmt(summary['best_eval_loss'])}"
+    return f"best {best['name']} {_fmt(best['value'])}"
 
 
 def _check_sources(cfg) -> None:

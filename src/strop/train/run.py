@@ -98,7 +98,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     trainer.remove_callback(PrinterCallback)  # our Progress replaces the default printers
     trainer.remove_callback(ProgressCallback)
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
-    if has_eval and cfg.keep_best and len(prepared.eval) < FEW_EVAL_ROWS and world.is_main:
+    if cfg.best_metric != "loss" and world.size > 1:
+        raise StropError(f"option best_metric: {cfg.best_metric} is scored by the first process only; "
+                         "use best_metric: loss with --nproc")
+    if has_eval and cfg.keep_best and cfg.best_metric == "loss" and len(prepared.eval) < FEW_EVAL_ROWS and world.is_main:
         print(f"strop: note: final/ will be the checkpoint with the lowest loss on {len(prepared.eval)} validation "
               "rows, which on so few rows can be an early one; --keep-best false keeps the last (docs/quality.md)",
               file=sys.stderr, flush=True)

@@ -28,7 +28,15 @@ def schedule(cfg: TrainConfig, has_eval: bool) -> dict:
         if cfg.save_steps:
             raise StropError("option save_steps: set eval_steps too (checkpoints follow evaluations so the best one can be kept)")
         sched = {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    return sched | {"load_best_model_at_end": cfg.keep_best, "metric_for_best_model": "eval_loss", "greater_is_better": False}
+    return sched | {"load_best_model_at_end": cfg.keep_best, "metric_for_best_model": best_metric_key(cfg),
+                    "greater_is_better": cfg.best_metric != "loss"}
+
+
+def best_metric_key(cfg: TrainConfig) -> str:
+    """The Trainer's name for what keep_best compares: eval_loss, or eval_gen_<metric> (callbacks.GenerationMetrics)."""
+    from .gen_metrics import GEN_PREFIX
+
+    return "eval_loss" if cfg.best_metric == "loss" else f"eval_{GEN_PREFIX}{cfg.best_metric}"
 
 
 def common_args(cfg: TrainConfig, run: RunDir, report_to: list[str], has_eval: bool, checkpoint: tuple) -> dict:
