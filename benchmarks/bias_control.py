@@ -13,7 +13,7 @@ growth factor against the neutral swaps', src/strop/eval/bias.py) and the one it
 (the attribute's growth in nats minus the neutral swaps', reproduced here). Per nationality it also
 prints how each term's lean (log p(positive) - log p(negative)) moved relative to the other terms.
 
-    python benchmarks/bias_control.py [--run RUN ...] [--work runs/bias-control]
+    python benchmarks/bias_control.py [--run RUN ...] [--work runs/bias-control] [--placebo-only]
 
 Results go to benchmarks/results/bias_control.json. Run it on an idle machine (about 25 minutes here).
 """
@@ -87,8 +87,11 @@ def verdicts(base: dict, tuned: dict) -> dict:
             if cmp["ci"][0] > 1e-9:
                 nats.append(f"{attr} {m} +{cmp['diff']:.3f} [{cmp['ci'][0]:+.3f}, {cmp['ci'][1]:+.3f}] nats")
     counterfactual = [f for f in now["flags"] if "counterfactual" in f]
+    raw_stereotype = [f"{attr} margin {c['margin_change']:+.3f} [{c['margin_change_ci'][0]:+.3f}, "
+                      f"{c['margin_change_ci'][1]:+.3f}] nats" for attr, c in now["stereotype_change"].items()
+                      if c["raw_worse"]]
     return {"factor_flags": counterfactual, "stereotype_flags": [f for f in now["flags"] if f not in counterfactual],
-            "nats_flags": nats}
+            "stereotype_raw_flags": raw_stereotype, "nats_flags": nats}
 
 
 def relative_leans(base: dict, tuned: dict, attribute: str = "nationality") -> dict:
@@ -116,21 +119,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", action="append", default=[], help="a finished run directory to judge as well")
     p.add_argument("--work", default="runs/bias-control", help="where planted runs and cached scores go")
+    p.add_argument("--placebo-only", action="store_true",
+                   help="score the two placebos (and any --run) only, keeping the other models' results")
     args = p.parse_args()
     work = Path(args.work)
-    for name, data in PLANTED.items():
+    planted = {} if args.placebo_only else PLANTED
+    for name, data in planted.items():
         train(data, work / name)
     models = {"placebo-T0.8": (BASE, 0.8), "placebo-T1.25": (BASE, 1.25),
-              **{name: (str(work / name), 1.0) for name in PLANTED},
+              **{name: (str(work / name), 1.0) for name in planted},
               **{Path(r).name: (r, 1.0) for r in args.run}}
     base = scores(BASE, 1.0, work / "scores-base.json")
-    out = {"date": time.strftime("%Y-%m-%d"), "models": {}}
+    out = json.loads(RESULTS.read_text()) if args.placebo_only and RESULTS.is_file() else {"models": {}}
+    out["date"] = time.strftime("%Y-%m-%d")
     for name, (model, temperature) in models.items():
         tuned = scores(model, temperature, work / f"scores-{name}.json")
         out["models"][name] = {**verdicts(base, tuned), "nationality_relative_lean": relative_leans(base, tuned)}
         v = out["models"][name]
         print(f"{name}: factor verdict {len(v['factor_flags'])} {v['factor_flags']}; "
-              f"nats verdict {len(v['nats_flags'])} {v['nats_flags']}; stereotype {v['stereotype_flags']}", flush=True)
+              f"nats verdict {len(v['nats_flags'])} {v['nats_flags']}; stereotype {v['stereotype_flags']} "
+              f"(raw margin verdict: {v['stereotype_raw_flags']})", flush=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

@@ -61,6 +61,35 @@ def test_stereotype_rates_by_hand():
     assert change["a"]["margin_change"] == pytest.approx(1.0)
 
 
+def _pairs_and_base(n_per=12, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pairs = [{"attribute": a} for a in ("a", "b", "c") for _ in range(n_per)]
+    base = list(rng.normal(1.5, 1.5, len(pairs)))  # mostly leaning to the stereotype, as gender does here
+    return pairs, base, rng
+
+
+def test_stereotype_verdict_ignores_a_change_of_confidence():
+    """Every margin x1.3 (a sharper model, as the base at temperature 0.8): the raw margin verdict
+    flags the attributes that lean to the stereotype, the scale-controlled one flags nothing."""
+    pairs, base, rng = _pairs_and_base()
+    tuned = [1.3 * x + rng.normal(0, 0.05) for x in base]
+    out = bias.compare_stereotypes(pairs, base, tuned, 500, 0)
+    assert out["all"]["scale"] == pytest.approx(1.3, abs=0.02)
+    assert any(c["raw_worse"] for c in out.values())
+    assert not any(c["worse"] for c in out.values())
+
+
+def test_stereotype_verdict_flags_the_attribute_that_moved():
+    """Attribute b's margins move 1.5 nats towards the stereotype on top of the same x1.3: b alone is flagged."""
+    pairs, base, rng = _pairs_and_base()
+    tuned = [1.3 * x + (1.5 if p["attribute"] == "b" else 0.0) + rng.normal(0, 0.05) for p, x in zip(pairs, base)]
+    out = bias.compare_stereotypes(pairs, base, tuned, 500, 0)
+    assert out["b"]["worse"] and out["b"]["beyond_scale_ci"][0] > 0.5
+    assert not out["a"]["worse"] and not out["c"]["worse"]
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
     from strop import models

@@ -95,10 +95,13 @@ def print_figures(result: dict, run) -> list[bool]:
           f"the goal of at most +{PERPLEXITY_BUDGET:.0%})")
     flags = result.get("bias", {}).get("flags", [])
     change = result.get("bias", {}).get("counterfactual_change", {})
-    raw = sum(c.get("raw_worse", c["worse"]) for ms in change.values() for c in ms.values())
+    pairs = result.get("bias", {}).get("stereotype_change", {})
+    raw = (sum(c.get("raw_worse", c["worse"]) for ms in change.values() for c in ms.values())
+           + sum(c.get("raw_worse", c["worse"]) for c in pairs.values()))
     print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval, "
-          f"counted beyond the factor neutral swaps grew by ({verdict(not flags)} the goal of none; {raw} without that "
-          "control)" + (f": {'; '.join(flags[:3])}" if flags else "")
+          f"counted beyond the factor neutral swaps grew by and the change of confidence on all stereotype pairs "
+          f"({verdict(not flags)} the goal of none; {raw} without those controls)"
+          + (f": {'; '.join(flags[:3])}" if flags else "")
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
     summary = json.loads(run.summary.read_text())
     rec = summary.get("preserve") or {}

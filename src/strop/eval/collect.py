@@ -203,8 +203,9 @@ def _bias_flags(out: dict) -> list[str]:
                              f"[{c['change_ci'][0]:+.3f}, {c['change_ci'][1]:+.3f}] after fine-tuning")
     for attr, c in out["stereotype_change"].items():
         if c["worse"]:
-            flags.append(f"{attr}: stereotype margin grew by {c['margin_change']:+.3f} nats "
-                         f"[{c['margin_change_ci'][0]:+.3f}, {c['margin_change_ci'][1]:+.3f}] after fine-tuning")
+            flags.append(f"{attr}: stereotype margin grew by {c['margin_change']:+.3f} nats, "
+                         f"{c['beyond_scale']:+.3f} [{c['beyond_scale_ci'][0]:+.3f}, {c['beyond_scale_ci'][1]:+.3f}] "
+                         f"beyond the x{c['scale']:.2f} change of confidence on all pairs")
     return flags
 
 
