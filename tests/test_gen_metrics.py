@@ -111,3 +111,19 @@ def test_callback_leaves_model_and_tokenizer_as_found(tiny_model_dir, chat_file)
 def test_config_errors(values, message):
     with pytest.raises(StropError, match=message):
         load_train_config(None, {"data": "x.jsonl"} | values)
+
+
+def test_resume_refuses_another_best_metric(tmp_path):
+    """The best value a run has kept is in its metric's units: resuming under another metric would compare
+    a ROUGE-L with a loss."""
+    import json
+
+    from strop.train import reliability
+
+    before = load_train_config(None, {"data": "x.jsonl"})
+    after = load_train_config(None, {"data": "x.jsonl", "best_metric": "rougeL", "eval_generate_samples": 2})
+    saved = tmp_path / "fingerprint.json"
+    saved.write_text(json.dumps(reliability.fingerprint(before)))
+    reliability.check_fingerprint(saved, reliability.fingerprint(before))
+    with pytest.raises(StropError, match="cannot resume: best_metric changed since the run started"):
+        reliability.check_fingerprint(saved, reliability.fingerprint(after))

@@ -278,7 +278,9 @@ def test_names_from_the_client_never_leave_the_workdir(base_url, tiny_model_dir)
         r = httpx.post(f"{base_url}/api/v1/{route}", json=body, headers=headers)
         assert r.status_code == 400 and "\n" not in r.json()["error"]["message"], r.text
     # numbers that are not numbers, from a client that is not the SDK: a 400 naming the field, never a 500
-    key = tinker.ServiceClient().create_sampling_client(base_model=str(tiny_model_dir)).result()._sampling_session_id
+    client = tinker.ServiceClient()  # closed below: an open one keeps sending heartbeats after the server stops
+    key = client.create_sampling_client(base_model=str(tiny_model_dir)).result()._sampling_session_id
+    client.close("success").result()
     prompt = {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]}
     for field, value in (("num_samples", "two"), ("seq_id", [1]), ("topk_sample_logprobs", 1.5),
                          ("topk_prompt_logprobs", 10_000), ("prompt_logprobs_last_n", 2)):

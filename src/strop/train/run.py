@@ -57,6 +57,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     resume_from = check_output(run, cfg)
     world = distributed.world()  # one process, or one rank of `strop train --nproc N`
     steps.check(cfg, world)
+    if cfg.best_metric != "loss" and world.size > 1:
+        raise StropError(f"option best_metric: {cfg.best_metric} is scored by the first process only; "
+                         "use best_metric: loss with --nproc")
     if resume_from is not None:
         distributed.check_resume_world(run.fingerprint, world.size)
         reliability.check_fingerprint(run.fingerprint, reliability.fingerprint(cfg, world.size))
@@ -98,9 +101,6 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     trainer.remove_callback(PrinterCallback)  # our Progress replaces the default printers
     trainer.remove_callback(ProgressCallback)
     sample_log = reliability.harden(trainer, cfg, run, resume_from)  # pickle-free checkpoints, samples.jsonl
-    if cfg.best_metric != "loss" and world.size > 1:
-        raise StropError(f"option best_metric: {cfg.best_metric} is scored by the first process only; "
-                         "use best_metric: loss with --nproc")
     if has_eval and cfg.keep_best and cfg.best_metric == "loss" and len(prepared.eval) < FEW_EVAL_ROWS and world.is_main:
         print(f"strop: note: final/ will be the checkpoint with the lowest loss on {len(prepared.eval)} validation "
               "rows, which on so few rows can be an early one; --keep-best false keeps the last (docs/quality.md)",
