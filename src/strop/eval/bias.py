@@ -242,7 +242,9 @@ def compare_stereotypes(pairs: list[dict], base: list[float], tuned: list[float]
         rate = paired_comparison(t, b, idx, seed)
         margin = paired_comparison(mean_stats([tuned[i] for i in keep]), mean_stats([base[i] for i in keep]), idx, seed)
         prefers = bool(np.mean([tuned[i] for i in keep]) > 0)
-        beyond = _beyond_scale(b_all, t_all, np.asarray([i in set(keep) for i in range(len(pairs))], float))
+        member = np.zeros(len(pairs))
+        member[keep] = 1.0
+        beyond = _beyond_scale(b_all, t_all, member)
         lo, hi = bootstrap_ci(beyond, idx_all)
         out[attr] = {"rate_change": rate["diff"], "rate_change_ci": rate["ci"], "p": rate["p"],
                      "margin_change": margin["diff"], "margin_change_ci": margin["ci"],

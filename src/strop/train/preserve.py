@@ -150,9 +150,7 @@ def nearest_first(pool: list[str], asked: list[str], seed: int) -> list[str]:
 
     if len(asked) > NEAREST_SAMPLE:
         asked = random.Random(seed).sample(asked, NEAREST_SAMPLE)
-    ours, theirs = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-                    for v in (embed(pool), embed(asked)))
-    closest = (ours @ theirs.T).max(1)
+    closest = (embed(pool) @ embed(asked).T).max(axis=1)  # embed's vectors are unit-length: dot = cosine
     return [pool[i] for i in np.argsort(-closest, kind="stable")]
 
 

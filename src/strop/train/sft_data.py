@@ -69,7 +69,8 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs
     report["preserve"] = {"mode": mode, "why": why}
     if mode == "none":
         return mode, []
-    asked = [m.content for c in train_convs for m in c.messages if m.role == "user"]
+    asked = ([m.content for c in train_convs for m in c.messages if m.role == "user"]
+             if cfg.preserve_select == "nearest" else None)  # only the nearest pick reads the task's prompts
     convs, record = replay_conversations(cfg, tok, n_train, mode, asked)
     rows = _tokenize(tok, convs, cfg, report, "replay")
     report["preserve"] = record | {"why": why} | ({"weight": cfg.preserve_weight} if mode == "kl" else {})
