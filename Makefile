@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EDITABLE ?= 1
 INSTALL := $(if $(filter 1,$(EDITABLE)),-e ".[test]",".[test]")
 
-.PHONY: venv demo test test-fast test-slow test-interop test-tinker-cookbook test-lm-eval clean browser
+.PHONY: venv demo test test-fast test-slow test-durations test-interop test-tinker-cookbook test-lm-eval clean browser
 
 venv: $(STAMP)
 
@@ -30,15 +30,19 @@ demo: venv
 	$(VENV)/bin/strop demo
 
 # Two pytest workers (pytest-xdist), one CPU thread each (tests/conftest.py); a file's tests stay
-# on one worker, so its fixtures are built once. TEST_WORKERS=0 runs everything in this process.
+# on one worker, so its fixtures are built once, and the longest files are handed out first
+# (tests/durations.json; make test-durations rewrites it). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: venv browser
 	$(PY) -m pytest -q $(XDIST) --durations=10 -m "not interop"
 
 test-fast: venv  # the tests under 2 s each
 	$(PY) -m pytest -q $(XDIST) -m "not slow and not interop"
+
+test-durations: venv browser  # a whole run that rewrites tests/durations.json (commit the change)
+	$(PY) -m pytest -q $(XDIST) -m "not interop" --record-durations
 
 test-slow: venv
 	$(PY) -m pytest -q $(XDIST) -m "slow and not interop"

@@ -23,6 +23,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Seconds each test file took in a whole `make test` run (`make test-durations` rewrites it). `make test`
+# hands whole files to its two workers in collection order, so the longest files go first: left to
+# pytest-xdist's own order (most tests first) the 140-second real-model file started near the end and
+# one worker idled for a minute and more while the other finished it.
+DURATIONS = Path(__file__).parent / "durations.json"
 PEER = FIXTURES / "peer"  # LLaMA-Factory's data files, Apache-2.0 (fixtures/peer/README.md)
 DEMO_DATA = ROOT / "src" / "strop" / "demo_data"
 
@@ -141,3 +146,38 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 def strop_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "strop", *args]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-durations", action="store_true",
+                     help="put each test file's seconds into tests/durations.json at the end (make test-durations)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (tests/durations.json), each file's tests in their own order; files the
+    table does not know yet go last."""
+    try:
+        seconds = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+
+
+_file_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _file_seconds[report.nodeid.split("::")[0]] = _file_seconds.get(report.nodeid.split("::")[0], 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if not config.getoption("--record-durations") or hasattr(config, "workerinput") or exitstatus != 0:
+        return  # the controller writes once, and only after a whole run that passed
+    try:  # the files this run did not reach keep their entries
+        table = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        table = {}
+    table.update({name: round(t, 1) for name, t in _file_seconds.items()})
+    table = dict(sorted(table.items(), key=lambda kv: -kv[1]))
+    DURATIONS.write_text(json.dumps(table, indent=1) + "\n")

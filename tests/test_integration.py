@@ -46,7 +46,7 @@ def test_persona_finetune_on_unseen_file(tmp_path):
 
     m = load(str(out))
     questions = [json.loads(l) for l in (FIXTURES / "persona_unseen_questions.jsonl").read_text().splitlines()]
-    answers = [m.generate(q["prompt"], max_new_tokens=40) for q in questions]
+    answers = m.generate_batch([[{"role": "user", "content": q["prompt"]}] for q in questions], max_new_tokens=40)
     hits = sum("tilda" in a.lower() for a in answers)
     assert hits >= 0.9 * len(questions), answers
     assert "paris" in m.generate("What is the capital of France?", max_new_tokens=20).lower()

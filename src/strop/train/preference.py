@@ -7,7 +7,6 @@ the adapter off) and an explicit frozen copy for full fine-tuning.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -192,7 +191,13 @@ def build(cfg: TrainConfig, common: dict, data: dict, tok, callbacks: list, prep
 
 
 def speedups(cfg: TrainConfig, trainer):
-    return contextlib.nullcontext()  # the lean path patches SFT's forward; TRL's trainers run their own
+    """The one lever of docs/performance.md that reaches TRL's preference trainers: DPO, KTO, GRPO and RLOO
+    compute their log-probabilities through TRL's fused LM head, as SFT does, so on a CPU it scores only the
+    completion positions (``score_labelled_only``). The lean layers and per-example attention patch SFT's own
+    forward and batches; these trainers run theirs."""
+    from ..patches.lm_head import labelled_positions_only
+
+    return labelled_positions_only(cfg.score_labelled_only)
 
 
 def summary(cfg: TrainConfig, run: RunDir, trainer, figures: dict, wall: float, prepared: Prepared) -> dict:
