@@ -66,3 +66,36 @@ def test_the_lean_layers_and_attention_patches_restore_the_model(tiny_model_dir)
         assert any(m.forward != forwards[name] for name, m in model.named_modules())
     assert all(m.forward == forwards[name] for name, m in model.named_modules())
     assert model.config._attn_implementation == implementation
+
+
+def test_gguf_loads_in_one_block_share_one_parse_of_each_file(tmp_path):
+    """transformers' load_gguf_checkpoint imports gguf.GGUFReader at each call: inside the block the
+    second load of a file gets the first one's reader; a writable reader, another file, or a load
+    after the block gets its own."""
+    import gguf
+    import numpy as np
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from strop.patches.gguf_reader import one_parse_per_file
+
+    paths = []
+    for name in ("a", "b"):
+        writer = gguf.GGUFWriter(str(tmp_path / f"{name}.gguf"), "llama")
+        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+        for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file):
+            write()
+        writer.close()
+        paths.append(str(tmp_path / f"{name}.gguf"))
+    original = gguf.GGUFReader
+    with one_parse_per_file() as readers:
+        for _ in range(2):
+            try:
+                load_gguf_checkpoint(paths[0], return_tensors=False)
+            except Exception:  # a two-field file is no model; its header was parsed all the same
+                pass
+        assert len(readers) == 1
+        first = gguf.GGUFReader(paths[0])
+        assert gguf.GGUFReader(paths[0]) is first and first.fields["general.architecture"]
+        assert gguf.GGUFReader(paths[1]) is not first and len(readers) == 2
+        assert gguf.GGUFReader(paths[0], "r+") is not first
+    assert gguf.GGUFReader is original and not readers

@@ -54,8 +54,10 @@ def _load_back(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers import modeling_gguf_pytorch_utils as reader
 
+    from ..patches.gguf_reader import one_parse_per_file
+
     # its per-tensor progress bar would bury a failed export's one-line message on stderr
-    with mock.patch.object(reader, "tqdm", partial(tqdm, disable=True)):
+    with mock.patch.object(reader, "tqdm", partial(tqdm, disable=True)), one_parse_per_file():
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     return model, tok

@@ -178,8 +178,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    from ..patches.gguf_reader import one_parse_per_file
+
+    with one_parse_per_file():  # the tokenizer, the config and the model read one parse of the header
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     fix_special_tokens(tok, model)
     # A GGUF-loaded model carries a quantizer marker that makes save_pretrained
     # refuse; the weights are already dequantized, so the marker is stale.

@@ -3,9 +3,10 @@
 - ``fused.lean_layers(model)``: LoRA linears, SwiGLU MLPs and RMSNorms keep fewer tensors for backward;
 - ``varlen.per_example_attention(model)``: padding-free rows attend within their own example;
 - ``lm_head.labelled_positions_only()``: TRL's LM head scores only labelled positions, in CPU-sized tiles;
-- ``checkpoints.install(trainer)``: the Trainer's persistence methods write safetensors + JSON, never pickles.
+- ``checkpoints.install(trainer)``: the Trainer's persistence methods write safetensors + JSON, never pickles;
+- ``gguf_reader.one_parse_per_file()``: a GGUF load's config, model and tokenizer share one parse of the header.
 
-The first three change a model or a module for the length of a ``with`` block and put back what
+The first three and the last change a model, a module or a package attribute for the length of a ``with`` block and put back what
 they found. ``checkpoints.install`` replaces methods on one trainer instance, for that trainer's
 life (its checkpoints are written and read inside ``train()`` and by the final save).
 ``inventory.INVENTORY`` lists each private name these patches and strop's other modules touch;

@@ -50,6 +50,11 @@ INVENTORY = (
     Touched("transformers.models.qwen2.modeling_qwen2:Qwen2RMSNorm.forward", "patches.fused", ("self", "hidden_states")),
     Touched("transformers.models.qwen3.modeling_qwen3:Qwen3MLP.forward", "patches.fused", ("self", "x")),
     Touched("transformers.models.qwen3.modeling_qwen3:Qwen3RMSNorm.forward", "patches.fused", ("self", "hidden_states")),
+    # GGUF loads share one parse of the file's header (patches/gguf_reader.py): transformers imports the
+    # reader from gguf inside load_gguf_checkpoint at each call
+    Touched("gguf:GGUFReader", "patches.gguf_reader", ("path", "mode")),
+    Touched("transformers.modeling_gguf_pytorch_utils:load_gguf_checkpoint", "patches.gguf_reader",
+            ("gguf_checkpoint_path",)),
     # the chat-template sandbox renders the way transformers does (models/templates.py)
     Touched("transformers.utils.chat_template_utils:_compile_jinja_template", "models.templates", ("chat_template",)),
     Touched("transformers.utils.chat_template_utils:_normalize_chat_messages", "models.templates"),
