@@ -211,3 +211,18 @@ def test_fit_advice_recomputes_every_layer_when_only_some_do():
     result = fit(shape, s, every + 1)
     assert result["fixed"] and result["fixes"][0]["setting"] == "gradient_checkpointing true, checkpoint_layers all"
     assert result["fixes"][0]["total_mb"] == every
+
+
+def test_preference_plans_count_the_layers_their_trainers_run(tiny_model_dir):
+    """The lean layers patch SFT's forward; a DPO run keeps peft's layers, so its plan must not assume
+    the smaller activations (the LM head's labelled-only scoring applies to both)."""
+    from strop.methods.options import load_train_config
+    from strop.plan import estimate
+
+    def setup(**extra):
+        cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": "x.jsonl", **extra})
+        return estimate.setup_for(cfg, 512, "cpu", tokens=1024)
+
+    sft, dpo = setup(), setup(objective="dpo")
+    assert sft.lean_layers and not dpo.lean_layers
+    assert sft.vocab_tile == dpo.vocab_tile == estimate.VOCAB_TILE

@@ -72,7 +72,8 @@ def setup_for(cfg, seq_len: int, device_kind: str, optim: str = "adamw", tokens:
                  tokens=tokens, autocast=autocast,
                  optim=optim, gradient_checkpointing=checkpointing,
                  checkpoint_layers=checkpoint_layers,
-                 lean_layers=bool(getattr(cfg, "lean_layers", False)),
+                 # the lean layers patch SFT's forward only (train/preference.py:speedups)
+                 lean_layers=bool(getattr(cfg, "lean_layers", False)) and getattr(cfg, "objective", "sft") == "sft",
                  lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout, lora_targets=list(cfg.lora_target_modules),
                  num_virtual_tokens=int(getattr(cfg, "num_virtual_tokens", 20)),
                  adapter_size=int(getattr(cfg, "adapter_size", 64)), device_kind=device_kind)
