@@ -31,7 +31,8 @@ demo: venv
 
 # Two pytest workers (pytest-xdist), one CPU thread each (tests/conftest.py); a file's tests stay
 # on one worker, so its fixtures are built once, and the longest files are handed out first
-# (tests/durations.json; make test-durations rewrites it). TEST_WORKERS=0 runs everything in this process.
+# (tests/durations.json; make test-durations rewrites it; --no-loadscope-reorder needs pytest-xdist 3.8).
+# TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
