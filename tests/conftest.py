@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -163,11 +164,11 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
 
 
-_file_seconds: dict[str, float] = {}
+_file_seconds: collections.Counter = collections.Counter()
 
 
 def pytest_runtest_logreport(report):
-    _file_seconds[report.nodeid.split("::")[0]] = _file_seconds.get(report.nodeid.split("::")[0], 0.0) + report.duration
+    _file_seconds[report.nodeid.split("::")[0]] += report.duration
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -96,8 +96,8 @@ def print_figures(result: dict, run) -> list[bool]:
     flags = result.get("bias", {}).get("flags", [])
     change = result.get("bias", {}).get("counterfactual_change", {})
     pairs = result.get("bias", {}).get("stereotype_change", {})
-    raw = (sum(c.get("raw_worse", c["worse"]) for ms in change.values() for c in ms.values())
-           + sum(c.get("raw_worse", c["worse"]) for c in pairs.values()))
+    measures = [*(c for ms in change.values() for c in ms.values()), *pairs.values()]
+    raw = sum(c.get("raw_worse", c["worse"]) for c in measures)
     print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval, "
           f"counted beyond the factor neutral swaps grew by and the change of confidence on all stereotype pairs "
           f"({verdict(not flags)} the goal of none; {raw} without those controls)"

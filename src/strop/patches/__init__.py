@@ -6,9 +6,10 @@
 - ``checkpoints.install(trainer)``: the Trainer's persistence methods write safetensors + JSON, never pickles;
 - ``gguf_reader.one_parse_per_file()``: a GGUF load's config, model and tokenizer share one parse of the header.
 
-The first three and the last change a model, a module or a package attribute for the length of a ``with`` block and put back what
-they found. ``checkpoints.install`` replaces methods on one trainer instance, for that trainer's
-life (its checkpoints are written and read inside ``train()`` and by the final save).
+The first three and the last change a model, a module or a package attribute for the length of a
+``with`` block and put back what they found. ``checkpoints.install`` replaces methods on one trainer
+instance, for that trainer's life (its checkpoints are written and read inside ``train()`` and by the
+final save).
 ``inventory.INVENTORY`` lists each private name these patches and strop's other modules touch;
 ``tests/test_patches.py`` fails by name when an upgrade moves one.
 """

@@ -66,10 +66,10 @@ def _check_sources(cfg) -> None:
     from ..data.load import load, sources
 
     for value in (cfg.data, cfg.eval_data):
-        if value:
+        if value and cfg.objective == "sft":
+            load(value)  # the same call strop.train.sft_data.prepare makes (it finds the files first)
+        elif value:
             sources(Path(value))  # finds the files and their readers; reads no row
-            if cfg.objective == "sft":
-                load(value)  # the same call strop.train.sft_data.prepare makes
 
 
 def train_help() -> str:
