@@ -156,6 +156,9 @@ class OptimisationOptions:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    # NEFTune (sft): uniform noise on the input embeddings while training, alpha / sqrt(example length x width)
+    # per example (train/neftune.py); 5 is the paper's usual value; 0: off
+    neftune_noise_alpha: float = 0.0
     micro_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     seed: int = 42
@@ -170,6 +173,8 @@ class OptimisationOptions:
         if self.num_epochs <= 0 and self.max_steps <= 0:
             raise StropError("option num_epochs: must be positive unless max_steps is set")
         _one_of(self, "nan_policy", ("abort", "skip"))
+        if not 0 <= self.neftune_noise_alpha <= 100:
+            raise StropError(f"option neftune_noise_alpha: {self.neftune_noise_alpha} is outside [0, 100] (0: off)")
         if self.loss_spike_factor < 0:
             raise StropError(f"option loss_spike_factor: must be >= 0 (0 turns it off), got {self.loss_spike_factor}")
 
@@ -264,6 +269,8 @@ class TrainConfig(RunOptions, EvaluationOptions, SpeedOptions, OptimisationOptio
         if self.preserve == "kl" and self.method not in KL_METHODS:
             raise StropError(f"option preserve: kl needs an adapter method (the base is the model with its adapter "
                              f"off: {', '.join(KL_METHODS)}), not method {self.method}; use --preserve replay")
+        if self.neftune_noise_alpha and self.objective != "sft":
+            raise StropError(f"option neftune_noise_alpha: applies to objective sft, not {self.objective}")
         if self.eval_generate_samples and self.objective != "sft":
             raise StropError(f"option eval_generate_samples: only used with --objective sft, not {self.objective} "
                              "(preference runs: strop eval RUN --judge URL)")

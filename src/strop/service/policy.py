@@ -37,7 +37,7 @@ OPERATOR_ONLY = {
 }
 CLIENT_SAFE = (
     "method", "max_length", "val_size", "train_on_inputs", "num_epochs", "max_steps", "learning_rate",
-    "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "micro_batch_size",
+    "lr_scheduler_type", "warmup_ratio", "weight_decay", "max_grad_norm", "neftune_noise_alpha", "micro_batch_size",
     "gradient_accumulation_steps", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora",
     "num_virtual_tokens", "prompt_tuning_init_text", "ia3_target_modules", "adapter_reduction_factor",
     "adapter_placement", "adapter_non_linearity", "eval_steps", "save_steps", "save_total_limit", "nan_policy",

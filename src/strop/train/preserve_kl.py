@@ -1,6 +1,7 @@
 """The ``preserve: kl`` term (train/preserve.py has the why): KL(base || model) on general rows, per micro-batch."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -66,12 +67,13 @@ class KLToBase(TrainerCallback):
         device = next(model.parameters()).device
         inner = model.get_base_model()
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), model.disable_adapter(), clean_embeddings(inner):
             for i in picked:
                 if i not in self._base:
                     self._base[i] = self._hidden(decoder, [i], device).detach()
             base = torch.log_softmax(head(torch.cat([self._base[i] for i in picked])).float(), dim=-1)
-        tuned = torch.log_softmax(head(self._hidden(decoder, picked, device)).float(), dim=-1)
+        with clean_embeddings(inner):
+            tuned = torch.log_softmax(head(self._hidden(decoder, picked, device)).float(), dim=-1)
         return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
     def after_task_step(self, trainer, model) -> None:
@@ -93,6 +95,19 @@ class KLToBase(TrainerCallback):
         if logs is not None and "loss" in logs and self._count:
             logs["preserve_kl"] = round(self._sum / self._count, 6)
             self._sum, self._count = 0.0, 0
+
+
+@contextlib.contextmanager
+def clean_embeddings(model):
+    """The input embeddings in eval mode, so NEFTune's noise (which applies only in training mode) stays off the
+    general rows: the KL compares model and base on the text as it is."""
+    embed = model.get_input_embeddings()
+    was = embed.training
+    embed.train(False)
+    try:
+        yield
+    finally:
+        embed.train(was)
 
 
 def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:

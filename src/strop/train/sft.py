@@ -54,13 +54,15 @@ def build(cfg: TrainConfig, common: dict, data: dict, tok, callbacks: list, prep
 
 @contextlib.contextmanager
 def speedups(cfg: TrainConfig, trainer):
-    """The levers of docs/performance.md, each switched off where it does not apply."""
+    """What wraps the training loop: the levers of docs/performance.md, each switched off where it does not
+    apply, and NEFTune's noise when asked for (train/neftune.py)."""
     from ..models.precision import SHARDED_STRATEGIES
     from ..patches.fused import lean_layers
     from ..patches.lm_head import labelled_positions_only
     from ..patches.varlen import per_example_attention
+    from .neftune import noisy_embeddings
 
-    with labelled_positions_only(cfg.score_labelled_only), \
+    with noisy_embeddings(trainer.model, cfg.neftune_noise_alpha), labelled_positions_only(cfg.score_labelled_only), \
             per_example_attention(trainer.model, cfg.padding_free and cfg.per_example_attention), \
             lean_layers(trainer.model, cfg.lean_layers and distributed.strategy() not in SHARDED_STRATEGIES):
         yield
