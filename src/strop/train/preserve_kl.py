@@ -11,18 +11,33 @@ from .preserve import ratio_for
 
 
 class KLToBase(TrainerCallback):
-    """The ``preserve: kl`` term: a second backward per micro-batch, after the task's, on general rows.
+    """The ``preserve: kl`` term, on general rows, in the same backward as the task's micro-batch.
+
+    A padding-free micro-batch is one row holding its examples side by side, each attending only to
+    itself (patches/varlen.py); the general rows picked for it join that row as more examples with
+    no labels, so the task loss does not see them, and one forward and one backward serve both
+    terms. The decoder's last hidden states at the general rows' answer positions are caught on
+    their way to the LM head. Where a micro-batch cannot take them (padded batches, attention
+    across examples, NEFTune's noise, which would reach them too) the term runs its own forward
+    and backward after the task's: the same sum of gradients.
 
     Installed by :func:`attach_kl`; as a callback it adds ``preserve_kl`` to the logged rows.
     The base never changes, so its last hidden states on a row are computed once (with the
     adapter off) and kept; each use then costs the base only its output layer, not a forward.
     """
 
+    pack_rows = True  # False: always the separate forward and backward (tests compare the two)
+
     def __init__(self, rows: list[dict], cfg) -> None:
         self.rows = rows
         self.rate = ratio_for(cfg, "kl") * cfg.micro_batch_size  # general rows per micro-batch, on average
         self.weight = cfg.preserve_weight
         self.seed = cfg.seed
+        # the general rows may join a micro-batch's packed row only where each example attends to itself alone
+        self.packable = (getattr(cfg, "padding_free", False) and getattr(cfg, "per_example_attention", False)
+                         and not getattr(cfg, "neftune_noise_alpha", 0))
+        self._armed = None  # (rows, their positions in the packed row) while a packed micro-batch trains
+        self._extra = None  # the term's share of the loss the micro-batch returned (taken out again for the logs)
         self._step, self._micro = -1, 0
         self._sum, self._count = 0.0, 0
         self._order: tuple[int, list[int]] = (-1, [])  # (pass over the rows, its seeded order)
@@ -60,34 +75,106 @@ class KLToBase(TrainerCallback):
                       use_cache=False).last_hidden_state
         return out[0, torch.tensor(at, device=device)]
 
-    def loss(self, model, picked: list[int]):
-        """Mean per-token KL(base || model) over the answer tokens of rows ``picked``."""
+    def _base_logprobs(self, model, picked: list[int], device):
+        """The base's next-token log-probabilities at the scored positions of rows ``picked``."""
         import torch
 
-        device = next(model.parameters()).device
         inner = model.get_base_model()
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         with torch.no_grad(), model.disable_adapter(), clean_embeddings(inner):
             for i in picked:
                 if i not in self._base:
                     self._base[i] = self._hidden(decoder, [i], device).detach()
-            base = torch.log_softmax(head(torch.cat([self._base[i] for i in picked])).float(), dim=-1)
-        with clean_embeddings(inner):
-            tuned = torch.log_softmax(head(self._hidden(decoder, picked, device)).float(), dim=-1)
+            return torch.log_softmax(head(torch.cat([self._base[i] for i in picked])).float(), dim=-1)
+
+    def _kl(self, model, picked: list[int], hidden):
+        """Mean per-token KL(base || model), from the model's last hidden states ``hidden`` at the scored positions."""
+        import torch
+
+        base = self._base_logprobs(model, picked, hidden.device)
+        tuned = torch.log_softmax(model.get_base_model().get_output_embeddings()(hidden).float(), dim=-1)
         return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
-    def after_task_step(self, trainer, model) -> None:
+    def loss(self, model, picked: list[int]):
+        """Mean per-token KL(base || model) over the answer tokens of rows ``picked``, from their own forward."""
+        device = next(model.parameters()).device
+        inner = model.get_base_model()
+        with clean_embeddings(inner):
+            hidden = self._hidden(inner.get_decoder(), picked, device)
+        return self._kl(model, picked, hidden)
+
+    def next_rows(self, trainer) -> list[int]:
+        """The general rows of the micro-batch about to train (counts the micro-batches of each step)."""
         step = trainer.state.global_step
         if step != self._step:
             self._step, self._micro = step, 0
-        accumulation = trainer.current_gradient_accumulation_steps
         picked = self.batch(step, self._micro, trainer.args.gradient_accumulation_steps)
         self._micro += 1
+        return picked
+
+    def pack(self, inputs, picked: list[int]):
+        """``inputs`` with the general rows ``picked`` appended to its packed row as unlabelled examples, and
+        their scored positions in it; None where the micro-batch is not one packed row strop knows the keys of."""
+        import torch
+
+        ids = inputs.get("input_ids")
+        per_token = ("input_ids", "position_ids", "labels", "seq_idx")
+        if (not (self.pack_rows and self.packable) or ids is None or ids.dim() != 2 or ids.shape[0] != 1
+                or "position_ids" not in inputs or "labels" not in inputs
+                or any(k not in per_token + PACK_SIDE_KEYS for k in inputs)):
+            return None
+        length = ids.shape[1]
+        new_ids, positions, at, ends = [], [], [], []
+        for i in picked:
+            row = self.rows[i]["input_ids"]
+            at += [length + len(new_ids) + t for t in self._scored[i]]
+            new_ids += row
+            positions += range(len(row))
+            ends.append(length + len(new_ids))
+        device = ids.device
+
+        def extend(key, tail):
+            return torch.cat([inputs[key], torch.tensor([tail], dtype=inputs[key].dtype, device=device)], dim=1)
+
+        out = dict(inputs)
+        out["input_ids"] = extend("input_ids", new_ids)
+        out["position_ids"] = extend("position_ids", list(positions))
+        out["labels"] = extend("labels", [-100] * len(new_ids))
+        if "seq_idx" in inputs:
+            first = int(inputs["seq_idx"].max()) + 1 if length else 0
+            out["seq_idx"] = extend("seq_idx", [first + k for k, i in enumerate(picked) for _ in self.rows[i]["input_ids"]])
+        for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+            if key in inputs:
+                out[key] = torch.cat([inputs[key], torch.tensor(ends, dtype=inputs[key].dtype, device=inputs[key].device)])
+        for key in ("max_length_q", "max_length_k"):
+            if key in inputs:
+                out[key] = max(int(inputs[key]), *(len(self.rows[i]["input_ids"]) for i in picked))
+        return out, torch.tensor(at, device=device)
+
+    def after_task_step(self, trainer, model, picked: list[int]) -> None:
+        """The separate path: the term's own forward and backward after the task's."""
         if not picked:
             return
         with trainer.accelerator.autocast():  # the mixed precision the task's forward runs in (accelerate wraps it)
             kl = self.loss(model, picked)
-        trainer.accelerator.backward(self.weight * kl / accumulation)
+        trainer.accelerator.backward(self.weight * kl / trainer.current_gradient_accumulation_steps)
+        self._note(kl)
+
+    def add_to(self, trainer, model, loss, hidden, num_items_in_batch):
+        """The packed path: ``loss`` (the task's, from the same forward) plus the weighted term, scaled as the
+        Trainer will scale the sum for gradient accumulation."""
+        picked, at = self._armed
+        kl = self._kl(model, picked, hidden[0, at])
+        scaled = trainer.loss_is_scaled_for_ga
+        if scaled is None:  # the Trainer's own test (Trainer.training_step)
+            scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) or trainer.compute_loss_func is not None
+        accumulation = trainer.current_gradient_accumulation_steps
+        term = self.weight * kl / (accumulation if scaled else 1)
+        self._extra = float(self.weight * kl.detach() / accumulation)  # what training_step's returned loss holds of it
+        self._note(kl)
+        return loss + term
+
+    def _note(self, kl) -> None:
         self._sum += float(kl.detach())
         self._count += 1
 
@@ -110,16 +197,47 @@ def clean_embeddings(model):
         embed.train(was)
 
 
+PACK_SIDE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "use_cache")
+
+
 def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
-    """Add the KL term to every training micro-batch of ``trainer`` (after its own backward)."""
+    """Add the KL term to every training micro-batch of ``trainer``: packed into its row where it can be,
+    else as a second backward after the task's."""
     term = KLToBase(rows, cfg)
-    step = trainer.training_step
+    step, compute_loss = trainer.training_step, trainer.compute_loss
 
     def training_step(model, inputs, *args, **kwargs):
-        loss = step(model, inputs, *args, **kwargs)
-        term.after_task_step(trainer, model)
-        return loss
+        picked = term.next_rows(trainer)
+        packed = term.pack(inputs, picked) if picked else None
+        if packed is None:
+            loss = step(model, inputs, *args, **kwargs)
+            term.after_task_step(trainer, model, picked)
+            return loss
+        term._armed, term._extra = (picked, packed[1]), None
+        try:
+            loss = step(model, packed[0], *args, **kwargs)
+        finally:
+            term._armed = None
+        return loss - term._extra if term._extra is not None else loss  # the logs keep the task's loss
+
+    def compute_loss_with_kl(model, inputs, return_outputs=False, num_items_in_batch=None):
+        if term._armed is None or not model.training:
+            return compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        caught = {}
+
+        def catch(module, args, output):  # returns None: the output goes on unchanged
+            caught["hidden"] = output[0]
+
+        handle = model.get_base_model().get_decoder().register_forward_hook(catch)
+        try:
+            out = compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        finally:
+            handle.remove()
+        loss = out[0] if return_outputs else out
+        loss = term.add_to(trainer, model, loss, caught["hidden"], num_items_in_batch)
+        return (loss, *out[1:]) if return_outputs else loss
 
     trainer.training_step = training_step
+    trainer.compute_loss = compute_loss_with_kl
     trainer.callback_handler.callbacks.insert(0, term)  # before MetricsLog writes the row it adds to
     return term
