@@ -10,6 +10,7 @@ import pytest
 from strop.core.errors import StropError
 from strop.plan import hardware
 from strop.plan.advice import fit
+from strop.plan.cost import PRESERVE_ROW_MAX_TOKENS
 from strop.plan.memory import Setup, breakdown, trainable_params
 from strop.plan.shape import read_shape
 
@@ -123,6 +124,10 @@ def test_plan_before_there_is_data_plans_the_worst_case(tiny_model_dir, tmp_path
     p = json.loads(out.read_text())
     assert p["data"]["worst_case"] and p["data"]["tokens"] == p["data"]["trainable_tokens"] == 400 * 256
     assert p["batch_tokens"] == 8 * 256 and p["time"]["steps_per_epoch"] == 50
+    # preserve auto -> kl, packed: one general row (0.125 x 8) joins the widest micro-batch's row
+    plan("--method", "lora", "--max-length", "256", "--micro-batch-size", "8", "--rows", "400", "--preserve-pack", "true",
+         "--json", str(out))
+    assert json.loads(out.read_text())["batch_tokens"] == 8 * 256 + PRESERVE_ROW_MAX_TOKENS
     worse = plan("--method", "lora", "--max-length", "512", "--micro-batch-size", "8", "--json", str(out))
     assert json.loads(out.read_text())["memory_mb"]["total"] > p["memory_mb"]["total"], worse.stderr
     assert json.loads(out.read_text())["data"]["rows"] == 1000  # the default when no --rows is given

@@ -222,10 +222,9 @@ def test_kl_rows_packed_into_the_task_row_train_as_a_separate_backward_does(tiny
                                                               original(self, trainer, model, picked))[1])
 
     def run(name, packed):
-        monkeypatch.setattr(KLToBase, "pack_rows", packed)
         separate_calls.clear()
         out = _train(tiny_model_dir, narrow_file, tmp_path / name, max_steps=4, preserve="kl", preserve_ratio=0.5,
-                     mixed_precision="no", gradient_accumulation_steps=2)
+                     mixed_precision="no", gradient_accumulation_steps=2, preserve_pack=packed)
         logs = [(r["loss"], r["preserve_kl"]) for r in out.read_metrics() if "preserve_kl" in r]
         return logs, load_file(str(out.final / "adapter_model.safetensors")), sum(separate_calls)
 

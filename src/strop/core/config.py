@@ -135,6 +135,10 @@ class PreserveOptions:
     # which general prompts: random = a seeded sample; nearest = those closest to the task's own prompts
     # (where a narrow file's answers leak first; docs/quality.md has both measured)
     preserve_select: str = "random"
+    # kl on padding-free runs: the general rows join the task's packed micro-batch row (one forward and
+    # backward; 1.24x the unprotected training on the demo instead of 1.46x); the same gradients, rounded
+    # differently in bf16. Off by default: the defaults were measured without it (docs/quality.md).
+    preserve_pack: bool = False
 
     def check_preserve(self) -> None:
         if self.preserve not in PRESERVE:

@@ -19,6 +19,24 @@ UTILISATION = {"cuda": 0.35, "cpu": 0.30}
 PRESERVE_ROW_TOKENS = 120
 
 
+# The longest general row kl can add to a micro-batch: the longest shipped prompt rendered with the default
+# model's template (85 tokens) and an answer of preserve.MAX_NEW_TOKENS (96) with its end of turn.
+PRESERVE_ROW_MAX_TOKENS = 184
+
+
+def preserve_batch_tokens(cfg, nproc: int = 1) -> int:
+    """Tokens ``preserve: kl`` with ``preserve_pack`` adds to the widest micro-batch: its general rows join
+    the packed row (train/preserve_kl.py), at most ceil(ratio x micro_batch_size) of them."""
+    import math
+
+    from ..methods.preserve import mode_for, ratio_for
+
+    mode, _ = mode_for(cfg, nproc)
+    if mode != "kl" or not (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False)):
+        return 0  # otherwise the rows get a forward of their own, after the task's
+    return math.ceil(ratio_for(cfg, mode) * cfg.micro_batch_size) * PRESERVE_ROW_MAX_TOKENS
+
+
 def preserve_tokens_per_epoch(cfg, rows: int, nproc: int = 1) -> tuple[str, int]:
     """(mode, extra tokens per epoch) that ``preserve`` adds to a run of ``rows`` training rows."""
     from ..methods.preserve import mode_for, ratio_for

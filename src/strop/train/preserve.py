@@ -12,11 +12,11 @@ about itself (its name, its maker, being an AI) is left out: it would pull
 the old identity back against a persona file.
 
 ``preserve: kl`` (what the default, ``auto``, picks for chat SFT with an
-adapter method): those conversations are not trained on. A micro-batch's
-loss adds ``preserve_weight`` x the mean per-token KL(base || model) of the
-next-token distributions over the answer tokens of some of them (they join
-its packed row as unlabelled examples, so one forward and backward serve
-both terms: train/preserve_kl.py): ``preserve_ratio`` general rows per training row (0.125 by
+adapter method): those conversations are not trained on. After the task's
+own backward, a micro-batch adds ``preserve_weight`` x the mean per-token
+KL(base || model) of the next-token distributions over the answer tokens of
+some of them (with ``preserve_pack`` they join the micro-batch's packed row
+instead, one forward and backward for both: train/preserve_kl.py): ``preserve_ratio`` general rows per training row (0.125 by
 default: one row every other micro-batch of 4), in a seeded order that
 depends only on the step, so a resumed run sees the same rows. The base is
 the same model with its adapter turned off (peft's ``disable_adapter``): no

@@ -11,22 +11,21 @@ from .preserve import ratio_for
 
 
 class KLToBase(TrainerCallback):
-    """The ``preserve: kl`` term, on general rows, in the same backward as the task's micro-batch.
+    """The ``preserve: kl`` term on general rows: by default a second forward and backward per micro-batch,
+    after the task's; with ``preserve_pack`` in the task's own.
 
-    A padding-free micro-batch is one row holding its examples side by side, each attending only to
-    itself (patches/varlen.py); the general rows picked for it join that row as more examples with
-    no labels, so the task loss does not see them, and one forward and one backward serve both
-    terms. The decoder's last hidden states at the general rows' answer positions are caught on
-    their way to the LM head. Where a micro-batch cannot take them (padded batches, attention
-    across examples, NEFTune's noise, which would reach them too) the term runs its own forward
-    and backward after the task's: the same sum of gradients.
+    Packed: a padding-free micro-batch is one row holding its examples side by side, each attending
+    only to itself (patches/varlen.py); the general rows picked for it join that row as more examples
+    with no labels, so the task loss does not see them, and one forward and one backward serve both
+    terms. The decoder's last hidden states at the general rows' answer positions are caught on their
+    way to the LM head. Where a micro-batch cannot take them (padded batches, attention across
+    examples, NEFTune's noise, which would reach them too) the separate path runs: the same sum of
+    gradients either way (tests/test_preserve.py), rounded differently in bf16.
 
     Installed by :func:`attach_kl`; as a callback it adds ``preserve_kl`` to the logged rows.
     The base never changes, so its last hidden states on a row are computed once (with the
     adapter off) and kept; each use then costs the base only its output layer, not a forward.
     """
-
-    pack_rows = True  # False: always the separate forward and backward (tests compare the two)
 
     def __init__(self, rows: list[dict], cfg) -> None:
         self.rows = rows
@@ -34,8 +33,8 @@ class KLToBase(TrainerCallback):
         self.weight = cfg.preserve_weight
         self.seed = cfg.seed
         # the general rows may join a micro-batch's packed row only where each example attends to itself alone
-        self.packable = (getattr(cfg, "padding_free", False) and getattr(cfg, "per_example_attention", False)
-                         and not getattr(cfg, "neftune_noise_alpha", 0))
+        self.packable = (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False)
+                         and getattr(cfg, "per_example_attention", False) and not getattr(cfg, "neftune_noise_alpha", 0))
         self._armed = None  # (rows, their positions in the packed row) while a packed micro-batch trains
         self._extra = None  # the term's share of the loss the micro-batch returned (taken out again for the logs)
         self._step, self._micro = -1, 0
@@ -119,7 +118,7 @@ class KLToBase(TrainerCallback):
 
         ids = inputs.get("input_ids")
         per_token = ("input_ids", "position_ids", "labels", "seq_idx")
-        if (not (self.pack_rows and self.packable) or ids is None or ids.dim() != 2 or ids.shape[0] != 1
+        if (not self.packable or ids is None or ids.dim() != 2 or ids.shape[0] != 1
                 or "position_ids" not in inputs or "labels" not in inputs
                 or any(k not in per_token + PACK_SIDE_KEYS for k in inputs)):
             return None
