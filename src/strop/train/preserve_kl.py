@@ -164,9 +164,10 @@ class KLToBase(TrainerCallback):
         Trainer will scale the sum for gradient accumulation."""
         picked, at = self._armed
         kl = self._kl(model, picked, hidden[0, at])
-        scaled = trainer.loss_is_scaled_for_ga
+        scaled = getattr(trainer, "loss_is_scaled_for_ga", None)  # newer transformers set it
         if scaled is None:  # the Trainer's own test (Trainer.training_step)
-            scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) or trainer.compute_loss_func is not None
+            scaled = ((getattr(trainer, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
+                      or getattr(trainer, "compute_loss_func", None) is not None)
         accumulation = trainer.current_gradient_accumulation_steps
         term = self.weight * kl / (accumulation if scaled else 1)
         self._extra = float(self.weight * kl.detach() / accumulation)  # what training_step's returned loss holds of it
