@@ -86,8 +86,9 @@ def test_cycling_ten_models_frees_the_evicted_ones(model_dirs):
         batchers = [t for t in threading.enumerate() if t.name == "strop-batcher" and t not in others]
         assert len(batchers) == 3, seen  # one per model kept loaded
         assert threads <= threads0 + 2 and os_threads <= os_threads0 + 4, (threads0, os_threads0, seen)
-        # before the fix every load kept its model, tokenizer and app: ~50 MB each here, 15 loads
-        assert rss - rss0 < 4 * model_mb, (rss0, model_mb, seen)
+        # before the fix every load kept its model, tokenizer and app: ~50 MB each here, 750 MB over 15 loads;
+        # the allocator's own drift reached 55 MB (4.5 models) in one CI run (2026-12-07), so the bound is 8
+        assert rss - rss0 < 8 * model_mb, (rss0, model_mb, seen)
     finally:
         models.close()
     assert not any(t.name == "strop-batcher" and t.is_alive() and t not in others for t in threading.enumerate())
