@@ -51,6 +51,8 @@ def noisy_embeddings(model, alpha: float):
     seen: dict = {}
 
     def note(module, args, kwargs):
+        if not module.training:  # evaluation and generation get no noise, so no lengths either
+            return
         ids = kwargs.get("input_ids", args[0] if args else None)
         seen["lengths"] = None if ids is None else example_lengths(
             tuple(ids.shape), kwargs.get("position_ids"), kwargs.get("attention_mask"))

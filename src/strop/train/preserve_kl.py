@@ -59,17 +59,23 @@ class KLToBase(TrainerCallback):
             out.append(self._order[1][at])
         return out
 
+    def _row_of(self, picked: list[int], offset: int = 0) -> tuple[list, list, list, list]:
+        """Rows ``picked`` side by side as one packed row starting at ``offset``: token ids, positions (restarting
+        at 0 for each row), where their scored positions land, and where each row ends."""
+        ids, positions, at, ends = [], [], [], []
+        for i in picked:
+            row = self.rows[i]["input_ids"]
+            at += [offset + len(ids) + t for t in self._scored[i]]
+            ids += row
+            positions += range(len(row))
+            ends.append(offset + len(ids))
+        return ids, positions, at, ends
+
     def _hidden(self, decoder, picked: list[int], device):
         """The last hidden states at the scored positions of rows ``picked``, packed into one row."""
         import torch
 
-        ids, positions, at, offset = [], [], [], 0
-        for i in picked:
-            row = self.rows[i]
-            ids += row["input_ids"]
-            positions += range(len(row["input_ids"]))
-            at += [offset + t for t in self._scored[i]]
-            offset += len(row["input_ids"])
+        ids, positions, at, _ = self._row_of(picked)
         out = decoder(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([positions], device=device),
                       use_cache=False).last_hidden_state
         return out[0, torch.tensor(at, device=device)]
@@ -123,13 +129,7 @@ class KLToBase(TrainerCallback):
                 or any(k not in per_token + PACK_SIDE_KEYS for k in inputs)):
             return None
         length = ids.shape[1]
-        new_ids, positions, at, ends = [], [], [], []
-        for i in picked:
-            row = self.rows[i]["input_ids"]
-            at += [length + len(new_ids) + t for t in self._scored[i]]
-            new_ids += row
-            positions += range(len(row))
-            ends.append(length + len(new_ids))
+        new_ids, positions, at, ends = self._row_of(picked, offset=length)
         device = ids.device
 
         def extend(key, tail):
