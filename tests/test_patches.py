@@ -99,3 +99,39 @@ def test_gguf_loads_in_one_block_share_one_parse_of_each_file(tmp_path):
         assert gguf.GGUFReader(paths[1]) is not first and len(readers) == 2
         assert gguf.GGUFReader(paths[0], "r+") is not first
     assert gguf.GGUFReader is original and not readers
+
+
+def test_hub_kernel_requests_are_refused_inside_the_block_and_restored_after():
+    kernels = pytest.importorskip("kernels")
+    from strop.patches.hub_kernels import HubKernelRefused, no_hub_kernels
+
+    original = kernels.get_kernel
+    with no_hub_kernels():
+        with pytest.raises(HubKernelRefused, match="kernels-community/x"):
+            kernels.get_kernel("kernels-community/x", version=1)
+    assert kernels.get_kernel is original
+
+
+def test_loading_peft_after_strop_contacts_no_host():
+    """peft imports bitsandbytes whenever it is installed, and bitsandbytes (on AVX-512 BF16 CPUs) asks
+    huggingface.co for a kernel while it is imported. A fresh interpreter that imports strop first
+    looks up no host at all, and still gets a working bitsandbytes and the real kernels.get_kernel."""
+    import subprocess
+    import sys
+
+    script = """
+import socket
+looked_up = []
+real = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *a, **k: looked_up.append(host) or real(host, *a, **k)
+import strop, peft
+import importlib.util
+if importlib.util.find_spec("bitsandbytes"):
+    import bitsandbytes, kernels
+    assert hasattr(bitsandbytes.nn, "Linear4bit") and kernels.get_kernel.__module__.startswith("kernels")
+print("LOOKED_UP", looked_up)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOOKED_UP []" in proc.stdout, proc.stdout
+    assert "kernels-community" not in proc.stderr

@@ -55,6 +55,9 @@ INVENTORY = (
     Touched("gguf:GGUFReader", "patches.gguf_reader", ("path", "mode")),
     Touched("transformers.modeling_gguf_pytorch_utils:load_gguf_checkpoint", "patches.gguf_reader",
             ("gguf_checkpoint_path",)),
+    # bitsandbytes imports with kernels.get_kernel refusing (patches/hub_kernels.py): its CPU backend calls
+    # it by name at import, `from kernels import get_kernel`
+    Touched("kernels:get_kernel", "patches.hub_kernels", ("repo_id",)),
     # the chat-template sandbox renders the way transformers does (models/templates.py)
     Touched("transformers.utils.chat_template_utils:_compile_jinja_template", "models.templates", ("chat_template",)),
     Touched("transformers.utils.chat_template_utils:_normalize_chat_messages", "models.templates"),
