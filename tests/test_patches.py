@@ -103,7 +103,7 @@ def test_gguf_loads_in_one_block_share_one_parse_of_each_file(tmp_path):
 
 def test_hub_kernel_requests_are_refused_inside_the_block_and_restored_after():
     kernels = pytest.importorskip("kernels")
-    from strop.patches.hub_kernels import HubKernelRefused, no_hub_kernels
+    from strop.patches.bnb_import import HubKernelRefused, no_hub_kernels
 
     original = kernels.get_kernel
     with no_hub_kernels():
@@ -135,3 +135,37 @@ print("LOOKED_UP", looked_up)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOOKED_UP []" in proc.stdout, proc.stdout
     assert "kernels-community" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_strop_command_imports_bitsandbytes_only_for_4bit_weights(tiny_model_dir, tmp_path):
+    """A LoRA run through the command never imports bitsandbytes; a QLoRA run in the same process then
+    gets it, and peft builds its 4-bit LoRA layers (it cached "not installed" during the first run)."""
+    pytest.importorskip("bitsandbytes")
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"},
+                                                     {"role": "assistant", "content": f"hello {i} there"}]}) + "\n"
+                            for i in range(4)))
+    script = f"""
+import sys
+from strop import cli
+common = ["--base-model", {str(tiny_model_dir)!r}, "--data", {str(data)!r}, "--max-steps", "1", "--report-to", "none"]
+assert cli.main(["train", *common, "--output-dir", {str(tmp_path / "lora")!r}]) == 0
+assert "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None, "bitsandbytes was imported for LoRA"
+import peft.import_utils
+assert not peft.import_utils.is_bnb_available()  # peft asked, and cached the answer
+assert cli.main(["train", *common, "--method", "qlora", "--output-dir", {str(tmp_path / "qlora")!r}]) == 0
+import bitsandbytes, peft.helpers
+from peft.tuners.lora.bnb import Linear4bit
+from strop.models import load_model
+q_proj = load_model({str(tmp_path / "qlora" / "final")!r}).base_model.model.model.layers[0].self_attn.q_proj
+assert isinstance(q_proj, Linear4bit) and isinstance(q_proj.base_layer, bitsandbytes.nn.Linear4bit), type(q_proj)
+assert peft.helpers.bnb is bitsandbytes
+print("CHECKED")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "CHECKED" in proc.stdout, proc.stderr[-3000:]

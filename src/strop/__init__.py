@@ -13,9 +13,9 @@ import os
 os.environ.setdefault("USE_HUB_KERNELS", "0")
 # bitsandbytes, on CPUs with AVX-512 BF16, asks the hub for a 4-bit kernel at import whatever that
 # variable says (peft imports it whenever it is installed). strop refuses it that request, so no strop
-# process contacts the hub (patches/hub_kernels.py), and silences the warning bitsandbytes then logs
+# process contacts the hub (patches/bnb_import.py), and silences the warning bitsandbytes then logs
 # before its own CPU code runs, as strop expects.
-from .patches.hub_kernels import install as _refuse_hub_kernels  # noqa: E402
+from .patches.bnb_import import install as _refuse_hub_kernels  # noqa: E402
 
 _refuse_hub_kernels()
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

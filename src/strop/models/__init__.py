@@ -336,10 +336,25 @@ def _base_meta(path: Path) -> dict:
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
+def _maybe_quantized(path) -> bool:
+    """A checkpoint saved with a quantization config (or one on the hub, which cannot be read yet)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return True
+    try:
+        return "quantization_config" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False  # transformers' own load reports the broken file
+
+
 def _from_pretrained(path, torch_dtype, load_in_4bit: bool, policy: LoadPolicy = LoadPolicy()):
     from transformers import AutoModelForCausalLM
 
     safety = policy.kwargs(path)
+    if load_in_4bit or _maybe_quantized(path):
+        from ..patches import bnb_import
+
+        bnb_import.wanted()  # the strop command defers bitsandbytes until now
     if not load_in_4bit:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **safety)
     import torch

@@ -5,14 +5,16 @@
 - ``lm_head.labelled_positions_only()``: TRL's LM head scores only labelled positions, in CPU-sized tiles;
 - ``checkpoints.install(trainer)``: the Trainer's persistence methods write safetensors + JSON, never pickles;
 - ``gguf_reader.one_parse_per_file()``: a GGUF load's config, model and tokenizer share one parse of the header;
-- ``hub_kernels.install()``: while bitsandbytes is imported, ``kernels.get_kernel`` refuses, so no strop
-  process asks huggingface.co for code (installed by ``strop/__init__.py``).
+- ``bnb_import.install()``: while bitsandbytes is imported, ``kernels.get_kernel`` refuses, so no strop
+  process asks huggingface.co for code (run by ``import strop``); ``bnb_import.defer()``: the ``strop``
+  command imports bitsandbytes only when 4-bit weights are wanted (``wanted()``).
 
 The first three and ``gguf_reader`` change a model, a module or a package attribute for the length of a
 ``with`` block and put back what they found. ``checkpoints.install`` replaces methods on one trainer
 instance, for that trainer's life (its checkpoints are written and read inside ``train()`` and by the
-final save). ``hub_kernels`` adds a finder to ``sys.meta_path`` for the process's life; the finder changes
-``kernels.get_kernel`` only while bitsandbytes' own modules run, and puts it back.
+final save). ``bnb_import`` adds a finder to ``sys.meta_path`` for the process's life; the finder changes
+``kernels.get_kernel`` only while bitsandbytes' own modules run, and puts it back; ``wanted()`` clears the
+cached availability answers of peft and transformers named in ``bnb_import._CACHED_ANSWERS``.
 ``inventory.INVENTORY`` lists each private name these patches and strop's other modules touch;
 ``tests/test_patches.py`` fails by name when an upgrade moves one.
 """

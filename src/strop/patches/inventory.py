@@ -55,9 +55,15 @@ INVENTORY = (
     Touched("gguf:GGUFReader", "patches.gguf_reader", ("path", "mode")),
     Touched("transformers.modeling_gguf_pytorch_utils:load_gguf_checkpoint", "patches.gguf_reader",
             ("gguf_checkpoint_path",)),
-    # bitsandbytes imports with kernels.get_kernel refusing (patches/hub_kernels.py): its CPU backend calls
+    # bitsandbytes imports with kernels.get_kernel refusing (patches/bnb_import.py): its CPU backend calls
     # it by name at import, `from kernels import get_kernel`
-    Touched("kernels:get_kernel", "patches.hub_kernels", ("repo_id",)),
+    Touched("kernels:get_kernel", "patches.bnb_import", ("repo_id",)),
+    # the strop command imports bitsandbytes only for 4-bit weights: these cache whether it is installed, and
+    # peft.helpers keeps the module it imported (patches/bnb_import.py:wanted)
+    Touched("peft.import_utils:is_bnb_available.cache_clear", "patches.bnb_import"),
+    Touched("peft.import_utils:is_bnb_4bit_available.cache_clear", "patches.bnb_import"),
+    Touched("transformers.utils.import_utils:is_bitsandbytes_available.cache_clear", "patches.bnb_import"),
+    Touched("peft.helpers:bnb", "patches.bnb_import"),
     # the chat-template sandbox renders the way transformers does (models/templates.py)
     Touched("transformers.utils.chat_template_utils:_compile_jinja_template", "models.templates", ("chat_template",)),
     Touched("transformers.utils.chat_template_utils:_normalize_chat_messages", "models.templates"),
