@@ -333,3 +333,71 @@ def test_eos_row_kept_for_lm_eval():
     assert generated_rows(req, Outcome(tokens=2, finish_reason="stop")) == ["a", "b", "eos"]
     assert generated_rows(req, Outcome(tokens=1, finish_reason="stop", stop_string=True)) == ["a"]
     assert generated_rows(SimpleNamespace(scores=["a", "b"], finish_reason="length"), Outcome(tokens=2)) == ["a", "b"]
+
+
+def _steered_greedy(engine, ids: list[int], n: int, bias: dict[int, float], presence: float, frequency: float):
+    """OpenAI's definition, by hand: each step's scores plus the bias, less count x frequency and (count > 0) x
+    presence over the tokens generated so far; the best of them, until the end token."""
+    import collections
+
+    import torch
+
+    out: list[int] = []
+    for _ in range(n):
+        with torch.inference_mode():
+            scores = engine.model(input_ids=torch.tensor([ids + out])).logits[0, -1].float().clone()
+            for t, b in bias.items():
+                scores[t] += b
+            for t, c in collections.Counter(out).items():
+                scores[t] -= c * frequency + presence
+            best = int(scores.argmax())
+        if best == engine.tok.eos_token_id:
+            break
+        out.append(best)
+    return out
+
+
+def test_logit_bias_and_penalties_steer_each_token_as_openai_defines_them(base_url, engine):
+    ids = engine.tok("The harbour at dawn", add_special_tokens=False)["input_ids"]
+    plain = _steered_greedy(engine, ids, 8, {}, 0.0, 0.0)
+    assert len(plain) > len(set(plain)), "the tiny model repeats itself greedily, so penalties must change it"
+    cases = [({}, 1.5, 0.5), ({plain[0]: -100.0}, 0.0, 0.0), ({101: 4.0, 202: 4.0}, 0.0, 1.0)]
+    for bias, presence, frequency in cases:
+        body = {"model": "tiny", "prompt": [ids], "max_tokens": 8, "logit_bias": {str(k): v for k, v in bias.items()},
+                "presence_penalty": presence, "frequency_penalty": frequency}
+        r = httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        want = _steered_greedy(engine, ids, 8, bias, presence, frequency)
+        assert want != plain and r.json()["choices"][0]["text"] == engine.tok.decode(want), (bias, presence, frequency)
+    # +100 is exclusive selection, on the chat route and when sampling too
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 5,
+                                                           "logit_bias": {"42": 100}, **SAMPLED}, timeout=60)
+    assert r.json()["choices"][0]["message"]["content"] == engine.tok.decode([42] * 5)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"logit_bias": {"sea": 1}}, "logit_bias"),
+    ({"logit_bias": {"5": 250}}, "logit_bias"),
+    ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": -2.5}, "frequency_penalty"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"function_call": {"name": "f"}}, "function_call"),
+])
+def test_chat_options_it_cannot_honour_are_refused_by_name(base_url, body, param):
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 2,
+                                                           **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_chat_options_that_leave_the_answer_right_are_accepted(client):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6).choices[0].message.content
+    for extra in ({"response_format": {"type": "text"}}, {"tools": tools, "tool_choice": "auto"},
+                  {"tools": tools, "tool_choice": "none"}, {"user": "u-1", "store": False}):
+        r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, **extra)
+        assert r.choices[0].message.content == plain, extra

@@ -83,6 +83,10 @@ class Request:
     adapter: str | None = None  # peft adapter name; None: the model's default
     logprobs: int | None = None  # record each new token's logprob and this many alternatives; None: off
     score_prompt: bool = False  # also score every prompt token (``prompt_scores``); max_new_tokens may then be 0
+    # OpenAI's steering, applied to the scores before choosing (greedy too), never to the logprobs reported
+    logit_bias: dict[int, float] | None = None  # token id -> added to its score
+    presence_penalty: float = 0.0  # taken off each token already generated once or more
+    frequency_penalty: float = 0.0  # taken off each token once per time it was generated
     tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE
     new: list[int] = field(default_factory=list)
     finish_reason: str = "length"
@@ -378,6 +382,7 @@ def _pick(logits, r: Request) -> int:
                          "and 0 < top_p <= 1")
     if not bool(torch.isfinite(logits).all()):
         logits = _finite(logits)
+    logits = _steered(logits, r)
     if temperature < GREEDY_BELOW:  # 0, negative or tiny: greedy
         return int(logits.argmax())
     scaled = logits / temperature
@@ -390,3 +395,21 @@ def _pick(logits, r: Request) -> int:
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=r.generator))
+
+
+def _steered(logits, r: Request):
+    """``logits`` with ``r``'s logit_bias added and its presence and frequency penalties taken off the tokens it
+    generated so far (OpenAI's definition: score - count x frequency - (count > 0) x presence); the prompt's
+    tokens are not counted. A new tensor; the same one when ``r`` asks for none of it."""
+    penalised = r.new and (r.presence_penalty or r.frequency_penalty)
+    if not r.logit_bias and not penalised:
+        return logits
+    import torch
+
+    out = logits.float().clone()
+    if r.logit_bias:
+        out[torch.tensor(list(r.logit_bias))] += torch.tensor(list(r.logit_bias.values()), dtype=out.dtype)
+    if penalised:
+        ids, counts = torch.tensor(r.new).unique(return_counts=True)
+        out[ids] -= counts.to(out.dtype) * r.frequency_penalty + r.presence_penalty
+    return out

@@ -11,10 +11,14 @@ Where we differ from OpenAI, on purpose:
     should give the same answer to the same request unless asked otherwise.
   * ``n`` > 1 works without streaming only; ``max_tokens`` is clamped to
     ``max_tokens_cap`` and to what is left of the context; fields we do not
-    use (tools...) are ignored, because clients send many of them.
+    use (tools...) are ignored, because clients send many of them; but a request that
+    counts on one (``response_format`` JSON, a forced ``tool_choice``) is refused with
+    400 rather than answered in plain text.
+  * ``logit_bias`` and ``presence_penalty`` / ``frequency_penalty`` steer the choice
+    of each token, as OpenAI defines them, also when decoding greedily.
   * generation stops at a ``stop`` string (up to 16 of them, where OpenAI takes 4), and
     ``usage.completion_tokens`` counts the tokens up to the one that completed it.
-  * logprobs are the model's own distribution, before temperature and top_p
+  * logprobs are the model's own distribution, before temperature, top_p, logit_bias and penalties
     (logprobs.py); up to 20 alternatives on both routes.
   * ``/v1/completions`` takes a string, a list of strings, a list of token ids
     or a list of lists of them (as OpenAI does), at most ``max_waiting`` prompts x ``n``;
@@ -68,6 +72,7 @@ class ChatMessage(BaseModel):
 
 
 MAX_STOPS = 16  # OpenAI takes 4; lm-eval's tasks send their own stop strings plus the end-of-text one
+MAX_BIASED = 1024  # token ids one logit_bias may name
 
 
 class StreamOptions(BaseModel):
@@ -86,6 +91,33 @@ class Sampling(BaseModel):
     n: int | None = Field(None, ge=1, le=8)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = Field(None, description="token id (as a string) -> -100 to 100")
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_by_token_id(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (bias or {}).items():
+            if not key.strip().isdigit():
+                raise ValueError(f"key {key!r} is not a token id (a whole number, as a string)")
+            if not -100 <= value <= 100:
+                raise ValueError(f"{key}: {value} is outside -100 to 100")
+        if bias and len(bias) > MAX_BIASED:
+            raise ValueError(f"at most {MAX_BIASED} token ids, got {len(bias)}")
+        return bias
+
+    def steering(self, vocab: int) -> dict:
+        """The batcher Request fields for logit_bias and the penalties (none when the request sets none)."""
+        fields: dict = {}
+        if self.logit_bias:
+            ids = _checked_ids([int(k) for k in self.logit_bias], vocab, "logit_bias")
+            fields["logit_bias"] = dict(zip(ids, (float(v) for v in self.logit_bias.values())))
+        if self.presence_penalty:
+            fields["presence_penalty"] = float(self.presence_penalty)
+        if self.frequency_penalty:
+            fields["frequency_penalty"] = float(self.frequency_penalty)
+        return fields
 
     @field_validator("stop")
     @classmethod
@@ -105,6 +137,27 @@ class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Accepted where the answer stays right without them; refused where a client counts on what they promise.
+    response_format: dict | None = None
+    tool_choice: str | dict | None = None
+    function_call: str | dict | None = None  # the older name for tool_choice
+
+    @field_validator("response_format")
+    @classmethod
+    def _plain_text_only(cls, fmt: dict | None) -> dict | None:
+        kind = (fmt or {}).get("type", "text")
+        if kind != "text":
+            raise ValueError(f"type {kind!r}: this server does not constrain its answers to JSON, so it cannot "
+                             "promise one; omit response_format (or use type 'text') and check the answer yourself")
+        return fmt
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_forced_call(cls, choice: str | dict | None) -> str | dict | None:
+        if choice in (None, "auto", "none"):
+            return choice
+        raise ValueError("this server answers in text and never with a tool call, so it cannot force one; "
+                         "use 'auto' or 'none', or omit it")
 
     def scores(self) -> int | None:
         """How many alternatives the batcher records per token; None: no logprobs."""
@@ -228,7 +281,8 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         if len(prompts) * n > batcher.max_waiting:
             raise APIError(400, f"{len(prompts)} prompts x n={n} is more than this server queues at once "
                            f"({batcher.max_waiting}); send fewer per request", param="prompt")
-        groups = submit(req, prompts, adapter, n, logprobs=top, score_prompt=echo and top is not None)
+        groups = submit(req, prompts, adapter, n, logprobs=top, score_prompt=echo and top is not None,
+                        **req.steering(vocab))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return Stream(_sse(groups[0][0], engine.tok, req.stops(), include_usage, meta, len(prompts[0]), kind,
