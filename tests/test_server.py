@@ -309,6 +309,8 @@ def test_tokenizer_routes(base_url, engine):
     ({"prompt": ["a"] * 65}, "prompt"),
     ({"prompt": ["a", "b"], "stream": True}, "prompt"),
     ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "def f(", "suffix": "return x"}, "suffix"),
+    ({"prompt": "hi", "best_of": 3}, "best_of"),
 ])
 def test_completion_request_errors(base_url, body, param):
     r = httpx.post(f"{base_url}/v1/completions", json={"model": "tiny", **body}, timeout=30)

@@ -171,6 +171,24 @@ class CompletionRequest(Sampling):
     max_tokens: int | None = Field(None, ge=0, description="0 with echo: score the prompt, generate nothing")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    suffix: str | None = None  # refused unless empty: an answer that ignored it would look right and not be
+    best_of: int | None = None  # refused above 1 (strop returns what it samples, not the best of several)
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_insertion(cls, suffix: str | None) -> str | None:
+        if suffix:
+            raise ValueError("text insertion is not supported: this server only continues the prompt; "
+                             "omit suffix")
+        return suffix
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_of_one(cls, best_of: int | None) -> int | None:
+        if best_of is not None and best_of != 1:
+            raise ValueError(f"{best_of}: this server returns the choices it samples (ask for several with n), "
+                             "not the best of several; omit best_of or use 1")
+        return best_of
 
     @field_validator("prompt")
     @classmethod
