@@ -371,10 +371,13 @@ def test_logit_bias_and_penalties_steer_each_token_as_openai_defines_them(base_u
         assert r.status_code == 200, r.text
         want = _steered_greedy(engine, ids, 8, bias, presence, frequency)
         assert want != plain and r.json()["choices"][0]["text"] == engine.tok.decode(want), (bias, presence, frequency)
-    # +100 is exclusive selection, on the chat route and when sampling too
-    r = httpx.post(f"{base_url}/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 5,
-                                                           "logit_bias": {"42": 100}, **SAMPLED}, timeout=60)
+    # +100 is exclusive selection, on the chat route and when sampling too, streamed or not
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 5, "logit_bias": {"42": 100}, **SAMPLED}
+    r = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60)
     assert r.json()["choices"][0]["message"]["content"] == engine.tok.decode([42] * 5)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    stream = client.chat.completions.create(stream=True, **{**body, "logit_bias": {"42": 100}})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == engine.tok.decode([42] * 5)
 
 
 @pytest.mark.parametrize("body, param", [
