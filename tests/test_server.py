@@ -406,3 +406,41 @@ def test_chat_options_that_leave_the_answer_right_are_accepted(client):
                   {"tools": tools, "tool_choice": "none"}, {"user": "u-1", "store": False}):
         r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, **extra)
         assert r.choices[0].message.content == plain, extra
+
+
+def test_responses_api_answers_like_the_chat_route(client):
+    """The official SDK's responses.create: the same answer and token counts as chat with the same turns
+    (instructions as the system message), in the Responses shape; cut by max_output_tokens it says so."""
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": [{"type": "output_text", "text": "hi"}]},
+             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say something about the sea."}]}]
+    as_chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"},
+               {"role": "assistant", "content": "hi"}, {"role": "user", "content": "Say something about the sea."}]
+    for extra in ({}, SAMPLED):
+        chat = client.chat.completions.create(model="tiny", messages=as_chat, max_tokens=6, **extra)
+        r = client.responses.create(model="tiny", instructions="Be brief.", input=turns, max_output_tokens=6,
+                                    extra_body={"seed": extra.get("seed")}, **({"temperature": 1.0} if extra else {}))
+        assert r.object == "response" and r.id.startswith("resp_") and r.model == "tiny"
+        assert r.output_text == chat.choices[0].message.content and r.output[0].role == "assistant"
+        assert (r.usage.input_tokens, r.usage.output_tokens) == (chat.usage.prompt_tokens, chat.usage.completion_tokens)
+        cut = chat.choices[0].finish_reason == "length"
+        assert r.status == ("incomplete" if cut else "completed")
+        assert (r.incomplete_details.reason if cut else r.incomplete_details) == ("max_output_tokens" if cut else None)
+    plain = client.responses.create(model="tiny", input="Say something about the sea.", max_output_tokens=6)
+    assert plain.output_text == client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                               max_tokens=6).choices[0].message.content
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"stream": True}, "stream"),
+    ({"previous_response_id": "resp_123"}, "previous_response_id"),
+    ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"input": ""}, "input"),
+    ({"input": [{"type": "input_image", "image_url": "https://example.com/a.png"}]}, "input"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input"),
+])
+def test_responses_api_refuses_what_it_cannot_honour_by_name(base_url, body, param):
+    r = httpx.post(f"{base_url}/v1/responses", json={"model": "tiny", "input": "hi", "max_output_tokens": 2, **body},
+                   timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param

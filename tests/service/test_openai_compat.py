@@ -264,6 +264,8 @@ def test_checkpoint_models_chat_and_fine_tuned_models_train_on(client, supervise
     stream = client.chat.completions.create(model=name, max_tokens=4, stream=True,
                                             messages=[{"role": "user", "content": "Hi"}])
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
+    answer = client.responses.create(model=name, input="Hi", max_output_tokens=4)  # the Responses API, the same
+    assert answer.model == name and answer.output_text == reply.choices[0].message.content
     assert {m.id for m in client.models.list().data} >= {OPENAI_MODEL, done.fine_tuned_model}
     assert [c.step_number for c in ckpts] == [6, 3]  # one per epoch, newest first
     assert "train_loss" in ckpts[0].metrics.model_dump(exclude_none=True)

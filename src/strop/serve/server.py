@@ -2,7 +2,8 @@
 
 Routes: ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus
 text), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``
-and ``POST /v1/completions`` (plain or SSE), and vLLM's tokenizer routes
+and ``POST /v1/completions`` (plain or SSE), ``POST /v1/responses`` (OpenAI's Responses
+API for text, without streaming or stored state), and vLLM's tokenizer routes
 ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info``, with which
 lm-evaluation-harness needs no tokenizer of its own (docs/serving.md).
 
@@ -133,6 +134,14 @@ class Sampling(BaseModel):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+def _unforced(choice: str | dict | None) -> str | dict | None:
+    """A tool choice a text answer can honour (none, "auto", "none"); a forced call is refused."""
+    if choice in (None, "auto", "none"):
+        return choice
+    raise ValueError("this server answers in text and never with a tool call, so it cannot force one; "
+                     "use 'auto' or 'none', or omit it")
+
+
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
@@ -154,16 +163,87 @@ class ChatRequest(Sampling):
     @field_validator("tool_choice", "function_call")
     @classmethod
     def _no_forced_call(cls, choice: str | dict | None) -> str | dict | None:
-        if choice in (None, "auto", "none"):
-            return choice
-        raise ValueError("this server answers in text and never with a tool call, so it cannot force one; "
-                         "use 'auto' or 'none', or omit it")
+        return _unforced(choice)
 
     def scores(self) -> int | None:
         """How many alternatives the batcher records per token; None: no logprobs."""
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class ResponseContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class ResponseInputMessage(BaseModel):
+    """One item of a Responses API ``input``: a message (``type`` "message" or left out)."""
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ResponseContentPart]
+
+    def as_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ResponsesRequest(Sampling):
+    """OpenAI's Responses API (``POST /v1/responses``), for text in and text out; the server keeps no state."""
+    input: str | list[ResponseInputMessage]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    previous_response_id: str | None = None
+    text: dict | None = None
+    tool_choice: str | dict | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _messages_only(cls, value):
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            kind = item.get("type", "message") if isinstance(item, dict) else type(item).__name__
+            if kind != "message":
+                raise ValueError(f"item {i} is {kind!r}: this server takes text messages only "
+                                 "(role and content; content parts of type input_text or output_text)")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _something_to_answer(cls, value):
+        if (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
+            raise ValueError("nothing to answer: give a string or a list of messages")
+        return value
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _no_stored_state(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("this server stores no responses; send the whole conversation in input")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _plain_text(cls, value: dict | None) -> dict | None:
+        kind = ((value or {}).get("format") or {}).get("type", "text")
+        if kind != "text":
+            raise ValueError(f"format type {kind!r}: this server does not constrain its answers to JSON, so it "
+                             "cannot promise one; leave text.format out (or use type 'text')")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_forced_call(cls, choice: str | dict | None) -> str | dict | None:
+        return _unforced(choice)
+
+    def wanted(self) -> int | None:
+        return self.max_output_tokens
+
+    def messages(self) -> list[dict]:
+        turns = ([{"role": "user", "content": self.input}] if isinstance(self.input, str)
+                 else [m.as_dict() for m in self.input])
+        return ([{"role": "system", "content": self.instructions}] if self.instructions else []) + turns
 
 
 class CompletionRequest(Sampling):
@@ -340,6 +420,19 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
         return await run(req, [ids], _meta("chatcmpl", req.model or model_id), "chat", top=top)
 
+    @app.post("/v1/responses")
+    async def responses(req: ResponsesRequest):
+        if req.stream:
+            raise APIError(400, "stream: the Responses API is served without streaming here; "
+                           "use /v1/chat/completions to stream", param="stream")
+        if req.n not in (None, 1):
+            raise APIError(400, "n: the Responses API answers once per request", param="n")
+        system = _lookup(req.model or model_id, served)[1]
+        text = prompt_text(engine.tok, req.messages(), system)
+        ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
+        chat = await run(req, [ids], _meta("resp", req.model or model_id), "chat")
+        return _as_response(chat, req)
+
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
         if req.wanted() == 0 and not req.echo:
@@ -429,6 +522,25 @@ def _ids(tok, prompt: str | list[int], vocab: int) -> list[int]:
 
 def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+
+
+def _as_response(chat: dict, req: ResponsesRequest) -> dict:
+    """A chat completion (one choice) in the Responses API's shape."""
+    choice, usage = chat["choices"][0], chat["usage"]
+    cut = choice["finish_reason"] == "length"
+    message = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "incomplete" if cut else "completed",
+               "role": "assistant",
+               "content": [{"type": "output_text", "text": choice["message"]["content"], "annotations": []}]}
+    return {"id": chat["id"].replace("resp-", "resp_", 1), "object": "response", "created_at": chat["created"],
+            "model": chat["model"], "status": "incomplete" if cut else "completed", "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "output": [message],
+            "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
+            "temperature": req.temperature or 0.0, "top_p": req.top_p or 1.0, "parallel_tool_calls": False,
+            "tool_choice": req.tool_choice or "auto", "tools": [], "text": {"format": {"type": "text"}},
+            "store": False, "previous_response_id": None,
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+                      "total_tokens": usage["total_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
 def _choice(kind: str, index: int, text: str, finish: str) -> dict:

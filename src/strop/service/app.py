@@ -304,7 +304,9 @@ def _model_routes(app: FastAPI, svc: Service) -> None:
         raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
 
     @app.post("/v1/chat/completions")
+    @app.post("/v1/responses")
     async def chat(request: Request):
+        """Chat and the Responses API, answered by the serving app of the model the body names."""
         import json
 
         raw = await request.body()
