@@ -431,7 +431,6 @@ def test_responses_api_answers_like_the_chat_route(client):
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"stream": True}, "stream"),
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
     ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -444,3 +443,30 @@ def test_responses_api_refuses_what_it_cannot_honour_by_name(base_url, body, par
                    timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_responses_api_streams_events_the_sdk_assembles(client, engine):
+    """Streamed, the same answer as unstreamed: the SDK's stream helper rebuilds the response from the
+    events (it checks their order), and the raw events carry increasing sequence numbers. Cut by
+    max_output_tokens the stream ends with response.incomplete, as OpenAI's does; an answer the model
+    ends (here at once: its end token biased to +100) with response.completed."""
+    args = {"model": "tiny", "input": "Say something about the sea.", "max_output_tokens": 8,
+            "temperature": 1.0, "extra_body": {"seed": 3}}
+    whole = client.responses.create(**args)
+    assert whole.status == "incomplete" and whole.output_text
+    with client.responses.stream(**args) as stream:
+        seen = list(stream)
+    deltas = [e.delta for e in seen if e.type == "response.output_text.delta"]
+    final = seen[-1].response
+    assert seen[-1].type == "response.incomplete" and final.incomplete_details.reason == "max_output_tokens"
+    assert final.output_text == whole.output_text == "".join(deltas)
+    assert final.usage.output_tokens == whole.usage.output_tokens == 8
+    ended = {**args, "extra_body": {"logit_bias": {str(engine.tok.eos_token_id): 100}}}
+    with client.responses.stream(**ended) as stream:
+        done = stream.get_final_response()
+    assert done.status == "completed" and done.output_text == "" and done.usage.output_tokens == 0
+    events = list(client.responses.create(stream=True, **args))
+    assert [e.type for e in events[:4]] == ["response.created", "response.in_progress", "response.output_item.added",
+                                           "response.content_part.added"]
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))

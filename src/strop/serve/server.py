@@ -3,7 +3,7 @@
 Routes: ``GET /health`` (never needs a key), ``GET /metrics`` (Prometheus
 text), ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``
 and ``POST /v1/completions`` (plain or SSE), ``POST /v1/responses`` (OpenAI's Responses
-API for text, without streaming or stored state), and vLLM's tokenizer routes
+API for text, plain or streamed, without stored state), and vLLM's tokenizer routes
 ``POST /tokenize``, ``POST /detokenize``, ``GET /tokenizer_info``, with which
 lm-evaluation-harness needs no tokenizer of its own (docs/serving.md).
 
@@ -365,9 +365,10 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
         return done
 
     async def run(req: Sampling, prompts: list[list[int]], meta: dict, kind: str, *, top: int | None = None,
-                  echo: bool = False, texts: list[str] | None = None):
+                  echo: bool = False, texts: list[str] | None = None, events=None):
         """Answer ``prompts`` (token ids; ``texts``: the same as text, for ``echo``) with ``req``'s settings;
-        ``top``: record logprobs with that many alternatives (None: none)."""
+        ``top``: record logprobs with that many alternatives (None: none); ``events``: when streaming, the
+        SSE events of the one request (a function of it) in place of the chat and completion chunks."""
         adapter = _lookup(req.model or model_id, served)[0]
         for ids in prompts:
             _check_length(len(ids), engine.context_length, "messages" if kind == "chat" else "prompt")
@@ -381,6 +382,8 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
                            f"({batcher.max_waiting}); send fewer per request", param="prompt")
         groups = submit(req, prompts, adapter, n, logprobs=top, score_prompt=echo and top is not None,
                         **req.steering(vocab))
+        if req.stream and events is not None:
+            return Stream(events(groups[0][0]), groups[0])
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return Stream(_sse(groups[0][0], engine.tok, req.stops(), include_usage, meta, len(prompts[0]), kind,
@@ -422,16 +425,19 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
 
     @app.post("/v1/responses")
     async def responses(req: ResponsesRequest):
-        if req.stream:
-            raise APIError(400, "stream: the Responses API is served without streaming here; "
-                           "use /v1/chat/completions to stream", param="stream")
         if req.n not in (None, 1):
             raise APIError(400, "n: the Responses API answers once per request", param="n")
         system = _lookup(req.model or model_id, served)[1]
         text = prompt_text(engine.tok, req.messages(), system)
         ids = await run_in_threadpool(lambda: engine.tok(text, add_special_tokens=False)["input_ids"])
-        chat = await run(req, [ids], _meta("resp", req.model or model_id), "chat")
-        return _as_response(chat, req)
+        meta = _meta("resp", req.model or model_id)
+        events = lambda r: _response_events(r, engine.tok, meta, req, len(ids), app.state.metrics)  # noqa: E731
+        done = await run(req, [ids], meta, "chat", events=events)
+        if req.stream:
+            return done
+        choice = done["choices"][0]
+        return _response(meta, req, choice["message"]["content"], choice["finish_reason"],
+                         done["usage"]["prompt_tokens"], done["usage"]["completion_tokens"])
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
@@ -524,23 +530,62 @@ def _meta(prefix: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
 
 
-def _as_response(chat: dict, req: ResponsesRequest) -> dict:
-    """A chat completion (one choice) in the Responses API's shape."""
-    choice, usage = chat["choices"][0], chat["usage"]
-    cut = choice["finish_reason"] == "length"
-    message = {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "incomplete" if cut else "completed",
-               "role": "assistant",
-               "content": [{"type": "output_text", "text": choice["message"]["content"], "annotations": []}]}
-    return {"id": chat["id"].replace("resp-", "resp_", 1), "object": "response", "created_at": chat["created"],
-            "model": chat["model"], "status": "incomplete" if cut else "completed", "error": None,
-            "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "output": [message],
+def _response(meta: dict, req: ResponsesRequest, text: str | None, finish: str | None, n_prompt: int,
+              n_out: int | None) -> dict:
+    """A Responses API object; ``finish`` None: still being written (no output or usage yet)."""
+    status = "in_progress" if finish is None else "incomplete" if finish == "length" else "completed"
+    body = {"id": meta["id"].replace("resp-", "resp_", 1), "object": "response", "created_at": meta["created"],
+            "model": meta["model"], "status": status, "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "output": [] if finish is None else [_response_message(meta, text, status)],
             "instructions": req.instructions, "max_output_tokens": req.max_output_tokens,
             "temperature": req.temperature or 0.0, "top_p": req.top_p or 1.0, "parallel_tool_calls": False,
             "tool_choice": req.tool_choice or "auto", "tools": [], "text": {"format": {"type": "text"}},
-            "store": False, "previous_response_id": None,
-            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
-                      "total_tokens": usage["total_tokens"], "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}}}
+            "store": False, "previous_response_id": None, "usage": None}
+    if n_out is not None:
+        body["usage"] = {"input_tokens": n_prompt, "output_tokens": n_out, "total_tokens": n_prompt + n_out,
+                         "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    return body
+
+
+def _response_message(meta: dict, text: str | None, status: str) -> dict:
+    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
+    return {"type": "message", "id": "msg_" + meta["id"].rsplit("-", 1)[-1], "status": status, "role": "assistant",
+            "content": content}
+
+
+async def _response_events(r, tok, meta: dict, req: ResponsesRequest, n_prompt: int, metrics):
+    """The Responses API's streamed events for one request: created, the message and its text part opened,
+    a delta per piece of text, then the text, part, message and response closed (``response.completed``,
+    or ``response.incomplete`` when max_output_tokens cut it)."""
+    counter = iter(range(1 << 62))
+
+    def event(kind: str, **fields) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(counter), **fields})}\n\n"
+
+    where = {"output_index": 0, "content_index": 0, "item_id": _response_message(meta, None, "")["id"]}
+    opened = _response(meta, req, None, None, n_prompt, None)
+    yield event("response.created", response=opened)
+    yield event("response.in_progress", response=opened)
+    yield event("response.output_item.added", output_index=0, item=_response_message(meta, None, "in_progress"))
+    yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
+    out, text = Outcome(), []
+    try:
+        async for piece in pieces(r, tok, [], out):
+            text.append(piece)
+            yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+    except Exception as exc:  # headers are already sent: report in-band, as OpenAI does
+        yield event("error", code="server_error", message=f"generation failed: {exc}", param=None)
+        return
+    metrics.add("completion_tokens_total", out.tokens)
+    if out.first_token_s is not None:
+        metrics.add("time_to_first_token_seconds_total", out.first_token_s)
+    done = _response(meta, req, "".join(text), out.finish_reason, n_prompt, out.tokens)
+    message = done["output"][0]
+    yield event("response.output_text.done", **where, text=message["content"][0]["text"], logprobs=[])
+    yield event("response.content_part.done", **where, part=message["content"][0])
+    yield event("response.output_item.done", output_index=0, item=message)
+    yield event("response.completed" if done["status"] == "completed" else "response.incomplete", response=done)
 
 
 def _choice(kind: str, index: int, text: str, finish: str) -> dict:
