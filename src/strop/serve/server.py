@@ -30,6 +30,7 @@ routes only submit requests and turn the token ids they get back into text.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -134,6 +135,13 @@ class Sampling(BaseModel):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+def _unconstrained(kind: str, field: str) -> None:
+    """A requested output format other than plain text is refused: nothing here constrains the answer."""
+    if kind != "text":
+        raise ValueError(f"type {kind!r}: this server does not constrain its answers to JSON, so it cannot "
+                         f"promise one; leave {field} out (or use type 'text') and check the answer yourself")
+
+
 def _unforced(choice: str | dict | None) -> str | dict | None:
     """A tool choice a text answer can honour (none, "auto", "none"); a forced call is refused."""
     if choice in (None, "auto", "none"):
@@ -154,10 +162,7 @@ class ChatRequest(Sampling):
     @field_validator("response_format")
     @classmethod
     def _plain_text_only(cls, fmt: dict | None) -> dict | None:
-        kind = (fmt or {}).get("type", "text")
-        if kind != "text":
-            raise ValueError(f"type {kind!r}: this server does not constrain its answers to JSON, so it cannot "
-                             "promise one; omit response_format (or use type 'text') and check the answer yourself")
+        _unconstrained((fmt or {}).get("type", "text"), "response_format")
         return fmt
 
     @field_validator("tool_choice", "function_call")
@@ -172,22 +177,15 @@ class ChatRequest(Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class ResponseContentPart(BaseModel):
+class ResponseContentPart(TextPart):
     model_config = ConfigDict(extra="ignore")
     type: Literal["input_text", "output_text", "text"]
-    text: str
 
 
-class ResponseInputMessage(BaseModel):
+class ResponseInputMessage(ChatMessage):
     """One item of a Responses API ``input``: a message (``type`` "message" or left out)."""
-    model_config = ConfigDict(extra="ignore")
     type: Literal["message"] = "message"
-    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ResponseContentPart]
-
-    def as_dict(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
 class ResponsesRequest(Sampling):
@@ -226,10 +224,7 @@ class ResponsesRequest(Sampling):
     @field_validator("text")
     @classmethod
     def _plain_text(cls, value: dict | None) -> dict | None:
-        kind = ((value or {}).get("format") or {}).get("type", "text")
-        if kind != "text":
-            raise ValueError(f"format type {kind!r}: this server does not constrain its answers to JSON, so it "
-                             "cannot promise one; leave text.format out (or use type 'text')")
+        _unconstrained(((value or {}).get("format") or {}).get("type", "text"), "text.format")
         return value
 
     @field_validator("tool_choice")
@@ -534,7 +529,7 @@ def _response(meta: dict, req: ResponsesRequest, text: str | None, finish: str |
               n_out: int | None) -> dict:
     """A Responses API object; ``finish`` None: still being written (no output or usage yet)."""
     status = "in_progress" if finish is None else "incomplete" if finish == "length" else "completed"
-    body = {"id": meta["id"].replace("resp-", "resp_", 1), "object": "response", "created_at": meta["created"],
+    body = {"id": "resp_" + _hex(meta), "object": "response", "created_at": meta["created"],
             "model": meta["model"], "status": status, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "output": [] if finish is None else [_response_message(meta, text, status)],
@@ -548,22 +543,26 @@ def _response(meta: dict, req: ResponsesRequest, text: str | None, finish: str |
     return body
 
 
+def _hex(meta: dict) -> str:
+    """The random part of a request's id, shared by its response and its message."""
+    return meta["id"].rsplit("-", 1)[-1]
+
+
 def _response_message(meta: dict, text: str | None, status: str) -> dict:
     content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
-    return {"type": "message", "id": "msg_" + meta["id"].rsplit("-", 1)[-1], "status": status, "role": "assistant",
-            "content": content}
+    return {"type": "message", "id": "msg_" + _hex(meta), "status": status, "role": "assistant", "content": content}
 
 
 async def _response_events(r, tok, meta: dict, req: ResponsesRequest, n_prompt: int, metrics):
     """The Responses API's streamed events for one request: created, the message and its text part opened,
     a delta per piece of text, then the text, part, message and response closed (``response.completed``,
     or ``response.incomplete`` when max_output_tokens cut it)."""
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
 
     def event(kind: str, **fields) -> str:
         return f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': next(counter), **fields})}\n\n"
 
-    where = {"output_index": 0, "content_index": 0, "item_id": _response_message(meta, None, "")["id"]}
+    where = {"output_index": 0, "content_index": 0, "item_id": "msg_" + _hex(meta)}
     opened = _response(meta, req, None, None, n_prompt, None)
     yield event("response.created", response=opened)
     yield event("response.in_progress", response=opened)
@@ -577,9 +576,7 @@ async def _response_events(r, tok, meta: dict, req: ResponsesRequest, n_prompt: 
     except Exception as exc:  # headers are already sent: report in-band, as OpenAI does
         yield event("error", code="server_error", message=f"generation failed: {exc}", param=None)
         return
-    metrics.add("completion_tokens_total", out.tokens)
-    if out.first_token_s is not None:
-        metrics.add("time_to_first_token_seconds_total", out.first_token_s)
+    _count(metrics, out)
     done = _response(meta, req, "".join(text), out.finish_reason, n_prompt, out.tokens)
     message = done["output"][0]
     yield event("response.output_text.done", **where, text=message["content"][0]["text"], logprobs=[])
@@ -643,6 +640,13 @@ def _chunk(kind: str, meta: dict, text: str | None, finish: str | None = None, *
                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
 
 
+def _count(metrics, out: Outcome) -> None:
+    """A finished stream's tokens and time to its first token, in /metrics."""
+    metrics.add("completion_tokens_total", out.tokens)
+    if out.first_token_s is not None:
+        metrics.add("time_to_first_token_seconds_total", out.first_token_s)
+
+
 async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_prompt: int, kind: str, metrics,
                top: int | None = None, offset: int = 0):
     """The SSE events of one streamed choice; with ``top``, each chunk carries the logprobs of the tokens
@@ -660,9 +664,7 @@ async def _sse(req, tok, stops: list[str], include_usage: bool, meta: dict, n_pr
                 offset += len(text)
             yield _chunk(kind, meta, text, logprobs=shown)
         yield _chunk(kind, meta, None, out.finish_reason)
-        metrics.add("completion_tokens_total", out.tokens)
-        if out.first_token_s is not None:
-            metrics.add("time_to_first_token_seconds_total", out.first_token_s)
+        _count(metrics, out)
         if include_usage:
             obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
             yield _event({**meta, "object": obj, "choices": [], "usage": _usage(n_prompt, out.tokens)})
