@@ -59,6 +59,10 @@ INVENTORY = (
     # it by name at import, `from kernels import get_kernel`
     Touched("kernels:get_kernel", "patches.bnb_import", ("repo_id",)),
     # the strop command imports bitsandbytes only for 4-bit weights: these cache whether it is installed, and
+    # jobs forked warm (service/warm.py): a fork lets go of the forkserver's "service alive" pipe end, so the
+    # forkserver ends with its service; a started job is left out of the children multiprocessing joins at exit
+    Touched("multiprocessing.forkserver:_forkserver._forkserver_alive_fd", "service.warm"),
+    Touched("multiprocessing.process:_children", "service.warm"),
     # peft.helpers keeps the module it imported (patches/bnb_import.py:wanted)
     Touched("peft.import_utils:is_bnb_available.cache_clear", "patches.bnb_import"),
     Touched("peft.import_utils:is_bnb_4bit_available.cache_clear", "patches.bnb_import"),

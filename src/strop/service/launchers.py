@@ -7,13 +7,14 @@ it, and which reference to store for it. Job state stays in the service's
 store and the run directory either way; on a cluster that directory must be
 on a filesystem the compute nodes share (NFS, Lustre...).
 
-* ``LocalLauncher``: a child process of the service (the default).
+* ``LocalLauncher``: a child process of the service (the default), forked from a process that has
+  imported the training stack already (warm.py).
 * ``SlurmLauncher``: ``sbatch`` / ``squeue`` / ``scancel``; ``--slurm-option``
   adds sbatch options (partition, GPUs, time limit...). The runner writes its
   exit code to the run directory (runner.EXIT_FILE), so no accounting
   database (sacct) is needed to tell success from failure.
 
-A new scheduler is one more class with ``start`` and the four questions;
+A new scheduler is one more class with ``prepare`` (told when a job is coming), ``start`` and the four questions;
 the fake Slurm in tests/service/fake_slurm/ shows how little each call needs.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import IO, Protocol
 from ..core.errors import StropError
 
 EXIT_FILE = "exit.json"  # {"code": N}, written by the runner as it ends (runner.py)
+PROCESS_FILE = "process.json"  # {"pid": N, "start": ticks}, written by the runner as it starts
 SCHEDULER_TIMEOUT_S = 60.0
 LAUNCHERS = ("local", "slurm")
 
@@ -70,10 +72,63 @@ class LocalProcess:
         self.log.close()
 
 
+@dataclass
+class ForkedProcess:
+    """A training process forked from the warm forkserver (warm.py): a multiprocessing.Process."""
+
+    proc: object
+
+    def __post_init__(self) -> None:
+        self.pid = self.proc.pid  # a closed Process no longer answers
+
+    @property
+    def ref(self) -> str:
+        return str(self.pid)
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode  # negative: the signal that ended it, as Popen reports
+
+    def stop(self) -> None:
+        if self.proc.exitcode is None:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.proc.exitcode is None:
+            self.proc.kill()
+
+    def close(self) -> None:
+        if self.proc.exitcode is not None:
+            self.proc.close()
+
+
+RUNNER = "strop.service.runner"
+
+
 class LocalLauncher:
+    """Children of this machine. The runner command is forked from the warm forkserver (warm.py), which
+    has imported the training stack already; any other command, or a platform without forkserver, is a
+    plain child process. ``warm=False``: always the plain child."""
+
     name = "local"
 
-    def start(self, cmd: list[str], run_dir: Path, env: dict[str, str], job_id: str) -> LocalProcess:
+    def __init__(self, warm: bool = True) -> None:
+        from . import warm as warm_start
+
+        self.warm = warm and warm_start.available()
+
+    def prepare(self) -> None:
+        """A job is coming (the worker is checking its files): start the forkserver's imports now, in the
+        background. Not earlier: a service that only serves models never pays for them."""
+        if self.warm:
+            from . import warm as warm_start
+
+            warm_start.prepare()
+
+    def start(self, cmd: list[str], run_dir: Path, env: dict[str, str], job_id: str) -> LocalProcess | ForkedProcess:
+        if self.warm and cmd[1:3] == ["-m", RUNNER]:
+            from . import warm as warm_start
+
+            return ForkedProcess(warm_start.start(cmd, run_dir / "train.log", env))
         log = (run_dir / "train.log").open("a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return LocalProcess(proc, log)
@@ -133,6 +188,9 @@ class SlurmLauncher:
             raise StropError(f"--launcher slurm: `{' '.join(args[:2])} ...` failed: {done.stderr.strip()[:300]}")
         return done.stdout
 
+    def prepare(self) -> None:
+        pass  # each batch job starts its own Python on a compute node
+
     def start(self, cmd: list[str], run_dir: Path, env: dict[str, str], job_id: str) -> SlurmJob:
         (run_dir / EXIT_FILE).unlink(missing_ok=True)
         script = run_dir / "slurm.sh"
@@ -157,6 +215,35 @@ def make(name: str, slurm_options: list[str] | None = None, poll_s: float = 10.0
             raise StropError(f"option --scheduler-poll-s: must be positive, got {poll_s:g}")
         return SlurmLauncher(slurm_options, poll_s=poll_s)
     raise StropError(f"option --launcher: {name!r} is not one of {', '.join(LAUNCHERS)}")
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, names one
+    process, where a pid alone may have been reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_process(run_dir: Path) -> None:
+    """The runner's pid and start time (PROCESS_FILE): how a restarted service knows its orphan, whose command
+    line is the forkserver's when it was forked (warm.py)."""
+    pid = os.getpid()
+    try:
+        (run_dir / PROCESS_FILE).write_text(json.dumps({"pid": pid, "start": start_ticks(pid)}))
+    except OSError:
+        pass  # then only the command line can tell (worker._alive)
+
+
+def is_process(run_dir: Path, pid: int) -> bool:
+    """Is ``pid`` the runner that wrote ``run_dir``'s PROCESS_FILE (and not a later process with its pid)?"""
+    try:
+        known = json.loads((run_dir / PROCESS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return known.get("pid") == pid and known.get("start") is not None and known["start"] == start_ticks(pid)
 
 
 def write_exit(run_dir: Path, code: int) -> None:

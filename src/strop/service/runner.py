@@ -32,11 +32,12 @@ def main(argv: list[str]) -> int:
     from ..core.logs import quiet_libraries
     from ..methods.options import load_train_config
     from ..train.run import train
-    from .launchers import write_exit
+    from .launchers import write_exit, write_process
     from .progress import PLAN, write_plan
 
     run_dir, resume = Path(argv[0]), "--resume" in argv[1:]
     _watch_parent()
+    write_process(run_dir)
     quiet_libraries()
     code = 1
     try:

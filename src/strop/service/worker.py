@@ -23,7 +23,7 @@ from ..core.errors import StropError
 from ..core.rundir import RunDir
 from .files import save_result, stored_path, validate
 from .jobs import JOB_ID, model_id
-from .launchers import Launched, LocalLauncher, SlurmJob, SlurmLauncher
+from .launchers import Launched, LocalLauncher, SlurmJob, SlurmLauncher, is_process
 from .progress import encoded_results
 from .store import Store
 
@@ -100,6 +100,7 @@ class Worker(threading.Thread):
 
     # -- states ----------------------------------------------------------------
     def validate(self, job: dict) -> None:
+        self.launcher.prepare()  # a warm launcher imports the training stack while the files are checked
         try:
             for key in ("training_file", "validation_file"):
                 if job[key] is None:
@@ -258,15 +259,16 @@ def _pid(ref: str) -> int | None:
     return int(ref) if ref.isdigit() else None
 
 
-def _alive(pid: int | None, job_id: str) -> bool:
-    """Is ``pid`` still our child for this job (and not a recycled pid)?"""
+def _alive(pid: int | None, job_id: str, root: Path) -> bool:
+    """Is ``pid`` still our child for this job (and not a recycled pid)? Its command line names the job, or,
+    forked from the warm forkserver (warm.py), it is the process the run directory records."""
     if not pid:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return job_id.encode() in cmdline and b"strop.service.runner" in cmdline
+    return (job_id.encode() in cmdline and b"strop.service.runner" in cmdline) or is_process(root, pid)
 
 
 def recover(store: Store, runs_root: Path, launcher=None, worker: "Worker | None" = None) -> None:
@@ -274,9 +276,9 @@ def recover(store: Store, runs_root: Path, launcher=None, worker: "Worker | None
     finishes the ones that ended meanwhile as it finishes any job: result file, events, webhooks)."""
     for job in store.list_jobs(statuses=("running",)):
         job_id, root = job["id"], RunDir(run_dir(runs_root, job["id"]))
-        if _alive(job["pid"], job_id):
+        if _alive(job["pid"], job_id, root.root):
             os.kill(job["pid"], signal.SIGTERM)  # the orphan saves a checkpoint; we resume from it below
-            _wait_gone(job["pid"], job_id)
+            _wait_gone(job["pid"], job_id, root.root)
         elif (job.get("handle") or "").startswith("slurm:") and isinstance(launcher, SlurmLauncher):
             _stop_batch_job(SlurmJob(job["handle"].split(":", 1)[1], root.root, launcher))
         if root.summary.is_file() and root.final.is_dir():
@@ -316,9 +318,9 @@ def _stop_batch_job(batch, timeout_s: float = STOP_GRACE_S) -> None:
         batch.kill()
 
 
-def _wait_gone(pid: int, job_id: str, timeout_s: float = STOP_GRACE_S) -> None:
+def _wait_gone(pid: int, job_id: str, root: Path, timeout_s: float = STOP_GRACE_S) -> None:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid, job_id) and time.monotonic() < deadline:
+    while _alive(pid, job_id, root) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid, job_id):
+    if _alive(pid, job_id, root):
         os.kill(pid, signal.SIGKILL)
