@@ -380,6 +380,30 @@ def test_logit_bias_and_penalties_steer_each_token_as_openai_defines_them(base_u
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == engine.tok.decode([42] * 5)
 
 
+def test_python_api_steers_as_the_server_does(engine):
+    """strop.load(...).complete_ids / chat / generate / stream take the same logit_bias and penalties, with the
+    same tokens as the hand-written greedy loop; +100 selects its token when sampling too; bad values are one
+    StropError naming the argument."""
+    from strop.core.errors import StropError
+
+    ids = engine.tok("The harbour at dawn", add_special_tokens=False)["input_ids"]
+    plain = _steered_greedy(engine, ids, 8, {}, 0.0, 0.0)
+    for bias, presence, frequency in [({}, 1.5, 0.5), ({plain[0]: -100.0}, 0.0, 0.0), ({101: 4.0, 202: 4.0}, 0.0, 1.0)]:
+        want = _steered_greedy(engine, ids, 8, bias, presence, frequency)
+        got = engine.complete_ids(ids, max_new_tokens=8, logit_bias={str(k): v for k, v in bias.items()},
+                                  presence_penalty=presence, frequency_penalty=frequency)
+        assert want != plain and got.text == engine.tok.decode(want), (bias, presence, frequency)
+    assert engine.generate("Say something about the sea.", max_new_tokens=5, logit_bias={42: 100}, temperature=1.0,
+                           seed=3) == engine.tok.decode([42] * 5)
+    pieces = engine.stream(MESSAGES, max_new_tokens=5, logit_bias={42: 100}, temperature=0.7, top_p=0.1, seed=1)
+    assert "".join(pieces) == engine.tok.decode([42] * 5)
+    for kw, named in [({"logit_bias": {"sea": 1}}, "logit_bias"), ({"logit_bias": {5: 250}}, r"logit_bias\[5\]"),
+                      ({"logit_bias": {10**8: 1}}, "outside the vocabulary"), ({"presence_penalty": 3}, "presence_penalty"),
+                      ({"frequency_penalty": float("nan")}, "frequency_penalty")]:
+        with pytest.raises(StropError, match=named):
+            engine.generate("hi", max_new_tokens=2, **kw)
+
+
 @pytest.mark.parametrize("body, param", [
     ({"logit_bias": {"sea": 1}}, "logit_bias"),
     ({"logit_bias": {"5": 250}}, "logit_bias"),

@@ -13,6 +13,8 @@ from typing import Iterator
 
 from .. import models
 from ..core.errors import StropError
+from . import steering
+from .steering import Steering
 from .templates import prompt_text
 
 GREEDY_BELOW = 1e-5  # a temperature under this samples like argmax anyway; dividing by it overflows
@@ -57,7 +59,8 @@ class Engine:
         return self.tok(self.prompt(messages), add_special_tokens=False)["input_ids"]
 
     # -- generation ------------------------------------------------------
-    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float, top_p: float, steer: Steering | None = None,
+                    prompt_len: int = 0) -> dict:
         sample = temperature >= GREEDY_BELOW  # a tiny temperature is greedy, as in the server (dividing overflows)
         kw = {
             "max_new_tokens": max_new_tokens,
@@ -65,11 +68,19 @@ class Engine:
             "eos_token_id": self.tok.eos_token_id,
             "pad_token_id": self.tok.pad_token_id,
         }
+        if steer:
+            kw["logits_processor"] = steering.processor(steer, prompt_len)
         if sample:
             kw.update(temperature=temperature, top_p=top_p)
         else:
             kw.update(temperature=None, top_p=None, top_k=None)
         return kw
+
+    def _steering(self, logit_bias, presence_penalty, frequency_penalty) -> Steering | None:
+        if logit_bias is None and presence_penalty is None and frequency_penalty is None:
+            return None
+        vocab = self.model.get_input_embeddings().num_embeddings  # the server's bound too
+        return steering.checked(vocab, logit_bias, presence_penalty, frequency_penalty)
 
     def _check_len(self, ids: list[int], max_new_tokens: int) -> int:
         if len(ids) >= self.context_length:
@@ -77,14 +88,19 @@ class Engine:
         return min(max_new_tokens, self.context_length - len(ids))
 
     def complete_ids(self, ids: list[int], max_new_tokens: int = 128, temperature: float = 0.0,
-                     top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None) -> Completion:
+                     top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                     logit_bias: dict | None = None, presence_penalty: float | None = None,
+                     frequency_penalty: float | None = None) -> Completion:
+        """Continue token ids. ``logit_bias`` (token id -> -100..100), ``presence_penalty`` and
+        ``frequency_penalty`` (-2..2) act as OpenAI defines them (models/steering.py), as on the server."""
         torch = self._torch
         max_new_tokens = self._check_len(ids, max_new_tokens)
+        steer = self._steering(logit_bias, presence_penalty, frequency_penalty)
         with self.lock, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
+                                      **self._gen_kwargs(max_new_tokens, temperature, top_p, steer, len(ids)))
         new = out[0, len(ids):].tolist()
         ended = bool(new) and new[-1] == self.tok.eos_token_id
         if ended:
@@ -115,13 +131,16 @@ class Engine:
         return answers
 
     def stream(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0,
-               top_p: float = 1.0, seed: int | None = None, stats: dict | None = None) -> Iterator[str]:
+               top_p: float = 1.0, seed: int | None = None, stats: dict | None = None,
+               logit_bias: dict | None = None, presence_penalty: float | None = None,
+               frequency_penalty: float | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated; ``stats`` receives token counts at the end."""
         from transformers import TextIteratorStreamer
 
         torch = self._torch
         ids = self.encode(messages)
         max_new_tokens = self._check_len(ids, max_new_tokens)
+        steer = self._steering(logit_bias, presence_penalty, frequency_penalty)
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True, timeout=600)
         result: dict = {}
 
@@ -132,7 +151,7 @@ class Engine:
                 try:
                     result["out"] = self.model.generate(
                         input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                        streamer=streamer, **self._gen_kwargs(max_new_tokens, temperature, top_p))
+                        streamer=streamer, **self._gen_kwargs(max_new_tokens, temperature, top_p, steer, len(ids)))
                 except Exception as exc:  # surfaced to the consumer below
                     result["error"] = exc
                     streamer.end()

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from ..models.cache import cache_kw, returned_cache
 from ..models.engine import GREEDY_BELOW
+from ..models.steering import Steering, steer
 
 DONE = None  # sentinel put on a request's queue after its last token
 SCORE_CHUNK = 512  # prompt tokens per forward when a prompt is scored: bounds the (tokens x vocabulary) logits
@@ -398,18 +399,8 @@ def _pick(logits, r: Request) -> int:
 
 
 def _steered(logits, r: Request):
-    """``logits`` with ``r``'s logit_bias added and its presence and frequency penalties taken off the tokens it
-    generated so far (OpenAI's definition: score - count x frequency - (count > 0) x presence); the prompt's
-    tokens are not counted. A new tensor; the same one when ``r`` asks for none of it."""
-    penalised = r.new and (r.presence_penalty or r.frequency_penalty)
-    if not r.logit_bias and not penalised:
+    """``logits`` with ``r``'s logit_bias and presence and frequency penalties (models/steering.py: OpenAI's
+    definition, shared with the Python API); the same tensor when ``r`` asks for none of it."""
+    if not r.logit_bias and not (r.presence_penalty or r.frequency_penalty):
         return logits
-    import torch
-
-    out = logits.float().clone()
-    if r.logit_bias:
-        out[torch.tensor(list(r.logit_bias))] += torch.tensor(list(r.logit_bias.values()), dtype=out.dtype)
-    if penalised:
-        ids, counts = torch.tensor(r.new).unique(return_counts=True)
-        out[ids] -= counts.to(out.dtype) * r.frequency_penalty + r.presence_penalty
-    return out
+    return steer(logits, r.new, Steering(r.logit_bias or {}, r.presence_penalty, r.frequency_penalty))

@@ -48,6 +48,7 @@ from ..http.errors import APIError, install_error_handlers
 from ..http.guard import API_CSP, Guard, allowed_hosts
 from ..http.server import drained, serve_until_stopped
 from ..models.engine import Engine
+from ..models.steering import MAX_BIASED
 from ..models.templates import prompt_text
 from . import adapters as adapter_table
 from .batching import Batcher, Closed, QueueFull
@@ -74,7 +75,6 @@ class ChatMessage(BaseModel):
 
 
 MAX_STOPS = 16  # OpenAI takes 4; lm-eval's tasks send their own stop strings plus the end-of-text one
-MAX_BIASED = 1024  # token ids one logit_bias may name
 
 
 class StreamOptions(BaseModel):
