@@ -109,6 +109,25 @@ def test_other_commands_and_warm_false_start_plain_processes(launcher, tmp_path)
     assert (tmp_path / "train.log").read_text().count("plain ['x']") == 2
 
 
+def test_a_forkserver_that_cannot_start_leaves_plain_processes(tmp_path, monkeypatch, capsys):
+    from strop.service import launchers, warm
+
+    def broken(*_a, **_k):
+        raise OSError("no room for the forkserver's socket")
+
+    started = []
+    monkeypatch.setattr(warm, "start", broken)
+    monkeypatch.setattr(launchers.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or "popen")
+    launcher = LocalLauncher()
+    if not launcher.warm:
+        pytest.skip("this platform has no forkserver start method")
+    cmd = [sys.executable, "-m", "strop.service.runner", str(tmp_path)]
+    proc = launcher.start(cmd, tmp_path, dict(os.environ), "job-e")
+    assert isinstance(proc, LocalProcess) and started == [cmd] and not launcher.warm
+    assert "jobs start as plain processes" in capsys.readouterr().err
+    proc.close()
+
+
 def test_a_fork_made_after_cuda_started_replaces_itself_with_the_plain_command(tmp_path):
     """torch marks a fork of a process that had initialised CUDA; such a child must not train: it execs the
     plain command, in the same process (same pid), with the job's environment and log."""

@@ -122,13 +122,23 @@ class LocalLauncher:
         if self.warm:
             from . import warm as warm_start
 
-            warm_start.prepare()
+            try:
+                warm_start.prepare()
+            except Exception as exc:  # the fast path is optional: jobs still start, as plain processes
+                self._go_cold(exc)
+
+    def _go_cold(self, exc: Exception) -> None:
+        self.warm = False
+        print(f"strop service: jobs start as plain processes; the forkserver failed: {exc!r}"[:500], file=sys.stderr)
 
     def start(self, cmd: list[str], run_dir: Path, env: dict[str, str], job_id: str) -> LocalProcess | ForkedProcess:
         if self.warm and cmd[1:3] == ["-m", RUNNER]:
             from . import warm as warm_start
 
-            return ForkedProcess(warm_start.start(cmd, run_dir / "train.log", env))
+            try:
+                return ForkedProcess(warm_start.start(cmd, run_dir / "train.log", env))
+            except Exception as exc:  # as in prepare(): this job and the next start the plain way
+                self._go_cold(exc)
         log = (run_dir / "train.log").open("a")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         return LocalProcess(proc, log)
