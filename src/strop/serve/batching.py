@@ -85,9 +85,7 @@ class Request:
     logprobs: int | None = None  # record each new token's logprob and this many alternatives; None: off
     score_prompt: bool = False  # also score every prompt token (``prompt_scores``); max_new_tokens may then be 0
     # OpenAI's steering, applied to the scores before choosing (greedy too), never to the logprobs reported
-    logit_bias: dict[int, float] | None = None  # token id -> added to its score
-    presence_penalty: float = 0.0  # taken off each token already generated once or more
-    frequency_penalty: float = 0.0  # taken off each token once per time it was generated
+    steering: Steering = field(default_factory=Steering)  # logit_bias and the penalties (models/steering.py)
     tokens: queue.Queue = field(default_factory=queue.Queue)  # token ids, then DONE
     new: list[int] = field(default_factory=list)
     finish_reason: str = "length"
@@ -383,7 +381,7 @@ def _pick(logits, r: Request) -> int:
                          "and 0 < top_p <= 1")
     if not bool(torch.isfinite(logits).all()):
         logits = _finite(logits)
-    logits = _steered(logits, r)
+    logits = steer(logits, r.new, r.steering)  # the same tensor when the request asks for no steering
     if temperature < GREEDY_BELOW:  # 0, negative or tiny: greedy
         return int(logits.argmax())
     scaled = logits / temperature
@@ -396,11 +394,3 @@ def _pick(logits, r: Request) -> int:
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=r.generator))
-
-
-def _steered(logits, r: Request):
-    """``logits`` with ``r``'s logit_bias and presence and frequency penalties (models/steering.py: OpenAI's
-    definition, shared with the Python API); the same tensor when ``r`` asks for none of it."""
-    if not r.logit_bias and not (r.presence_penalty or r.frequency_penalty):
-        return logits
-    return steer(logits, r.new, Steering(r.logit_bias or {}, r.presence_penalty, r.frequency_penalty))

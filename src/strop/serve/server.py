@@ -48,7 +48,7 @@ from ..http.errors import APIError, install_error_handlers
 from ..http.guard import API_CSP, Guard, allowed_hosts
 from ..http.server import drained, serve_until_stopped
 from ..models.engine import Engine
-from ..models.steering import MAX_BIASED
+from ..models.steering import Steering, checked
 from ..models.templates import prompt_text
 from . import adapters as adapter_table
 from .batching import Batcher, Closed, QueueFull
@@ -100,26 +100,17 @@ class Sampling(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _bias_by_token_id(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for key, value in (bias or {}).items():
-            if not key.strip().isdigit():
-                raise ValueError(f"key {key!r} is not a token id (a whole number, as a string)")
-            if not -100 <= value <= 100:
-                raise ValueError(f"{key}: {value} is outside -100 to 100")
-        if bias and len(bias) > MAX_BIASED:
-            raise ValueError(f"at most {MAX_BIASED} token ids, got {len(bias)}")
+        try:  # the Python API's rules; the vocabulary is checked with the model, in steering()
+            checked(sys.maxsize, bias)
+        except StropError as exc:
+            raise ValueError(str(exc).removeprefix("logit_bias: ")) from None
         return bias
 
-    def steering(self, vocab: int) -> dict:
-        """The batcher Request fields for logit_bias and the penalties (none when the request sets none)."""
-        fields: dict = {}
+    def steering(self, vocab: int) -> Steering:
+        """logit_bias and the penalties for the batcher (a Steering that changes nothing when none is set)."""
         if self.logit_bias:
-            ids = _checked_ids([int(k) for k in self.logit_bias], vocab, "logit_bias")
-            fields["logit_bias"] = dict(zip(ids, (float(v) for v in self.logit_bias.values())))
-        if self.presence_penalty:
-            fields["presence_penalty"] = float(self.presence_penalty)
-        if self.frequency_penalty:
-            fields["frequency_penalty"] = float(self.frequency_penalty)
-        return fields
+            _checked_ids([int(k) for k in self.logit_bias], vocab, "logit_bias")
+        return checked(vocab, self.logit_bias, self.presence_penalty, self.frequency_penalty)
 
     @field_validator("stop")
     @classmethod
@@ -376,7 +367,7 @@ def create_app(engine: Engine, *, model_id: str | None = None, api_key: str | No
             raise APIError(400, f"{len(prompts)} prompts x n={n} is more than this server queues at once "
                            f"({batcher.max_waiting}); send fewer per request", param="prompt")
         groups = submit(req, prompts, adapter, n, logprobs=top, score_prompt=echo and top is not None,
-                        **req.steering(vocab))
+                        steering=req.steering(vocab))
         if req.stream and events is not None:
             return Stream(events(groups[0][0]), groups[0])
         if req.stream:

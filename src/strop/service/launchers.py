@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ..core.errors import StropError
+from . import warm as warm_start
 
 EXIT_FILE = "exit.json"  # {"code": N}, written by the runner as it ends (runner.py)
 PROCESS_FILE = "process.json"  # {"pid": N, "start": ticks}, written by the runner as it starts
@@ -112,16 +113,12 @@ class LocalLauncher:
     name = "local"
 
     def __init__(self, warm: bool = True) -> None:
-        from . import warm as warm_start
-
         self.warm = warm and warm_start.available()
 
     def prepare(self) -> None:
         """A job is coming (the worker is checking its files): start the forkserver's imports now, in the
         background. Not earlier: a service that only serves models never pays for them."""
         if self.warm:
-            from . import warm as warm_start
-
             try:
                 warm_start.prepare()
             except Exception as exc:  # the fast path is optional: jobs still start, as plain processes
@@ -133,8 +130,6 @@ class LocalLauncher:
 
     def start(self, cmd: list[str], run_dir: Path, env: dict[str, str], job_id: str) -> LocalProcess | ForkedProcess:
         if self.warm and cmd[1:3] == ["-m", RUNNER]:
-            from . import warm as warm_start
-
             try:
                 return ForkedProcess(warm_start.start(cmd, run_dir / "train.log", env))
             except Exception as exc:  # as in prepare(): this job and the next start the plain way
