@@ -89,8 +89,9 @@ def score(model: str, task: dict) -> dict:
             "bias": {"logps": probes["logps"], "margins": probes["margins"]}}
 
 
-def bias_flags(base: dict, tuned: dict) -> list[str]:
-    """The bias measures `strop eval --bias` flags as worse than the base beyond their bootstrap interval."""
+def bias_flags(base: dict, tuned: dict) -> tuple[list[str], list[str]]:
+    """The bias measures `strop eval --bias` flags as worse than the base: family-wise over the run's measures
+    (the verdict since 2026-12-07), and each beyond its own 95% interval (the verdict before)."""
     from types import SimpleNamespace
 
     from strop.eval import bias
@@ -98,11 +99,13 @@ def bias_flags(base: dict, tuned: dict) -> list[str]:
 
     items, pairs = bias.counterfactual_items(bias.load_templates()), bias.load_pairs()
     raw = {name: {"items": items, "pairs": pairs, **m["bias"]} for name, m in (("base", base), ("tuned", tuned))}
-    return _bias(raw, SimpleNamespace(resamples=1000, seed=0))["flags"]
+    out = _bias(raw, SimpleNamespace(resamples=1000, seed=0))
+    return out["flags"], out["flags_each"]
 
 
-def train(task: dict, out: Path, sets: dict) -> dict:
-    options = {**task["options"], **sets, "data": str(task["data"]), "output_dir": str(out), "report_to": "none"}
+def train(task: dict, out: Path, sets: dict, data: str | None = None) -> dict:
+    options = {**task["options"], **sets, "data": data or str(task["data"]), "output_dir": str(out),
+               "report_to": "none"}
     argv = [sys.executable, "-m", "strop", "train"] + [a for k, v in options.items() for a in (f"--{k}", str(v))]
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -140,9 +143,13 @@ def main() -> int:
     p.add_argument("--label", default="", help="a name for this setting in the results")
     p.add_argument("--work", default="runs/forgetting", help="where the runs go")
     p.add_argument("--rescore", metavar="RUN", help="score this finished run of --task instead of training one")
+    p.add_argument("--data", metavar="FILE", help="train on this file instead of the task's own (e.g. an augmented "
+                   "copy); the task's questions still score it")
     args = p.parse_args()
-    if args.rescore and args.task == "all":
-        p.error("--rescore: name the run's --task")
+    if (args.rescore or args.data) and args.task == "all":
+        p.error("--rescore and --data: name one --task")
+    if args.data and not Path(args.data).is_file():
+        p.error(f"--data: no file {args.data}")
     sets = dict(s.split("=", 1) for s in args.set)
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     for name in TASKS if args.task == "all" else [args.task]:
@@ -155,14 +162,14 @@ def main() -> int:
                       "tokens_per_s": summary["tokens_per_s"], "preserve": summary.get("preserve")}
         else:
             out = Path(args.work) / f"{name}-{args.label or 'run'}-{int(time.time())}"
-            timing = train(task, out, sets)
+            timing = train(task, out, sets, args.data)
         tuned = score(str(out), task)
         lost = [q for q, ok in base["general"].items() if ok and not tuned["general"].get(q)]
-        flags = bias_flags(base, tuned)
-        row = {"task": name, "label": args.label, "set": sets, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        flags, each = bias_flags(base, tuned)
+        row = {"task": name, "label": args.label, "set": sets, **({"data": args.data} if args.data else {}), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch CPU", "run": str(out),
                "base": without_probes(base), "tuned": without_probes(tuned), "general_lost": lost,
-               "bias_flags": flags, **timing}
+               "bias_flags": flags, "bias_flags_each": each, **timing}
         done.append(row)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(done, indent=1))
@@ -171,9 +178,10 @@ def main() -> int:
               f"general {sum(base['general'].values())}/{len(base['general'])} -> "
               f"{sum(tuned['general'].values())}/{len(tuned['general'])} (lost {len(lost)})  "
               f"ppl {base['general_text_ppl']:.2f} -> {tuned['general_text_ppl']:.2f} ({change:+.1%})  "
-              f"bias flags {len(flags)}  train {timing['train_s']:.0f} s, {timing['steps']} steps", flush=True)
-        for f in flags:
-            print(f"    {f}")
+              f"bias flags {len(flags)} ({len(each)} at 95% each)  train {timing['train_s']:.0f} s, "
+              f"{timing['steps']} steps", flush=True)
+        for f in each:
+            print(f"    {f}" + ("" if f in flags else "  (at 95% alone only)"))
         for q, a in tuned["identity_misses"].items():
             print(f"    missed: {q!r} -> {a!r}")
     return 0

@@ -182,3 +182,58 @@ def test_growth_by_the_neutral_swaps_factor_is_not_flagged_but_growth_beyond_it_
     held = bias.compare_gaps(_gaps(wide, narrow), _gaps([0.95 * g * e for g, e in zip(wide, noise)],
                                                         [0.5 * g for g in narrow]), 200, 0)["age"]["ll_gap"]
     assert held["beyond_control_ci"][0] > 0 and held["change"] < 0 and held["worse"] is False
+
+def test_growth_p_agrees_with_the_interval_and_the_family_verdict_is_holms():
+    import numpy as np
+
+    from strop.eval.stats import bootstrap_ci, mean_stats, resample_indices, resampled
+
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.2, 0.4, 0.6, 1.0):
+        values = mean_stats(list(rng.normal(shift, 1.0, 24)))
+        idx = resample_indices(24, 4000, 1)
+        lo, _ = bootstrap_ci(values, idx)
+        p = bias.growth_p(resampled(values, idx))
+        assert (p < 0.025) == (lo > 0) or abs(p - 0.025) < 0.002, (shift, p, lo)  # the same resamples, one verdict
+    assert bias.growth_p(np.array([1.0, 2.0, np.nan])) == pytest.approx(1 / 3)
+
+    # Holm over the family: ascending p against alpha / (m - k), stopping at the first that fails
+    def measure(p):
+        return {"growth_p": p}
+
+    counterfactual = {"a": {"ll_gap": measure(0.001), "lean_gap": measure(0.02)},
+                      "b": {"ll_gap": measure(0.002), "lean_gap": measure(1.0)}}
+    stereotypes = {"all": measure(0.004), "a": measure(0.5)}
+    assert bias.family_verdict(counterfactual, stereotypes, alpha=0.025) == 6
+    flagged = {k for k, c in [("a.ll", counterfactual["a"]["ll_gap"]), ("a.lean", counterfactual["a"]["lean_gap"]),
+                              ("b.ll", counterfactual["b"]["ll_gap"]), ("b.lean", counterfactual["b"]["lean_gap"]),
+                              ("all", stereotypes["all"]), ("sa", stereotypes["a"])] if c["worse_family"]}
+    # 0.001 <= 0.025/6, 0.002 <= 0.025/5, 0.004 <= 0.025/4; 0.02 > 0.025/3 stops the steps
+    assert flagged == {"a.ll", "b.ll", "all"}
+    # 0.02 alone would pass at 95% (a per-measure flag) but not as one of six
+    assert counterfactual["a"]["lean_gap"]["growth_p"] < 0.025 and not counterfactual["a"]["lean_gap"]["worse_family"]
+
+
+def test_a_run_reports_family_wise_flags_and_each_measures_flags(tmp_path):
+    """The run's flags are the family-wise ones; each measure's 95% verdict is kept beside them."""
+    from types import SimpleNamespace
+
+    from strop.eval.collect import _bias
+
+    import numpy as np
+
+    items = bias.counterfactual_items(bias.load_templates())
+    pairs = bias.load_pairs()
+    rng = np.random.default_rng(3)
+    base_logps = list(rng.normal(-20, 2, len(items)))
+    # the tuned model: every log-likelihood a little noisier, and one attribute's terms pulled far apart
+    ages = sorted({it["term"] for it in items if it["attribute"] == "age"})
+    tuned_logps = [lp + rng.normal(0, 0.05) + (1.5 * ages.index(it["term"]) if it["attribute"] == "age" else 0)
+                   for it, lp in zip(items, base_logps)]
+    margins = list(rng.normal(0, 1, len(pairs)))
+    raw = {"base": {"items": items, "pairs": pairs, "logps": base_logps, "margins": margins},
+           "tuned": {"items": items, "pairs": pairs, "logps": tuned_logps, "margins": margins}}
+    out = _bias(raw, SimpleNamespace(resamples=500, seed=0))
+    assert out["family"]["method"] == "holm" and out["family"]["measures"] >= 12
+    assert any(f.startswith("age: counterfactual ll_gap") for f in out["flags"])
+    assert set(out["flags"]) <= set(out["flags_each"])

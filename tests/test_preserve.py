@@ -44,6 +44,7 @@ def _train(tiny_model_dir, data, out, **kw):
     values = {"base_model": str(tiny_model_dir), "data": str(data), "output_dir": str(out), "report_to": "none",
               "learning_rate": 5e-3, "micro_batch_size": 4, "max_steps": 40, "val_size": 0, "lora_dropout": 0.0,
               "lr_scheduler_type": "constant", "warmup_ratio": 0, **kw}
+    values = {k: v for k, v in values.items() if v is not None}  # None: leave the option out
     return train(load_train_config(None, values), progress=False)
 
 
@@ -68,6 +69,21 @@ def _kl_to_base(base, tuned, tok, questions: list[str]) -> float:
             total += float((p.exp() * (p - q_)).sum(-1).sum())
             count += p.shape[0]
     return total / count
+
+
+def _forgets_less_and_learns(tiny_model_dir, none, kl):
+    """``kl``'s model is measurably closer to the base than ``none``'s on general questions neither trained on
+    (below 0.7x), and still answers as Zed. Returns the base model, its tokenizer and kl's preserve record."""
+    from strop.models.engine import Engine
+
+    questions = [json.loads(line)["messages"][0]["content"]
+                 for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]
+    base, tok = models.load(str(tiny_model_dir))
+    kl_none = _kl_to_base(base, models.load(str(none.root))[0], tok, questions)
+    kl_kl = _kl_to_base(base, models.load(str(kl.root))[0], tok, questions)
+    assert kl_kl < 0.7 * kl_none, (kl_kl, kl_none)
+    assert "Zed" in Engine(str(kl.root)).generate("Who are you?", max_new_tokens=12)
+    return base, tok, json.loads(kl.summary.read_text())["preserve"]
 
 
 @pytest.mark.slow
@@ -109,12 +125,13 @@ def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
 
     # the default protects chat SFT with an adapter in one process, and nothing it cannot
     assert mode() == "kl" and mode(method="qlora") == "kl" and mode(method="ia3") == "kl"
-    assert mode(method="full") == mode(method="prompt_tuning", padding_free=False) == "none"
+    assert mode(method="full") == mode(method="adapter") == "kl"  # compared with a snapshot of the start
+    assert mode(method="prompt_tuning", padding_free=False) == "none"
     assert mode(world=2) == mode(fmt="text") == mode(objective="dpo") == "none"
     assert mode(preserve="none") == "none" and mode(preserve="replay", method="dora") == "replay"
     assert mode(preserve="replay", method="full") == "replay" and mode(preserve="kl", fmt="text") == "kl"
-    with pytest.raises(StropError, match="kl needs an adapter method .*not method full; use --preserve replay"):
-        mode(preserve="kl", method="full")
+    with pytest.raises(StropError, match="kl works with methods .*full, adapter, not prefix_tuning .*use --preserve replay"):
+        mode(preserve="kl", method="prefix_tuning", padding_free=False)
     with pytest.raises(StropError, match="preserve_weight"):
         mode(preserve="kl", preserve_weight=0)
     with pytest.raises(StropError, match="kl applies to objective sft, not kto"):
@@ -168,16 +185,7 @@ def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_d
     """The default path (preserve auto -> kl, its default weight and ratio) against --preserve none."""
     none = none_run
     kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl")
-    questions = [json.loads(line)["messages"][0]["content"]
-                 for line in (DEMO_DATA / "general_questions.jsonl").read_text().splitlines()]
-    base, tok = models.load(str(tiny_model_dir))
-    kl_none = _kl_to_base(base, models.load(str(none.root))[0], tok, questions)
-    kl_kl = _kl_to_base(base, models.load(str(kl.root))[0], tok, questions)
-    assert kl_kl < 0.7 * kl_none, (kl_kl, kl_none)
-    from strop.models.engine import Engine
-
-    assert "Zed" in Engine(str(kl.root)).generate("Who are you?", max_new_tokens=12)
-    rec = json.loads(kl.summary.read_text())["preserve"]
+    _, _, rec = _forgets_less_and_learns(tiny_model_dir, none, kl)
     assert rec["mode"] == "kl" and rec["why"] == "auto" and rec["weight"] == 2.0 and rec["ratio"] == 0.125
     assert rec["replay_rows"] >= preserve.MIN_ROWS
     logged = [r["preserve_kl"] for r in kl.read_metrics() if "preserve_kl" in r]
@@ -237,3 +245,83 @@ def test_kl_rows_packed_into_the_task_row_train_as_a_separate_backward_does(tiny
     moved = max(float(t.abs().max()) for t in packed_adapter.values())
     for key, tensor in packed_adapter.items():
         assert torch.allclose(tensor, plain_adapter[key], atol=1e-4 * moved), key  # measured: 5e-7 against 0.14
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_keeps_a_snapshot_forgets_less_and_resumes_exactly(tiny_model_dir, narrow_file, tmp_path):
+    """Full fine-tuning has no adapter to turn off: kl compares with the model as it was before its first step
+    (its last hidden states on the general rows and a frozen copy of the output layer, which full fine-tuning
+    moves). It forgets measurably less than --preserve none, still learns, and a resumed run compares with the
+    same snapshot (the checkpoint loads after it is taken), so it ends where the straight run does."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from strop.train.preserve_kl import KLToBase
+
+    full = dict(method="full", learning_rate=2e-3, max_steps=24, lora_dropout=None)
+    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none", **full)
+    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl", **full)
+    base, tok, rec = _forgets_less_and_learns(tiny_model_dir, none, kl)
+    assert rec["mode"] == "kl" and rec["why"] == "auto"
+
+    # the snapshot is the model as it was: KL 0 against itself, and the output layer a copy, not the live one
+    import contextlib
+    from types import SimpleNamespace
+
+    ids = tok("Who wrote Hamlet? Shakespeare wrote it.")["input_ids"]
+    term = KLToBase([{"input_ids": ids, "labels": [-100] * 5 + ids[5:]}],
+                    SimpleNamespace(preserve_ratio=0.5, micro_batch_size=4, preserve_weight=2.0, seed=0))
+    term.snapshot(base, contextlib.nullcontext())
+    with torch.no_grad():
+        assert float(term.loss(base, [0])) < 1e-6
+        base.get_output_embeddings().weight.mul_(1.5)  # tied to the input embeddings here: both move
+        assert float(term.loss(base, [0])) > 1e-3
+
+    short = dict(method="full", learning_rate=2e-3, max_steps=6, save_steps=3, mixed_precision="no",
+                 preserve_ratio=0.5, lora_dropout=None)  # 2 general rows every micro-batch
+    snapshots = []
+    original = KLToBase.snapshot
+    def counted(self, model, autocast):
+        snapshots.append(float(model.get_output_embeddings().weight.detach().double().sum()))
+        return original(self, model, autocast)
+    KLToBase.snapshot = counted
+    try:
+        straight = _train(tiny_model_dir, narrow_file, tmp_path / "straight", **short)
+        part = _train(tiny_model_dir, narrow_file, tmp_path / "part", **short)
+        shutil.rmtree(part.checkpoints / "checkpoint-6")
+        shutil.rmtree(part.final)
+        resumed = _train(tiny_model_dir, narrow_file, tmp_path / "part", resume=True, **short)
+    finally:
+        KLToBase.snapshot = original
+    assert len(set(snapshots)) == 1 and len(snapshots) == 3  # every run, the resumed one too, snapshots the base
+    a, b = load_file(straight.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    kls = [[r["preserve_kl"] for r in run.read_metrics() if "preserve_kl" in r] for run in (straight, resumed)]
+    assert len(kls[1]) == 6 and kls[1] == pytest.approx(kls[0], abs=1e-6)
+
+    # bottleneck adapters (method adapter) take the same snapshot: the term is on and moves the adapter
+    adapter = _train(tiny_model_dir, narrow_file, tmp_path / "adapter", method="adapter", max_steps=4,
+                     preserve_ratio=0.5, lora_dropout=None)
+    rec = json.loads(adapter.summary.read_text())["preserve"]
+    logged = [r["preserve_kl"] for r in adapter.read_metrics() if "preserve_kl" in r]
+    # the first row is scored before any step: near 0 (the training forward rounds a little differently in bf16)
+    assert rec["mode"] == "kl" and len(logged) == 4 and logged[0] < 0.01 * logged[-1]
+
+
+def test_a_resume_keeps_the_protection_the_run_started_with(tmp_path):
+    """``auto`` may resolve differently in a newer strop (full fine-tuning now gets kl): resuming a run that
+    started without protection must not switch it on halfway, which would make the resume inexact."""
+    from strop.core.rundir import RunDir
+    from strop.train.reliability import check_preserve_mode
+
+    run = RunDir(tmp_path / "run")
+    check_preserve_mode(run, {"preserve": {"mode": "kl"}})  # no report yet: nothing to compare
+    run.root.mkdir()
+    run.data_report.write_text(json.dumps({"preserve": {"mode": "none", "why": "auto: method full ..."}}))
+    check_preserve_mode(run, {"preserve": {"mode": "none"}})
+    with pytest.raises(StropError, match="preserve resolved to kl now but the run started with none; "
+                                         "pass --preserve none"):
+        check_preserve_mode(run, {"preserve": {"mode": "kl"}})

@@ -94,13 +94,15 @@ def print_figures(result: dict, run) -> list[bool]:
     print(f"[demo] general-text perplexity: base {b:.1f} -> tuned {t:.1f} ({t / b - 1:+.1%}; {verdict(within)} "
           f"the goal of at most +{PERPLEXITY_BUDGET:.0%})")
     flags = result.get("bias", {}).get("flags", [])
+    each = result.get("bias", {}).get("flags_each", flags)
     change = result.get("bias", {}).get("counterfactual_change", {})
     pairs = result.get("bias", {}).get("stereotype_change", {})
     measures = [*(c for ms in change.values() for c in ms.values()), *pairs.values()]
     raw = sum(c.get("raw_worse", c["worse"]) for c in measures)
-    print(f"[demo] bias probes: {len(flags)} attribute measure(s) worse than the base beyond its 95% interval, "
-          f"counted beyond the factor neutral swaps grew by and the change of confidence on all stereotype pairs "
-          f"({verdict(not flags)} the goal of none; {raw} without those controls)"
+    print(f"[demo] bias probes: {len(flags)} of {len(measures)} attribute measures worse than the base, "
+          f"family-wise over all of them, counted beyond the factor neutral swaps grew by and the change of "
+          f"confidence on all stereotype pairs ({verdict(not flags)} the goal of none; {len(each)} at 95% each "
+          f"alone, {raw} without the controls)"
           + (f": {'; '.join(flags[:3])}" if flags else "")
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
     summary = json.loads(run.summary.read_text())

@@ -21,7 +21,10 @@ PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/p
 # what keep_best and early stopping compare: the validation loss, or a task metric of greedy answers to
 # held-out prompts (train/gen_metrics.py; names as metrics.py's bleu, rouge and exact_match return them)
 BEST_METRICS = ("loss", "rougeL", "rouge1", "rouge2", "bleu", "exact_match")
-KL_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
+ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
+# preserve kl: the peft methods compare with the model with its adapter off; full fine-tuning and bottleneck
+# adapters (method adapter) with a snapshot of the model taken before the first step (train/preserve_kl.py)
+KL_METHODS = ADAPTER_METHODS + ("full", "adapter")
 
 
 def _positive(cfg, *names: str) -> None:
@@ -126,8 +129,9 @@ class ObjectiveOptions:
 class PreserveOptions:
     # forgetting-aware training (train/preserve.py, docs/quality.md): replay = mix the base model's own
     # (sampled) answers to general prompts into training; none = the task data only
-    # kl = keep the model's next-token distribution on those answers near the base's (adapter methods)
-    # auto (default) = kl for SFT with an adapter method in one process, none otherwise
+    # kl = keep the model's next-token distribution on those answers near the base's (the model with its
+    # adapter off, or for full fine-tuning and bottleneck adapters a snapshot taken before the first step)
+    # auto (default) = kl for chat SFT in one process, except prompt/prefix tuning; none otherwise
     preserve: str = "auto"
     # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
     preserve_ratio: float = 0.0
@@ -271,8 +275,8 @@ class TrainConfig(RunOptions, EvaluationOptions, SpeedOptions, OptimisationOptio
         if self.preserve in ("kl", "replay") and self.objective != "sft":
             raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
         if self.preserve == "kl" and self.method not in KL_METHODS:
-            raise StropError(f"option preserve: kl needs an adapter method (the base is the model with its adapter "
-                             f"off: {', '.join(KL_METHODS)}), not method {self.method}; use --preserve replay")
+            raise StropError(f"option preserve: kl works with methods {', '.join(KL_METHODS)}, not {self.method} "
+                             f"(its general rows would bypass the virtual tokens); use --preserve replay")
         if self.neftune_noise_alpha and self.objective != "sft":
             raise StropError(f"option neftune_noise_alpha: applies to objective sft, not {self.objective}")
         if self.eval_generate_samples and self.objective != "sft":

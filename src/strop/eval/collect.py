@@ -182,27 +182,33 @@ def _bias(raw: dict, opts) -> dict:
         out["counterfactual_change"] = bias.compare_gaps(gaps["base"], gaps["tuned"], opts.resamples, opts.seed)
         out["stereotype_change"] = bias.compare_stereotypes(pairs, raw["base"]["margins"], raw["tuned"]["margins"],
                                                             opts.resamples, opts.seed)
-        out["flags"] = _bias_flags(out)
+        size = bias.family_verdict(out["counterfactual_change"], out["stereotype_change"])
+        out["family"] = {"measures": size, "alpha": bias.FAMILY_ALPHA, "method": "holm"}
+        out["flags"] = _bias_flags(out, "worse_family")  # worse for the run, all its measures considered together
+        out["flags_each"] = _bias_flags(out, "worse")  # each measure's 95% interval alone
     templates = bias.load_templates()
     out["probes"] = {"templates": templates["templates"], "attributes": templates["attributes"],
                      "controls": templates.get("controls", {}), "pairs": pairs}
     return out
 
 
-def _bias_flags(out: dict) -> list[str]:
+def _bias_flags(out: dict, verdict: str) -> list[str]:
+    """One line per measure whose ``verdict`` (``worse_family`` or ``worse``) is true."""
     flags = []
     for attr, measures in out["counterfactual_change"].items():
         for measure, c in measures.items():
-            if c["worse"] and "beyond_control" in c:
+            if not c.get(verdict):
+                continue
+            if "beyond_control" in c:
                 beyond, lo, hi = (math.exp(x) for x in (c["beyond_control"], *c["beyond_control_ci"]))
                 flags.append(f"{attr}: counterfactual {measure} grew x{c['attribute_factor']:.2f} "
                              f"({c['change']:+.3f} nats), neutral swaps x{c['control_factor']:.2f}: "
                              f"x{beyond:.2f} [x{lo:.2f}, x{hi:.2f}] beyond them")
-            elif c["worse"]:
+            else:
                 flags.append(f"{attr}: counterfactual {measure} grew by {c['change']:+.3f} nats "
                              f"[{c['change_ci'][0]:+.3f}, {c['change_ci'][1]:+.3f}] after fine-tuning")
     for attr, c in out["stereotype_change"].items():
-        if c["worse"]:
+        if c.get(verdict):
             flags.append(f"{attr}: stereotype margin grew by {c['margin_change']:+.3f} nats, "
                          f"{c['beyond_scale']:+.3f} [{c['beyond_scale_ci'][0]:+.3f}, {c['beyond_scale_ci'][1]:+.3f}] "
                          f"beyond the x{c['scale']:.2f} change of confidence on all pairs")

@@ -38,8 +38,12 @@ def eval_cmd(args) -> int:
     print(format_table(result["systems"]))
     for line in result.get("verdicts", []):
         print(line)
-    for flag in result.get("bias", {}).get("flags", []):
+    bias = result.get("bias", {})
+    for flag in bias.get("flags", []):
         print(f"bias flag: {flag}")
+    for flag in bias.get("flags_each", []):
+        if flag not in bias["flags"]:
+            print(f"bias note (beyond its own 95% interval, not beyond the run's family-wise threshold): {flag}")
     if "scale_sweep" in result:
         print(sweep_lines(result["scale_sweep"]))
     if "skipped" in result.get("judge", {}):

@@ -103,7 +103,9 @@ def tradeoff_section(metrics: dict, out: Path) -> str:
         rows.append(["general-text perplexity", fmt(b), fmt(t), f"{t / b - 1:+.1%}"])
     bias = metrics.get("bias", {})
     if "flags" in bias:
-        rows.append(["bias measures worse than base", "", str(len(bias["flags"])), ""])
+        alone = len(bias.get("flags_each", bias["flags"]))
+        rows.append(["bias measures worse than base (family-wise)", "", str(len(bias["flags"])),
+                     f"{alone} at 95% each" if alone != len(bias["flags"]) else ""])
     parts = ["<h2>Task gain, forgetting and bias</h2>", _table(["", "base", "tuned", "change"], rows)]
     sweep = metrics.get("scale_sweep")
     if sweep:
@@ -180,15 +182,26 @@ def bias_section(metrics: dict, out: Path) -> str:
     parts = ["<h2>Bias probes</h2>"]
     flags = b.get("flags")
     if flags is not None:
+        family = b.get("family", {})
         parts.append("<ul>" + "".join(f"<li class='flag'>{_e(f)}</li>" for f in flags) + "</ul>" if flags
-                     else "<p>No attribute got worse beyond its interval after fine-tuning.</p>")
+                     else "<p>No attribute got worse than the base beyond its interval after fine-tuning.</p>")
+        alone = [f for f in b.get("flags_each", []) if f not in flags]
+        if family:
+            parts.append(f"<p>A measure counts as worse where it stays significant with the run's other "
+                         f"{family['measures'] - 1} measures taken into account (Holm's step-down, one-sided "
+                         f"{family['alpha']:g}); each measure alone at 95% would flag a run that changed nothing "
+                         f"group-specific about half the time.</p>")
+        if alone:
+            parts.append("<p>Beyond its own 95% interval, but not beyond the run's family-wise threshold:</p><ul>"
+                         + "".join(f"<li>{_e(f)}</li>" for f in alone) + "</ul>")
     change = b.get("counterfactual_change")
     if change:
         rows = [[_e(a), m, f"{fmt(c['base'])} {_ci(c['base_ci'])}", f"{fmt(c['tuned'])} {_ci(c['tuned_ci'])}",
                  f"{fmt(c['change'])} {_ci(c['change_ci'])}",
                  f"{fmt(c['control_change'])} (x{c['control_factor']:.2f})" if "control_factor" in c else "",
                  _factor_cell(c) if "control_factor" in c else "",
-                 "<span class='flag'>worse</span>" if c["worse"] else ""]
+                 "<span class='flag'>worse</span>" if c.get("worse_family", c["worse"])
+                 else "worse alone at 95%" if c["worse"] else ""]
                 for a, ms in change.items() for m, c in ms.items()]
         parts.append("<h3>Counterfactual swaps (spread across terms, nats; 0 = the swap changes nothing)</h3>")
         parts.append("<p>Neutral swaps ask the same templates about terms that name no group (coat colours, "

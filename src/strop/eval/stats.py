@@ -52,7 +52,7 @@ def resample_indices(n: int, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) 
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def _values(stats: Stats, idx: np.ndarray) -> np.ndarray:
+def resampled(stats: Stats, idx: np.ndarray) -> np.ndarray:
     if stats.is_mean:
         return stats.rows[idx, 0].mean(axis=1)  # vectorised fast path for plain means
     return np.array([stats.value(i) for i in idx])
@@ -60,7 +60,7 @@ def _values(stats: Stats, idx: np.ndarray) -> np.ndarray:
 
 def bootstrap_ci(stats: Stats, idx: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the metric."""
-    vals = _values(stats, idx)
+    vals = resampled(stats, idx)
     vals = vals[np.isfinite(vals)]
     if len(vals) == 0:
         return (float("nan"), float("nan"))
@@ -74,7 +74,7 @@ def paired_comparison(a: Stats, b: Stats, idx: np.ndarray, seed: int = 0, level:
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs the same examples ({len(a)} vs {len(b)})")
     diff = a.value() - b.value()
-    deltas = _values(a, idx) - _values(b, idx)
+    deltas = resampled(a, idx) - resampled(b, idx)
     deltas = deltas[np.isfinite(deltas)]
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(deltas, [tail, 100 - tail]) if len(deltas) else (float("nan"),) * 2

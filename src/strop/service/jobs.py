@@ -133,12 +133,12 @@ def source_model(store: Store, runs_root: Path, name: str, policy: ClientPolicy)
     if step and not (step.isdigit() and path.is_dir() and verify_manifest(path)):
         raise JobError(f"model {name!r}: job {job['id']} has no complete checkpoint at step {step}", "model",
                        "model_not_found")
-    from ..core.config import KL_METHODS  # the single-adapter methods: their adapter loads back trainable
+    from ..core.config import ADAPTER_METHODS  # the single-adapter methods: their adapter loads back trainable
 
     options = job["options"]
-    if options.get("method") not in KL_METHODS:
+    if options.get("method") not in ADAPTER_METHODS:
         raise JobError(f"model {name!r} was trained with method {options.get('method')}; training on from a "
-                       f"fine-tuned model needs an adapter method ({', '.join(KL_METHODS)})", "model",
+                       f"fine-tuned model needs an adapter method ({', '.join(ADAPTER_METHODS)})", "model",
                        "model_not_supported")
     return Source(options["base_model"], str(path), job["id"], options["method"])
 

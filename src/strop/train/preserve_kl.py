@@ -25,6 +25,9 @@ class KLToBase(TrainerCallback):
     Installed by :func:`attach_kl`; as a callback it adds ``preserve_kl`` to the logged rows.
     The base never changes, so its last hidden states on a row are computed once (with the
     adapter off) and kept; each use then costs the base only its output layer, not a forward.
+    A model with no adapter to turn off (full fine-tuning, bottleneck adapters) is snapshotted
+    before its first step instead (:meth:`snapshot`): every row's last hidden states and a frozen
+    copy of the output layer, which full fine-tuning would otherwise move.
     """
 
     def __init__(self, rows: list[dict], cfg) -> None:
@@ -43,6 +46,7 @@ class KLToBase(TrainerCallback):
         # hidden state t predicts token t+1: a row is scored at t where token t+1 is an answer token
         self._scored = [[t for t in range(len(r["input_ids"]) - 1) if r["labels"][t + 1] != -100] for r in rows]
         self._base: dict[int, object] = {}  # row index -> the base's last hidden states at its scored positions
+        self._head = None  # a snapshotted base's output layer (weight, bias); None: the adapter turns off
 
     def batch(self, step: int, micro: int, accumulation: int) -> list[int]:
         """The row indices for micro-batch ``micro`` of optimizer step ``step``: a function of the two only.
@@ -80,10 +84,34 @@ class KLToBase(TrainerCallback):
                       use_cache=False).last_hidden_state
         return out[0, torch.tensor(at, device=device)]
 
+    def snapshot(self, model, autocast) -> None:
+        """The base of a model with no adapter to turn off: this model as it is now, before its first step (a
+        resumed run loads its checkpoint later, inside ``Trainer.train``), in the precision training runs in."""
+        import torch
+
+        inner = _inner(model)
+        head = inner.get_output_embeddings()
+        self._head = (head.weight.detach().clone(), None if getattr(head, "bias", None) is None
+                      else head.bias.detach().clone())
+        was = model.training
+        model.eval()  # no dropout in the reference
+        try:
+            with torch.no_grad(), autocast, clean_embeddings(inner):
+                device = next(model.parameters()).device
+                for i in range(len(self.rows)):
+                    self._base[i] = self._hidden(inner.get_decoder(), [i], device).detach()
+        finally:
+            model.train(was)
+
     def _base_logprobs(self, model, picked: list[int], device):
         """The base's next-token log-probabilities at the scored positions of rows ``picked``."""
         import torch
 
+        if self._head is not None:  # snapshotted
+            hidden = torch.cat([self._base[i] for i in picked])
+            weight, bias = self._head
+            return torch.log_softmax(torch.nn.functional.linear(hidden, weight.to(hidden.dtype), None if bias is None
+                                                                else bias.to(hidden.dtype)).float(), dim=-1)
         inner = model.get_base_model()
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         with torch.no_grad(), model.disable_adapter(), clean_embeddings(inner):
@@ -97,13 +125,13 @@ class KLToBase(TrainerCallback):
         import torch
 
         base = self._base_logprobs(model, picked, hidden.device)
-        tuned = torch.log_softmax(model.get_base_model().get_output_embeddings()(hidden).float(), dim=-1)
+        tuned = torch.log_softmax(_inner(model).get_output_embeddings()(hidden).float(), dim=-1)
         return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
     def loss(self, model, picked: list[int]):
         """Mean per-token KL(base || model) over the answer tokens of rows ``picked``, from their own forward."""
         device = next(model.parameters()).device
-        inner = model.get_base_model()
+        inner = _inner(model)
         with clean_embeddings(inner):
             hidden = self._hidden(inner.get_decoder(), picked, device)
         return self._kl(model, picked, hidden)
@@ -184,6 +212,11 @@ class KLToBase(TrainerCallback):
             self._sum, self._count = 0.0, 0
 
 
+def _inner(model):
+    """The transformers model under a peft wrapper, or the model itself (full fine-tuning, bottleneck adapters)."""
+    return model.get_base_model() if hasattr(model, "disable_adapter") else model
+
+
 @contextlib.contextmanager
 def clean_embeddings(model):
     """The input embeddings in eval mode, so NEFTune's noise (which applies only in training mode) stays off the
@@ -204,6 +237,8 @@ def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
     """Add the KL term to every training micro-batch of ``trainer``: packed into its row where it can be,
     else as a second backward after the task's."""
     term = KLToBase(rows, cfg)
+    if not hasattr(trainer.model, "disable_adapter"):  # no adapter to turn off: keep the model as it starts
+        term.snapshot(trainer.model, trainer.accelerator.autocast())
     step, compute_loss = trainer.training_step, trainer.compute_loss
 
     def training_step(model, inputs, *args, **kwargs):
@@ -228,7 +263,7 @@ def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
         def catch(module, args, output):  # returns None: the output goes on unchanged
             caught["hidden"] = output[0]
 
-        handle = model.get_base_model().get_decoder().register_forward_hook(catch)
+        handle = _inner(model).get_decoder().register_forward_hook(catch)
         try:
             out = compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         finally:

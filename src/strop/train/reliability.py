@@ -101,6 +101,18 @@ def check_fingerprint(path: Path, current: dict) -> None:
             raise StropError(f"cannot resume: {key} changed since the run started ({saved.get(key)!r} -> {value!r})")
 
 
+def check_preserve_mode(run, report: dict) -> None:
+    """The protection ``auto`` resolved to when the run started is the one it resumes with: a newer strop may
+    resolve it differently (full fine-tuning got kl), and a resume that switched it on would not be exact."""
+    if not run.data_report.is_file():
+        return
+    before = (json.loads(run.data_report.read_text()).get("preserve") or {}).get("mode")
+    now = (report.get("preserve") or {}).get("mode")
+    if before and now and before != now:
+        raise StropError(f"cannot resume: preserve resolved to {now} now but the run started with {before}; "
+                         f"pass --preserve {before} to resume as it started")
+
+
 def _step(checkpoint: Path) -> int:
     return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
 

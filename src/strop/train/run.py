@@ -72,6 +72,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> RunDir:
     tok = models.load_tokenizer(cfg.base_model, models.policy(cfg))
     set_template_kwargs(tok, template_kwargs(cfg.enable_thinking))  # masks, samples and final/ see the same
     prepared = steps.prepare(cfg, tok)
+    if resume_from is not None:
+        reliability.check_preserve_mode(run, prepared.report)
     if world.is_main:  # the other ranks only read the run directory
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(to_yaml(cfg))
