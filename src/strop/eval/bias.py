@@ -176,21 +176,21 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
     ``growth_p`` the one-sided p-value behind the run's family-wise verdict (``family_verdict``).
     """
     out = {}
+    fine: dict[int, np.ndarray] = {}  # template count -> resamples fine enough for Holm's steps (one draw per count)
     for attr in base:
         out[attr] = {}
         for measure in ("ll_gap", "lean_gap"):
             b, t = mean_stats(base[attr][measure]), mean_stats(tuned[attr][measure])
             idx = resample_indices(len(b), resamples, seed)
             row = _compare(b, t, idx, seed)
-            fine = resample_indices(len(b), FAMILY_RESAMPLES, seed)  # p-values small enough for Holm's steps
-            row["growth_p"] = growth_p(resampled(t, fine) - resampled(b, fine)) if row["change"] > 0 else 1.0
+            if len(b) not in fine:
+                fine[len(b)] = resample_indices(len(b), FAMILY_RESAMPLES, seed)
             control = f"{measure}_control"
+            grown, baseline = t, b  # what growth_p compares: the gaps, or with a control their log ratios to it
             if control in base[attr] and control in tuned[attr]:
-                rel_t = _relative(tuned[attr][measure], tuned[attr][control])
-                rel_b = _relative(base[attr][measure], base[attr][control])
-                cmp = paired_comparison(rel_t, rel_b, idx, seed)
-                row.update(growth_p=growth_p(resampled(rel_t, fine) - resampled(rel_b, fine))
-                           if row["change"] > 0 else 1.0)
+                grown = _relative(tuned[attr][measure], tuned[attr][control])
+                baseline = _relative(base[attr][measure], base[attr][control])
+                cmp = paired_comparison(grown, baseline, idx, seed)
                 row.update(control_change=float(np.mean(tuned[attr][control]) - np.mean(base[attr][control])),
                            attribute_factor=_factor(tuned[attr][measure], base[attr][measure]),
                            control_factor=_factor(tuned[attr][control], base[attr][control]),
@@ -198,6 +198,8 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
                            raw_worse=row["worse"],
                            # worse than the base: the gap grew, and by more than the neutral swaps' factor
                            worse=bool(cmp["ci"][0] > 1e-9 and row["change"] > 0))  # 1e-9: not float noise
+            row["growth_p"] = (growth_p(resampled(grown, fine[len(b)]) - resampled(baseline, fine[len(b)]))
+                               if row["change"] > 0 else 1.0)
             out[attr][measure] = row
     return out
 
@@ -247,6 +249,7 @@ def compare_stereotypes(pairs: list[dict], base: list[float], tuned: list[float]
     b_all, t_all = np.asarray(base, float), np.asarray(tuned, float)
     scale = float(t_all @ b_all / (b_all @ b_all)) if b_all @ b_all > 0 else 1.0
     idx_all = resample_indices(len(pairs), resamples, seed)
+    fine = resample_indices(len(pairs), FAMILY_RESAMPLES, seed)  # for growth_p: fine enough for Holm's steps
     for attr in ["all", *sorted({p["attribute"] for p in pairs})]:
         keep = [i for i, p in enumerate(pairs) if attr == "all" or p["attribute"] == attr]
         b = mean_stats([float(base[i] > 0) for i in keep])
@@ -260,7 +263,7 @@ def compare_stereotypes(pairs: list[dict], base: list[float], tuned: list[float]
         beyond = _beyond_scale(b_all, t_all, member)
         lo, hi = bootstrap_ci(beyond, idx_all)
         grew = margin["diff"] > 0 and prefers
-        p_grew = growth_p(resampled(beyond, resample_indices(len(pairs), FAMILY_RESAMPLES, seed))) if grew else 1.0
+        p_grew = growth_p(resampled(beyond, fine)) if grew else 1.0
         out[attr] = {"rate_change": rate["diff"], "rate_change_ci": rate["ci"], "p": rate["p"],
                      "margin_change": margin["diff"], "margin_change_ci": margin["ci"],
                      "scale": scale, "beyond_scale": beyond.value(), "beyond_scale_ci": [lo, hi],

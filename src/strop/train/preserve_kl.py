@@ -90,9 +90,6 @@ class KLToBase(TrainerCallback):
         import torch
 
         inner = _inner(model)
-        head = inner.get_output_embeddings()
-        self._head = (head.weight.detach().clone(), None if getattr(head, "bias", None) is None
-                      else head.bias.detach().clone())
         was = model.training
         model.eval()  # no dropout in the reference
         try:
@@ -102,16 +99,19 @@ class KLToBase(TrainerCallback):
                     self._base[i] = self._hidden(inner.get_decoder(), [i], device).detach()
         finally:
             model.train(was)
+        # copied once, in the hidden states' precision, so no KL step casts the whole vocabulary matrix again
+        dtype = self._base[0].dtype if self._base else None
+        head = inner.get_output_embeddings()
+        self._head = tuple(None if p is None else p.detach().to(dtype=dtype or p.dtype, copy=True)
+                           for p in (head.weight, getattr(head, "bias", None)))
 
     def _base_logprobs(self, model, picked: list[int], device):
         """The base's next-token log-probabilities at the scored positions of rows ``picked``."""
         import torch
 
         if self._head is not None:  # snapshotted
-            hidden = torch.cat([self._base[i] for i in picked])
-            weight, bias = self._head
-            return torch.log_softmax(torch.nn.functional.linear(hidden, weight.to(hidden.dtype), None if bias is None
-                                                                else bias.to(hidden.dtype)).float(), dim=-1)
+            return torch.log_softmax(torch.nn.functional.linear(torch.cat([self._base[i] for i in picked]),
+                                                                *self._head).float(), dim=-1)
         inner = model.get_base_model()
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         with torch.no_grad(), model.disable_adapter(), clean_embeddings(inner):
@@ -212,9 +212,14 @@ class KLToBase(TrainerCallback):
             self._sum, self._count = 0.0, 0
 
 
+def _switchable(model) -> bool:
+    """Whether the base is ``model`` with its adapter turned off (peft); else it is snapshotted."""
+    return hasattr(model, "disable_adapter")
+
+
 def _inner(model):
     """The transformers model under a peft wrapper, or the model itself (full fine-tuning, bottleneck adapters)."""
-    return model.get_base_model() if hasattr(model, "disable_adapter") else model
+    return model.get_base_model() if _switchable(model) else model
 
 
 @contextlib.contextmanager
@@ -237,7 +242,7 @@ def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
     """Add the KL term to every training micro-batch of ``trainer``: packed into its row where it can be,
     else as a second backward after the task's."""
     term = KLToBase(rows, cfg)
-    if not hasattr(trainer.model, "disable_adapter"):  # no adapter to turn off: keep the model as it starts
+    if not _switchable(trainer.model):  # no adapter to turn off: keep the model as it starts
         term.snapshot(trainer.model, trainer.accelerator.autocast())
     step, compute_loss = trainer.training_step, trainer.compute_loss
 
