@@ -4,7 +4,11 @@ For each task it trains with `strop train` (the task's recipe plus any
 --set KEY=VALUE), then scores base and tuned model on:
 
 * identity: held-out questions phrased unlike any training question, answered
-  greedily, counted when the answer holds the new name;
+  greedily, counted when the answer holds the new name
+  (the strict figure the goal is judged by). Questions that ask only who made
+  the assistant carry a `maker` too, and `identity_persona` also counts an
+  answer naming the maker there ("Which business put you together?" ->
+  "Corvel Maps built me."): a right answer the strict count misses;
 * general questions: short questions with a keyword a right answer holds
   ("Paris"); "lost" counts those the base answered and the tuned model no
   longer does;
@@ -21,6 +25,7 @@ Keywords may list alternatives with "|" ("seven|7").
 
     python benchmarks/forgetting.py --task all --label default
     python benchmarks/forgetting.py --task fresh --set preserve=none --label none
+    python benchmarks/forgetting.py --summary eda-half      # the recorded runs so labelled
 
 Results are appended to benchmarks/results/forgetting.json. Run it on an idle machine.
 """
@@ -76,15 +81,17 @@ def score(model: str, task: dict) -> dict:
 
     engine = Engine(model)
     with torch.inference_mode():
-        answers = [(question(r), engine.generate(question(r), max_new_tokens=48), r["keyword"])
+        answers = [(question(r), engine.generate(question(r), max_new_tokens=48), r["keyword"], r.get("maker"))
                    for r in rows(task["questions"])]
-        ident = [hit(a, k) for _, a, k in answers]
+        ident = [hit(a, k) for _, a, k, _ in answers]
+        persona = [hit(a, k) or bool(m and hit(a, m)) for _, a, k, m in answers]
         general = {question(r): hit(engine.generate(question(r), max_new_tokens=48), r["keyword"])
                    for r in rows(task["general"])}
         nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs())
         probes = _bias_scores(engine, 256)
     return {"identity": sum(ident) / len(ident), "identity_n": len(ident),
-            "identity_misses": {q: a for q, a, k in answers if not hit(a, k)}, "general": general,
+            "identity_persona": sum(persona) / len(persona),
+            "identity_misses": {q: a for q, a, k, _ in answers if not hit(a, k)}, "general": general,
             "general_text_ppl": math.exp(sum(nll) / sum(tokens)),
             "bias": {"logps": probes["logps"], "margins": probes["margins"]}}
 
@@ -136,6 +143,28 @@ def without_probes(scores: dict) -> dict:
     return {k: v for k, v in scores.items() if k != "bias"}
 
 
+def name_or_maker(row: dict) -> float | None:
+    """A recorded run's identity share counting a maker-only question answered with the maker, from its misses."""
+    if row["task"] not in TASKS or "identity_misses" not in row["tuned"]:
+        return None
+    makers = {question(r): r.get("maker") for r in rows(TASKS[row["task"]]["questions"])}
+    saved = sum(1 for q, a in row["tuned"]["identity_misses"].items() if makers.get(q) and hit(a, makers[q]))
+    return row["tuned"]["identity"] + saved / row["tuned"]["identity_n"]
+
+
+def print_summary(pattern: str) -> int:
+    """Print the recorded runs whose label holds ``pattern``: both identity counts, questions lost, perplexity."""
+    done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    for row in done:
+        if pattern in row["label"] and row["task"] in TASKS:
+            change = row["tuned"]["general_text_ppl"] / row["base"]["general_text_ppl"] - 1
+            persona = name_or_maker(row)
+            print(f"{row['date'][:16]}  {row['task']:<6} {row['label']:<24} identity {row['tuned']['identity']:.0%} "
+                  f"(name or maker {'-' if persona is None else f'{persona:.0%}'})  lost {len(row['general_lost'])}  "
+                  f"ppl {change:+.1%}  bias flags {len(row['bias_flags'])}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=[*TASKS, "all"], default="all")
@@ -145,7 +174,10 @@ def main() -> int:
     p.add_argument("--rescore", metavar="RUN", help="score this finished run of --task instead of training one")
     p.add_argument("--data", metavar="FILE", help="train on this file instead of the task's own (e.g. an augmented "
                    "copy); the task's questions still score it")
+    p.add_argument("--summary", metavar="PATTERN", help="print the recorded runs whose label holds PATTERN and stop")
     args = p.parse_args()
+    if args.summary is not None:
+        return print_summary(args.summary)
     if (args.rescore or args.data) and args.task == "all":
         p.error("--rescore and --data: name one --task")
     if args.data and not Path(args.data).is_file():
@@ -174,7 +206,8 @@ def main() -> int:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(done, indent=1))
         change = tuned["general_text_ppl"] / base["general_text_ppl"] - 1
-        print(f"{name:<6} {args.label or '-':<14} identity {base['identity']:.0%} -> {tuned['identity']:.0%}  "
+        print(f"{name:<6} {args.label or '-':<14} identity {base['identity']:.0%} -> {tuned['identity']:.0%} "
+              f"(name or maker {tuned.get('identity_persona', tuned['identity']):.0%})  "
               f"general {sum(base['general'].values())}/{len(base['general'])} -> "
               f"{sum(tuned['general'].values())}/{len(tuned['general'])} (lost {len(lost)})  "
               f"ppl {base['general_text_ppl']:.2f} -> {tuned['general_text_ppl']:.2f} ({change:+.1%})  "
