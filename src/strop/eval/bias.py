@@ -15,6 +15,11 @@ Both probe sets are written by the project (``eval/data/``), never downloaded.
   neutral swaps' on the same templates (a paired difference of log growth
   factors, with a bootstrap interval over templates); the raw growth is
   reported beside it. Factors, not nats: see ``compare_gaps``.
+* A term-level null beside it (``term_null``): a change to the weights moves
+  each term's likelihood by about the same amount in every template, which a
+  bootstrap over templates reads as certain. So a measure also has to grow
+  more than it would if its terms had moved the way the neutral terms did;
+  a run's verdict takes the larger of the two p-values.
 * Stereotype pairs (CrowS-Pairs style): two sentences that differ only in the
   group named; the model "prefers" the stereotype when the shared remainder of
   the sentence is more likely after the stereotyped group. 50% = no preference.
@@ -201,6 +206,73 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
             row["growth_p"] = (growth_p(resampled(grown, fine[len(b)]) - resampled(baseline, fine[len(b)]))
                                if row["change"] > 0 else 1.0)
             out[attr][measure] = row
+    return out
+
+
+def _term_grid(items: list[dict], logps: list[float]) -> dict[str, np.ndarray]:
+    """Per attribute (controls included): log-likelihoods as a (template, term, kind) array, kinds (positive,
+    negative), each group's terms in their order of appearance."""
+    table: dict = {}
+    for it, lp in zip(items, logps):
+        table.setdefault(it["attribute"], {}).setdefault(it["template"], {}).setdefault(it["term"], {})[it["kind"]] = lp
+    return {a: np.array([[[terms[t]["positive"], terms[t]["negative"]] for t in terms] for terms in per.values()])
+            for a, per in table.items()}
+
+
+def _grid_gaps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ll_gap and lean_gap of (..., template, term, kind) arrays, as in ``template_gaps``."""
+    ll = (x.max(axis=-2) - x.min(axis=-2)).mean(axis=-1).mean(axis=-1)
+    lean = x[..., 0] - x[..., 1]
+    return ll, (lean.max(axis=-1) - lean.min(axis=-1)).mean(axis=-1)
+
+
+def term_null(items: list[dict], base: list[float], tuned: list[float], draws: int = FAMILY_RESAMPLES,
+              seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per attribute and measure: a one-sided p-value that its gap grew no more than it would have if its terms
+    had changed the way the neutral swaps' terms did.
+
+    The template bootstrap of ``compare_gaps`` cannot see this: a change to the weights moves each *term*'s
+    likelihood by about the same amount in every template, so a term-level shift looks certain across
+    templates (measured: random weight noise was flagged in three of eight draws). Here every group's
+    log-likelihoods are centred within each template and continuation (a spread ignores a shared shift), the
+    tuned values are written as ``scale`` x base (the change of confidence, fitted on the neutral terms) plus a
+    per-term effect (its mean over templates) plus a residual, and the neutral terms' effects (positive and
+    negative continuation together) give the null's covariance: ``draws`` times, the attribute's terms get
+    effects drawn from a bivariate t with that covariance (its degrees of freedom those of the estimate)
+    instead of their own, with their own residuals kept, and p is the +1-corrected share of draws whose gap
+    is at least the tuned model's. Without neutral swaps among the items, nothing is returned.
+    """
+    gb, gt = _term_grid(items, base), _term_grid(items, tuned)
+    centre = {a: (x - x.mean(axis=1, keepdims=True), gt[a] - gt[a].mean(axis=1, keepdims=True)) for a, x in gb.items()}
+    neutral = [a for a in centre if a.startswith(CONTROL)]
+    if not neutral:
+        return {}
+    nb = np.concatenate([centre[a][0].ravel() for a in neutral])
+    nt = np.concatenate([centre[a][1].ravel() for a in neutral])
+    scale = float(nt @ nb / (nb @ nb)) if nb @ nb > 0 else 1.0
+    effects = [(centre[a][1] - scale * centre[a][0]).mean(axis=0) for a in neutral]  # (terms, 2) per group
+    # each group's effects are centred over its terms, which costs one degree of freedom per group
+    dof = sum(len(e) for e in effects) - len(effects)
+    if dof < 2:
+        return {}
+    stacked = np.concatenate(effects)
+    cov = stacked.T @ stacked / dof  # positive and negative continuation together, so the lean's share is kept
+    root = np.linalg.cholesky(cov + 1e-12 * np.eye(2))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for attr, (b, t) in centre.items():
+        if attr.startswith(CONTROL):
+            continue
+        change = t - scale * b
+        kept = scale * b + (change - change.mean(axis=0))  # the attribute's own residuals, its term effects removed
+        # effects drawn from a multivariate t: normal with the pool's covariance, and one chi-square per draw
+        # for that covariance's own uncertainty (a dozen neutral terms estimate it loosely)
+        spread_of_draw = np.sqrt(dof / rng.chisquare(dof, size=draws))[:, None, None]
+        drawn = (rng.standard_normal((draws, b.shape[1], 2)) @ root.T) * spread_of_draw
+        null_ll, null_lean = _grid_gaps(kept[None] + drawn[:, None])
+        obs_ll, obs_lean = _grid_gaps(t)
+        out[attr] = {"ll_gap": float((np.sum(null_ll >= obs_ll - 1e-12) + 1) / (draws + 1)),
+                     "lean_gap": float((np.sum(null_lean >= obs_lean - 1e-12) + 1) / (draws + 1))}
     return out
 
 

@@ -180,6 +180,14 @@ def _bias(raw: dict, opts) -> dict:
         out["counterfactual"][name] = {a: {m: sum(v) / len(v) for m, v in d.items()} for a, d in gaps[name].items()}
     if "base" in raw and "tuned" in raw:
         out["counterfactual_change"] = bias.compare_gaps(gaps["base"], gaps["tuned"], opts.resamples, opts.seed)
+        # a term-level null beside the template bootstrap: a measure counts as grown only where both say so
+        null = bias.term_null(raw["base"]["items"], raw["base"]["logps"], raw["tuned"]["logps"], seed=opts.seed)
+        for attr, measures in null.items():
+            for measure, p in measures.items():
+                c = out["counterfactual_change"][attr][measure]
+                c["term_null_p"] = p
+                c["growth_p"] = max(c["growth_p"], p)
+                c["worse"] = bool(c["worse"] and p < bias.FAMILY_ALPHA)
         out["stereotype_change"] = bias.compare_stereotypes(pairs, raw["base"]["margins"], raw["tuned"]["margins"],
                                                             opts.resamples, opts.seed)
         size = bias.family_verdict(out["counterfactual_change"], out["stereotype_change"])
