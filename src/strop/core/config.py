@@ -7,6 +7,7 @@ Key names follow what people know from Axolotl and TRL (``lora_r``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -31,6 +32,12 @@ def _positive(cfg, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise StropError(f"option {name}: must be at least 1, got {getattr(cfg, name)}")
+
+
+def _at_least(cfg, minimum, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            raise StropError(f"option {name}: must be >= {minimum}, got {getattr(cfg, name)}")
 
 
 def _one_of(cfg, name: str, allowed) -> None:
@@ -76,6 +83,9 @@ class DataOptions:
         _one_of(self, "enable_thinking", ("auto", "true", "false"))
         if self.val_size < 0:
             raise StropError(f"option val_size: must be >= 0, got {self.val_size}")
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            raise StropError(f"option val_size: {self.val_size} is neither a fraction below 1 nor a whole number "
+                             "of rows (1 or more)")
 
 
 @dataclass
@@ -100,7 +110,7 @@ class MethodOptions:
 
     def check_method(self) -> None:
         """The values; which options apply to which method is the method table's (strop.methods.check_options)."""
-        _positive(self, "lora_r", "num_virtual_tokens", "adapter_reduction_factor")
+        _positive(self, "lora_r", "lora_alpha", "num_virtual_tokens", "adapter_reduction_factor")
         if not 0 <= self.lora_dropout < 1:
             raise StropError(f"option lora_dropout: {self.lora_dropout} is outside [0, 1)")
 
@@ -178,8 +188,15 @@ class OptimisationOptions:
         _positive(self, "micro_batch_size", "gradient_accumulation_steps")
         if not 0 < self.learning_rate < 1:
             raise StropError(f"option learning_rate: {self.learning_rate} is outside (0, 1)")
+        if self.num_epochs < 0:
+            raise StropError(f"option num_epochs: must be >= 0, got {self.num_epochs}")
         if self.num_epochs <= 0 and self.max_steps <= 0:
             raise StropError("option num_epochs: must be positive unless max_steps is set")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise StropError(f"option warmup_ratio: {self.warmup_ratio} is outside [0, 1]")
+        _at_least(self, 0, "weight_decay", "max_grad_norm", "nan_max_consecutive_skips")
+        if not 0 <= self.seed < 2 ** 32:
+            raise StropError(f"option seed: {self.seed} is outside 0 to {2 ** 32 - 1}")
         _one_of(self, "nan_policy", ("abort", "skip"))
         if not 0 <= self.neftune_noise_alpha <= 100:
             raise StropError(f"option neftune_noise_alpha: {self.neftune_noise_alpha} is outside [0, 100] (0: off)")
@@ -223,7 +240,7 @@ class EvaluationOptions:
     eval_generate_every: int = 0  # 0: at each evaluation; N: every N steps (train/gen_metrics.py)
 
     def check_evaluation(self) -> None:
-        for key in ("eval_generate_samples", "eval_generate_every"):
+        for key in ("eval_steps", "early_stopping_patience", "eval_generate_samples", "eval_generate_every"):
             if getattr(self, key) < 0:
                 raise StropError(f"option {key}: must be >= 0, got {getattr(self, key)}")
         if self.eval_generate_every and not self.eval_generate_samples:
@@ -256,6 +273,7 @@ class RunOptions:
         if self.save_total_limit < 2:
             raise StropError(f"option save_total_limit: must be at least 2 (got {self.save_total_limit}) so a good checkpoint always survives")
         _positive(self, "logging_steps")
+        _at_least(self, 0, "save_steps")
         if self.intended_use not in ("", "commercial", "research"):
             raise StropError(f"option intended_use: {self.intended_use!r} is not one of commercial, research")
 
@@ -331,11 +349,16 @@ def _coerce(cls, name: str, value: Any) -> Any:
         if hint is int:
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
         if hint is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError("not a finite number")
+            return number
         if hint is str:
             if isinstance(value, (dict, list)):
                 raise ValueError("expected text")
             return str(value)
+    except OverflowError:
+        raise StropError(f"option {name}: cannot use {value!r} (not a finite number)") from None
     except (TypeError, ValueError) as exc:
         raise StropError(f"option {name}: cannot use {value!r} ({exc})") from None
     return value
@@ -358,6 +381,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise StropError(f"{p}: is a directory, not a config file (YAML)")
     if not p.is_file():
         raise StropError(f"{p}: config file not found")
     try:
@@ -396,6 +421,9 @@ def read_train_config(path: str | None, overrides: dict[str, Any]) -> TrainConfi
     """A YAML file (or none) with command-line overrides on top, typed but not yet checked
     (strop.methods.options.load_train_config checks it)."""
     values: dict[str, Any] = {}
+    if path and Path(path).is_dir():
+        raise StropError(f"{path}: is a directory, not a config file; give a YAML config (CONFIG.yaml) first, "
+                         f"or the training data as --data FILE (a folder of data files works too: --data {path})")
     if path:
         values.update(load_yaml(path))
         origin = str(path)

@@ -65,6 +65,39 @@ LLM_PROMPTS = {
 }
 
 
+KNOWN_OPS = (*TEXT_OPS, *LLM_PROMPTS)
+
+
+def parse_ops(text: str) -> list[str]:
+    """``--ops`` as a list: comma-separated names, each one of ``KNOWN_OPS``, at least one."""
+    ops = [op.strip() for op in (text or "").split(",") if op.strip()]
+    check_ops(ops)
+    return ops
+
+
+def check_ops(ops: list[str]) -> None:
+    if not ops:
+        raise StropError(f"option --ops: no operation given; name one or more of {', '.join(KNOWN_OPS)}")
+    unknown = [op for op in ops if op not in KNOWN_OPS]
+    if unknown:
+        raise StropError(f"option --ops: unknown {', '.join(unknown)} (known: {', '.join(KNOWN_OPS)})")
+
+
+def check_endpoint(url: str) -> str:
+    """``--endpoint``: an http:// or https:// base URL with a host."""
+    from urllib.parse import urlparse
+
+    try:
+        parts = urlparse(url)
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError as exc:
+        raise StropError(f"option --endpoint: {url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StropError(f"option --endpoint: {url!r} is not an http:// or https:// URL "
+                         "(e.g. http://localhost:8000/v1)")
+    return url
+
+
 class Rewriter:
     """Paraphrase/back-translate through the local Engine (a model name/run) or an OpenAI-compatible endpoint."""
 
@@ -73,7 +106,7 @@ class Rewriter:
         if endpoint:
             from openai import OpenAI
 
-            self.client = OpenAI(base_url=endpoint, api_key="unused")
+            self.client = OpenAI(base_url=check_endpoint(endpoint), api_key="unused")
         else:
             from ..models.engine import Engine
 
@@ -81,8 +114,19 @@ class Rewriter:
 
     def ask(self, prompt: str) -> str:
         if self.endpoint:
-            r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
-                                                    temperature=0.7, max_tokens=256)
+            import openai
+
+            try:
+                r = self.client.chat.completions.create(model=self.model, messages=[{"role": "user", "content": prompt}],
+                                                        temperature=0.7, max_tokens=256)
+            except openai.APIStatusError as exc:
+                raise StropError(f"option --endpoint: {self.endpoint} answered HTTP {exc.status_code} "
+                                 f"({_one_line(exc.message)})") from None
+            except openai.APIError as exc:  # connection refused, unknown host, timeout
+                why = _one_line(str(exc.__cause__ or exc))
+                raise StropError(f"option --endpoint: cannot reach {self.endpoint} ({why})") from None
+            if not r.choices:
+                raise StropError(f"option --endpoint: {self.endpoint} answered with no choices")
             return (r.choices[0].message.content or "").strip()
         return self.engine.generate(prompt, max_new_tokens=256, temperature=0.7).strip()
 
@@ -112,9 +156,9 @@ def _rewrite_row(conv: Conversation, fn: Callable[[str], str], target: str) -> d
 
 def augment(path: str, output: str, ops: list[str], per_row: int = 1, seed: int = 0, target: str = "prompt",
             rewriter: Rewriter | None = None, include_original: bool = True) -> dict:
-    unknown = [op for op in ops if op not in TEXT_OPS and op not in LLM_PROMPTS]
-    if unknown:
-        raise StropError(f"option --ops: unknown {', '.join(unknown)} (known: {', '.join([*TEXT_OPS, *LLM_PROMPTS])})")
+    check_ops(ops)
+    if per_row < 1:
+        raise StropError(f"option --per-row: must be at least 1, got {per_row}")
     if any(op in LLM_PROMPTS for op in ops) and rewriter is None:
         raise StropError("option --ops: paraphrase/backtranslate need a model (--model NAME, optionally --endpoint URL)")
     out = refuse_overwrite(output, path)
@@ -140,9 +184,10 @@ def augment(path: str, output: str, ops: list[str], per_row: int = 1, seed: int 
             row[AUGMENT_KEY] = {"origin": conv.where, "origin_key": dedup.exact_key(dedup.text_of(conv)), "op": op}
             new_rows.append(row)
     rows = ([row_of(c) for c in ds.conversations] if include_original else []) + new_rows
-    write_rows(out, rows)
+    if rows:  # --only-new with nothing new: no empty file (the command says so and fails)
+        write_rows(out, rows)
     return {"input": str(path), "output": str(out), "originals": len(ds), "augmented": len(new_rows),
-            "dropped_duplicates": dropped, "dropped_empty": empty}
+            "dropped_duplicates": dropped, "dropped_empty": empty, "written": bool(rows)}
 
 
 class _EmptyRewrite(Exception):
@@ -156,6 +201,11 @@ def _non_empty(fn: Callable[[str], str]) -> Callable[[str], str]:
             raise _EmptyRewrite
         return out
     return checked
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _row_text(row: dict) -> str:

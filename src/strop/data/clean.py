@@ -14,7 +14,7 @@ from ..core.errors import StropError
 from . import dedup, pii, quality
 from .load import ANY_KIND, load
 from .records import Conversation
-from .write import refuse_overwrite, row_of, write_rows
+from .write import refuse_collisions, refuse_overwrite, row_of, write_rows
 
 PII_ACTIONS = ("redact", "drop", "keep")
 
@@ -36,20 +36,53 @@ def _entry(conv_or_where, action: str, reason: str, detail: str = "") -> dict:
             "action": action, "reason": reason, "detail": detail}
 
 
+def manifest_path(output: str | Path, manifest: str | Path | None = None) -> Path:
+    """Where the manifest goes: ``--manifest`` (a .jsonl file) or OUTPUT.manifest.jsonl beside the output."""
+    out = Path(output)
+    if not manifest:
+        return out.with_name(out.name + ".manifest.jsonl")
+    path = Path(manifest)
+    if path.suffix.lower() != ".jsonl":
+        raise StropError(f"option --manifest: {path} must end in .jsonl (one JSON object per removed or changed row)")
+    return path
+
+
+def supported_languages() -> list[str]:
+    from py3langid import langid
+
+    return sorted({str(c) for c in langid._get_identifier().nb_classes})  # the model classify() uses, loaded once
+
+
+def check_language(code: str) -> str:
+    """``code`` lower-cased if py3langid can tell it apart, else one line listing the codes it knows."""
+    known = supported_languages()
+    low = code.strip().lower()
+    if low not in known:
+        raise StropError(f"option --language: {code!r} is not a language code the detector knows; "
+                         f"use one of: {', '.join(known)}")
+    return low
+
+
 def clean(path: str, output: str, opts: CleanOptions | None = None, manifest: str | None = None, tokenizer=None) -> dict:
+    """Write the cleaned rows to ``output`` and the manifest; with no row left, only the manifest
+    (``rows_out`` 0; the command then fails, since an empty training file is never what was meant)."""
     opts = opts or CleanOptions()
     if opts.pii not in PII_ACTIONS:
         raise StropError(f"option --pii: {opts.pii!r} is not one of {', '.join(PII_ACTIONS)}")
+    if opts.language:
+        opts.language = check_language(opts.language)
     out = refuse_overwrite(output, path)
+    mpath = manifest_path(out, manifest)
+    refuse_collisions([(path, "input")], [(out, "--output"), (mpath, "--manifest")])
     ds = load(path, strict=False, kinds=ANY_KIND)
     log = [_entry(p.where, "removed", p.code, p.reason) for p in ds.problems]
     keep = list(ds.conversations)
     for step in (_dedup, _short, _language, _too_long, _pii):
         keep = step(keep, opts, log, tokenizer)
     rows = [row_of(c) if not c.meta.get("_redacted") else c.meta.pop("_redacted") for c in keep]
-    write_rows(out, rows)
-    mpath = Path(manifest) if manifest else out.with_name(out.name + ".manifest.jsonl")
-    write_rows(mpath if mpath.suffix == ".jsonl" else mpath.with_suffix(".jsonl"), log)
+    if rows:
+        write_rows(out, rows)
+    write_rows(mpath, log)
     counts: dict[str, int] = {}
     for e in log:
         key = f"{e['action']}:{e['reason']}"
@@ -59,7 +92,8 @@ def clean(path: str, output: str, opts: CleanOptions | None = None, manifest: st
 
 
 def _dedup(convs, opts, log, tok) -> list[Conversation]:
-    groups = dedup.clusters([dedup.text_of(c) for c in convs], opts.near_threshold or 1.0)
+    threshold = 1.0 if opts.near_threshold is None else opts.near_threshold  # 1.0: exact duplicates only
+    groups = dedup.clusters([dedup.text_of(c) for c in convs], threshold)
     keep = []
     for c, g in zip(convs, groups):
         if convs[g] is c:
@@ -140,7 +174,9 @@ def _redact_row(value):
 
 
 def format_summary(result: dict) -> str:
-    lines = [f"{result['input']}: {result['rows_in']} rows read, {result['rows_out']} written to {result['output']}"]
+    lines = [f"{result['input']}: {result['rows_in']} rows read, "
+             + (f"{result['rows_out']} written to {result['output']}" if result["rows_out"]
+                else f"none left, so {result['output']} was not written")]
     for key, n in sorted(result["counts"].items()):
         lines.append(f"  {key.replace(':', ' ')}: {n}")
     lines.append(f"  manifest: {result['manifest']} (one line per removed or changed row)")

@@ -7,8 +7,10 @@ cluster on one side and clean can keep one row per cluster.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 
+from ..core.errors import StropError
 from .records import Conversation
 
 NUM_PERM = 64
@@ -86,8 +88,21 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def check_threshold(threshold: float) -> float:
+    """``--near-threshold``: a Jaccard similarity in (0, 1]; 1 means exact duplicates only (no MinHash)."""
+    try:
+        ok = math.isfinite(threshold) and 0 < threshold <= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise StropError(f"option --near-threshold: {threshold} is not a similarity in (0, 1] "
+                         "(MinHash Jaccard of word 3-grams; 1 finds exact duplicates only)")
+    return threshold
+
+
 def clusters(texts: list[str], threshold: float = 0.8) -> list[int]:
     """A cluster id per text (the index of its first member); exact copies always share one."""
+    check_threshold(threshold)
     uf = _UnionFind(len(texts))
     first: dict[str, int] = {}
     for i, t in enumerate(texts):
@@ -118,6 +133,7 @@ def overlap(train: list[str], other: list[str], threshold: float = 0.8) -> list[
     """(train index, other index) pairs that are exact or near copies: train/eval leakage."""
     from datasketch import MinHashLSH
 
+    check_threshold(threshold)
     keys = {exact_key(t): j for j, t in enumerate(other)}
     pairs = [(i, keys[exact_key(t)]) for i, t in enumerate(train) if exact_key(t) in keys]
     if threshold >= 1.0:

@@ -7,6 +7,7 @@ problem is collected with its file:line, so one run reports all of them.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ def _one(row: object, chosen: Format | None, src: Source, line: int,
     if not isinstance(row, dict):
         return Problem("", "not_object", f"each row must be a JSON object, got {type(row).__name__}")
     mapped = src.mapper(row) if src.mapper else row
+    blank = _blank_cells(row, mapped, chosen, src, prompts)
+    if blank:
+        return blank
     if chosen is None:
         chosen = detect(mapped, prompts)
         if chosen is None:
@@ -141,6 +145,25 @@ def _one(row: object, chosen: Format | None, src: Source, line: int,
         return Problem("", exc.code, str(exc))
     meta = {k: v for k, v in mapped.items() if k in ("keyword", "id", "label", "tools")}
     return chosen, Conversation(parsed.messages, src.name, line, src.line_kind, meta, parsed.rejected, parsed.label, row)
+
+
+def _blank_cells(row: object, mapped: dict, chosen: Format | None, src: Source, prompts: bool) -> Problem | None:
+    """A CSV row that fits its format only with its empty cells counted: name the empty cells, since
+    'unknown data format (fields: prompt)' hides that the completion cell is blank."""
+    empty = getattr(row, "empty", ())
+    if not empty:
+        return None
+
+    def fits(filled: list[str]) -> bool:
+        r = {**row, **{k: "" for k in filled}}
+        r = src.mapper(r) if src.mapper else r
+        return bool(chosen.detect(r) if chosen else detect(r, prompts))
+
+    if fits([]) or not fits(list(empty)):
+        return None
+    cells = [k for k in empty if not fits([j for j in empty if j != k])] or list(empty)
+    return Problem("", "empty_content", f"empty {', '.join(repr(k) for k in cells)} "
+                   f"{'cell' if len(cells) == 1 else 'cells'} on this line")
 
 
 def _finish(path: Path, chosen: Format | None, convs: list[Conversation], problems: list[Problem],
@@ -192,9 +215,13 @@ def _validate_rejected(rejected: list[Message]) -> None:
 
 
 def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
-    """Seeded train/validation split; ``val_size`` < 1 is a fraction, >= 1 a count."""
+    """Seeded train/validation split; ``val_size`` < 1 is a fraction, >= 1 a whole count, 0 none."""
+    if not math.isfinite(val_size):
+        raise StropError(f"option val_size: must be a fraction below 1 or a whole count, got {val_size}")
     if val_size <= 0:
         return list(convs), []
+    if val_size >= 1 and val_size != int(val_size):
+        raise StropError(f"option val_size: {val_size} is neither a fraction below 1 nor a whole count of rows")
     n_val = int(round(len(convs) * val_size)) if val_size < 1 else int(val_size)
     n_val = max(1, n_val)
     if n_val >= len(convs):

@@ -33,6 +33,28 @@ class Bad:
     reason: str
 
 
+class CsvRow(dict):
+    """A CSV row without its empty cells; ``empty`` names them, so a missing field can be told from a blank one."""
+
+    empty: tuple[str, ...] = ()
+
+
+def _refuse_wide_encoding(path: Path, raw: bytes) -> None:
+    """A UTF-16 or UTF-32 file (Windows "Unicode" exports) cannot be read as UTF-8: say so instead of 'NUL byte'."""
+    boms = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+            (b"\xfe\xff", "UTF-16"))
+    name = next((enc for bom, enc in boms if raw.startswith(bom)), None)
+    if name is None:
+        head = raw[:64]
+        even, odd = head[0::2], head[1::2]
+        # Mostly-ASCII text in UTF-16: every other byte is NUL.
+        if len(head) >= 4 and (odd.count(0) >= 0.9 * len(odd) > even.count(0)
+                               or even.count(0) >= 0.9 * len(even) > odd.count(0)):
+            name = "UTF-16"
+    if name:
+        raise StropError(f"{path}: the file is {name}-encoded text; save it as UTF-8 and read it again")
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, object]]:
     if not path.exists():
         raise StropError(f"{path}: file not found")
@@ -76,8 +98,10 @@ def _parse_line(text: str) -> object:
 
 def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
     raw = path.read_bytes()
+    _refuse_wide_encoding(path, raw)
     if raw.startswith(BOM):  # tolerate a BOM written by Windows editors
         raw = raw[len(BOM):]
+    _refuse_whole_json(path, raw)
     for number, line in enumerate(raw.split(b"\n"), start=1):
         text = _decode_line(line.rstrip(b"\r"))
         if isinstance(text, Bad):
@@ -86,8 +110,36 @@ def _jsonl(path: Path) -> Iterator[tuple[int, object]]:
             yield number, _parse_line(text)
 
 
+def _refuse_whole_json(path: Path, raw: bytes) -> None:
+    """A .jsonl file that holds one pretty-printed JSON document (an array, or an object over many lines)."""
+    start = re.match(rb"\s*", raw).end()
+    if raw[start:start + 1] not in (b"[", b"{"):
+        return
+    end = raw.find(b"\n", start)
+    first = raw[start:end if end >= 0 else len(raw)].strip()
+    try:
+        line = json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        line = None
+    if isinstance(line, dict):
+        return  # an ordinary first row
+    try:
+        whole = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        whole = None
+    lines = raw.count(b"\n") + 1
+    rows = isinstance(whole, list) and bool(whole) and isinstance(whole[0], dict)
+    if rows or first == b"[":
+        raise StropError(f"{path}: this looks like a JSON array ({lines} lines), not JSON Lines; name the file "
+                         ".json, or write one object per line")
+    if isinstance(whole, dict):
+        raise StropError(f"{path}: holds one JSON object spread over {lines} lines, not JSON Lines; write each "
+                         "row as one object on its own line")
+
+
 def _text(path: Path) -> str | Bad:
     raw = path.read_bytes()
+    _refuse_wide_encoding(path, raw)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -110,22 +162,41 @@ def _json(path: Path) -> Iterator[tuple[int, object]]:
         yield 1, Bad("empty_file", "empty JSON file")
         return
     if text[pos] != "[":
-        yield from _json_object(text)
+        yield from _json_object(path, text)
         return
     yield from _json_array(text, _skip_ws(text, pos + 1), line_of)
 
 
-def _json_object(text: str) -> Iterator[tuple[int, object]]:
+def _json_object(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    from .formats import detect
+
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and _first_line_is_json(text):
+            raise StropError(f"{path}: holds JSON Lines (one object per line), not one JSON document; name the "
+                             "file .jsonl") from None
         yield exc.lineno, Bad("invalid_json", f"invalid JSON ({exc.msg})")
         return
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(next(iter(obj.values())), list):
-        for row in next(iter(obj.values())):  # {"data": [...]} style wrappers
-            yield 1, row
-        return
+        items = next(iter(obj.values()))
+        if not (detect(obj) and not any(detect(item) for item in items[:1])):
+            for row in items:  # {"data": [...]} style wrappers
+                yield 1, row
+            return
+    if isinstance(obj, dict) and detect(obj):
+        # One row where a list of rows belongs (a {"messages": [...]} would otherwise pass for a wrapper).
+        raise StropError(f"{path}: holds one JSON object (a single {detect(obj).name} row), not a list of rows; "
+                         "put the rows in a JSON array [{...}, {...}], or one per line in a .jsonl file")
     yield 1, obj
+
+
+def _first_line_is_json(text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        return isinstance(json.loads(first), (dict, list))
+    except json.JSONDecodeError:
+        return False
 
 
 # An element that starts a line: where to pick up again after a broken one.
@@ -167,7 +238,9 @@ def _skip_ws(text: str, pos: int) -> int:
 def _csv(path: Path) -> Iterator[tuple[int, object]]:
     # surrogateescape keeps undecodable bytes visible so one bad row is
     # reported alone instead of the whole file failing.
-    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    raw = path.read_bytes()
+    _refuse_wide_encoding(path, raw)
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     reader = csv.DictReader(text.splitlines(keepends=True))
     start = 2
     for row in reader:
@@ -186,7 +259,9 @@ def _csv_row(row: dict) -> object:
         return Bad("nul_byte", "NUL byte in a value")
     if re.search("[\udc80-\udcff]", joined):
         return Bad("invalid_utf8", "not valid UTF-8")
-    return {k: v for k, v in row.items() if v != ""}
+    out = CsvRow((k, v) for k, v in row.items() if v != "")
+    out.empty = tuple(k for k, v in row.items() if v == "")
+    return out
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, object]]:

@@ -6,6 +6,7 @@ train and eval. Augmented rows never go to eval.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 
@@ -25,9 +26,21 @@ def _stratum(conv: Conversation, column: str | None) -> str:
     return str(row[column])
 
 
+def check_val_size(val_size: float) -> float:
+    """``--val-size``: a fraction in (0, 1), or a whole count of rows (1, 2, ...), as `strop train` reads it."""
+    if not math.isfinite(val_size) or val_size <= 0:
+        raise StropError(f"option --val-size: {val_size} must be a fraction in (0, 1) or a whole count of rows")
+    if val_size >= 1 and val_size != int(val_size):
+        raise StropError(f"option --val-size: {val_size} is neither a fraction below 1 nor a whole count of rows "
+                         f"(e.g. 0.1 or {int(val_size)})")
+    return val_size
+
+
 def grouped_split(convs: list[Conversation], val_size: float, seed: int, stratify: str | None = None,
                   near_threshold: float = 0.8) -> tuple[list[Conversation], list[Conversation]]:
-    if not 0 < val_size < len(convs):
+    """(train, eval); refuses, in one line, a split that would leave either side empty."""
+    check_val_size(val_size)
+    if not val_size < len(convs):
         raise StropError(f"option --val-size: {val_size} must be a fraction below 1 or a count below {len(convs)}")
     texts = [dedup.text_of(c) for c in convs]
     cluster = dedup.clusters(texts, near_threshold)
@@ -60,4 +73,12 @@ def grouped_split(convs: list[Conversation], val_size: float, seed: int, stratif
     # An augmented row whose group went to eval would leak its original: it is dropped, not moved.
     train = [c for i, c in enumerate(convs) if i not in val]
     evals = [c for i, c in enumerate(convs) if i in val and i not in augmented]
+    grouped = f" in {len(groups)} groups (near-duplicates and augmented rows stay together)" \
+        if len(groups) < len(convs) else ""
+    if not evals:
+        raise StropError(f"option --val-size: {val_size} puts no row in eval ({len(convs)} rows{grouped}); "
+                         "raise --val-size")
+    if not train:
+        raise StropError(f"option --val-size: {val_size} leaves no row for training ({len(convs)} rows{grouped}); "
+                         "lower --val-size" + (" or raise --near-threshold" if grouped else ""))
     return train, evals

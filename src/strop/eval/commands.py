@@ -10,6 +10,8 @@ from ..core.pickle_guard import ALLOW_PICKLE_HELP as PICKLE_HELP
 
 
 def eval_cmd(args) -> int:
+    if args.max_new_tokens < 1:  # before any model loads
+        raise StropError(f"option --max-new-tokens: must be at least 1, got {args.max_new_tokens}")
     from ..report.html import format_table
     from .preference import describe, is_preference_run
     from .run import evaluate

@@ -148,7 +148,8 @@ def export_merged(run: Path, out: Path, *, dtype: str | None = None, n_prompts: 
     base = provenance.base_model_of(final)
     out_dtype = dtype or base_dtype(Path(models.resolve(base)) if base else final)
     tok = models.load_tokenizer(str(run))
-    model = _load_unmerged(final, base)
+    with models.safetensors_errors(final, *([models.resolve(base)] if base else [])):  # a corrupt file, named
+        model = _load_unmerged(final, base)
     merged = model.merge_and_unload() if base else model
     models.fix_special_tokens(tok, merged)  # generation_config eos = <|im_end|> for ChatML models
     tmp = out.with_name(out.name + ".tmp")

@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,10 @@ class LoadPolicy:
         """from_pretrained keyword arguments for ``path``, after refusing what this policy does not allow."""
         check_weights(path, self.allow_pickle)
         out = {} if self.allow_pickle else {"use_safetensors": True}
-        return out | _code_kwargs(path, self)
+        return out | _code_kwargs(path, self) | _offline_kwargs(path)
 
     def tokenizer_kwargs(self, path: Path | str) -> dict:
-        return _code_kwargs(path, self)
+        return _code_kwargs(path, self) | _offline_kwargs(path)
 
 
 def policy(cfg) -> LoadPolicy:
@@ -119,6 +120,52 @@ def _code_kwargs(path: Path | str, pol: LoadPolicy) -> dict:
     return {"trust_remote_code": True, "revision": pol.revision}
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+HUB_PROBE_TIMEOUT_S = 3.0
+HUB_PROBE_KEEP_S = 60.0
+_HUB_PROBE: list = []  # [when, answer] of the last probe
+
+
+def hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be reached from here ("" when it can, or when that cannot be told).
+
+    The hub client retries a failed request five times with backoff (40-50 s) before giving up; one
+    TCP connection to the endpoint tells in a moment that no request will get through. Behind a proxy
+    (a *_PROXY variable) a direct connection proves nothing, so none is tried. The answer is kept for a
+    minute (a long-lived server sees the network come back).
+    """
+    import time
+
+    now = time.monotonic()
+    if _HUB_PROBE and now - _HUB_PROBE[0] < HUB_PROBE_KEEP_S:
+        return _HUB_PROBE[1]
+    _HUB_PROBE[:] = [now, _probe_hub()]
+    return _HUB_PROBE[1]
+
+
+def _probe_hub() -> str:
+    import socket
+    from urllib.parse import urlsplit
+
+    for flag in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{flag} is set"
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return ""
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{host} cannot be reached: {exc.strerror or type(exc).__name__}"
+    return ""
+
+
+def _offline_kwargs(path: Path | str) -> dict:
+    """For a hub id while the hub cannot be reached: read the local hub cache only, without the retries."""
+    return {"local_files_only": True} if isinstance(path, str) and hub_unreachable() else {}
+
+
 def cache_root() -> Path:
     """Where converted models live; STROP_HOME overrides (read when called, never at import)."""
     home = os.environ.get("STROP_HOME")
@@ -170,6 +217,9 @@ def resolve(name: str) -> Path | str:
         return target
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise StropError(f"{name}: no such model directory or file")
+    if len(path.parts) > 1 and Path(path.parts[0]).is_dir():  # runs/typo, where ./runs exists: a local path
+        raise StropError(f"{name}: no such model directory or file (./{path.parts[0]} exists, so this is read as a "
+                         "local path, not a Hugging Face hub id)")
     return name  # a hub id
 
 
@@ -261,11 +311,55 @@ def fix_special_tokens(tok, model) -> None:
         model.generation_config.bos_token_id = tok.bos_token_id
 
 
+_MODEL_OPTION = ["the model argument"]  # what names the model in the running command (named_by)
+
+
+@contextmanager
+def named_by(option: str):
+    """Within this block, a model that cannot be loaded from the hub is said to come from ``option``."""
+    _MODEL_OPTION.append(option)
+    try:
+        yield
+    finally:
+        _MODEL_OPTION.pop()
+
+
 def _hub_error(name: str, exc: Exception) -> StropError:
-    return StropError(
-        f"model {name!r}: could not load from the Hugging Face hub ({type(exc).__name__}); "
-        "offline, point --base-model at a local model directory or .gguf file"
-    )
+    offline = hub_unreachable()
+    source = (f"not in the local Hugging Face hub cache ({offline})" if offline
+              else f"the Hugging Face hub could not supply it ({type(exc).__name__})")
+    return StropError(f"model {name!r}: not a local model directory, run or .gguf file, and {source}; "
+                      f"point {_MODEL_OPTION[-1]} at a local model directory, run or .gguf file")
+
+
+@contextmanager
+def safetensors_errors(*dirs):
+    """A corrupt .safetensors file becomes one line that names it (the library's error names no file)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        yield
+        return
+    try:
+        yield
+    except SafetensorError as exc:
+        bad = _bad_safetensors([Path(d) for d in dirs if isinstance(d, (str, Path)) and Path(d).is_dir()])
+        where = bad or " or ".join(str(d) for d in dirs) or "a .safetensors file"
+        raise StropError(f"{where}: not a valid safetensors file ({exc})") from None
+
+
+def _bad_safetensors(dirs: list[Path]) -> Path | None:
+    """The first .safetensors file in ``dirs`` whose header does not read, if any."""
+    from safetensors import SafetensorError, safe_open
+
+    for d in dirs:
+        for f in sorted(d.glob("*.safetensors")):
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except (SafetensorError, OSError):
+                return f
+    return None
 
 
 def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
@@ -274,10 +368,13 @@ def load_tokenizer(name: str, policy: LoadPolicy = LoadPolicy()):
     path = resolve(name)
     src = _adapter_base(path) or path
     target = path if _has_tokenizer(path) else src
+    kwargs = policy.tokenizer_kwargs(target)
     try:
-        tok = AutoTokenizer.from_pretrained(target, **policy.tokenizer_kwargs(target))
+        tok = AutoTokenizer.from_pretrained(target, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _hub_error(name, exc) from None
+        if isinstance(target, Path):
+            raise StropError(f"{target}: cannot load the tokenizer ({str(exc).splitlines()[0][:200]})") from None
+        raise _hub_error(str(target), exc) from None
     as_shipped(tok, target)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -389,18 +486,8 @@ def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = F
     path = resolve(name)
     base = _adapter_base(path)
     try:
-        if base is None:
-            return _from_pretrained(path, torch_dtype, load_in_4bit, policy)
-        quantized = load_in_4bit or bool(_base_meta(path).get("load_in_4bit"))
-        check_weights(path, policy.allow_pickle)  # the adapter's own weights
-        model = _from_pretrained(resolve(base), torch_dtype, quantized, policy)
-        if (path / BOTTLENECK_CONFIG).is_file():
-            from ..methods.bottleneck import load_into
-
-            return load_into(model, path, trainable=trainable_adapter)
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
+        with safetensors_errors(path, *([resolve(base)] if base else [])):
+            return _load_model(path, base, torch_dtype, load_in_4bit, policy, trainable_adapter)
     except OSError as exc:
         if isinstance(path, str):
             raise _hub_error(name, exc) from None
@@ -408,6 +495,21 @@ def load_model(name: str, dtype: str = "float32", *, trainable_adapter: bool = F
     except pickle.UnpicklingError:
         # --allow-pickle reads with weights_only=True, which refuses anything but tensors and plain containers
         raise StropError(f"{path}: a pickle that holds more than tensors; refused even with --allow-pickle") from None
+
+
+def _load_model(path, base, torch_dtype, load_in_4bit: bool, policy: LoadPolicy, trainable_adapter: bool):
+    if base is None:
+        return _from_pretrained(path, torch_dtype, load_in_4bit, policy)
+    quantized = load_in_4bit or bool(_base_meta(path).get("load_in_4bit"))
+    check_weights(path, policy.allow_pickle)  # the adapter's own weights
+    model = _from_pretrained(resolve(base), torch_dtype, quantized, policy)
+    if (path / BOTTLENECK_CONFIG).is_file():
+        from ..methods.bottleneck import load_into
+
+        return load_into(model, path, trainable=trainable_adapter)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
 
 
 def load(name: str, dtype: str = "float32", policy: LoadPolicy = LoadPolicy()):

@@ -10,10 +10,6 @@ import json
 
 
 def plan_cmd(args) -> int:
-    from ..core.config import parse_overrides
-    from ..methods.options import load_train_config
-    from .estimate import format_plan, make_plan, split_options
-
     rest = list(args.rest)
     if any(a in ("-h", "--help") for a in rest):
         print("usage: strop plan [CONFIG.yaml] [--KEY VALUE ...] [--device cpu|cuda|cuda:NAME] [--json OUT]\n"
@@ -23,6 +19,17 @@ def plan_cmd(args) -> int:
               "       without --data: the worst case (every row at --max-length), time for --rows N (default 1000)")
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    from .. import models
+
+    with models.named_by("--base-model"):
+        return _plan(config, rest)
+
+
+def _plan(config: str | None, rest: list[str]) -> int:
+    from ..core.config import parse_overrides
+    from ..methods.options import load_train_config
+    from .estimate import format_plan, make_plan, split_options
+
     opts, overrides = split_options(parse_overrides(rest))
     if opts.get("json"):
         from ..core.paths import check_output
@@ -31,7 +38,10 @@ def plan_cmd(args) -> int:
     plan = make_plan(load_train_config(config, overrides), opts)
     print(format_plan(plan))
     if opts.get("json"):
-        with open(opts["json"], "w") as fh:
+        from pathlib import Path
+
+        Path(opts["json"]).expanduser().parent.mkdir(parents=True, exist_ok=True)  # as the data commands do
+        with open(Path(opts["json"]).expanduser(), "w") as fh:
             json.dump(plan, fh, indent=2)
     return 0
 

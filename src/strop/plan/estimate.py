@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from .. import models
 from ..core.errors import StropError
@@ -31,12 +32,26 @@ def split_options(overrides: dict) -> tuple[dict, dict]:
                 raise StropError(f"option --{key.replace('_', '-')}: cannot use {value!r}") from None
         else:
             train[key] = value
+    check_numbers(plan)
     if plan.get("optim", "adamw") not in OPTIM_BYTES:
         raise StropError(f"option --optim: {plan['optim']!r} is not one of {', '.join(OPTIM_BYTES)}")
     from .sharding import check
 
     check(plan.get("distributed", "ddp"), plan.get("nproc", 1))
     return plan, train
+
+
+def check_numbers(plan: dict) -> None:
+    """One line for a --rows, --measure-steps, --price-per-hour or --utilisation the figures cannot use."""
+    for key in ("rows", "measure_steps"):
+        if key in plan and plan[key] < 1:
+            raise StropError(f"option --{key.replace('_', '-')}: must be at least 1, got {plan[key]}")
+    price = plan.get("price_per_hour", 0.0)
+    if not (math.isfinite(price) and price >= 0):
+        raise StropError(f"option --price-per-hour: must be a finite number >= 0, got {price}")
+    util = plan.get("utilisation", 1.0)
+    if not (math.isfinite(util) and 0 < util <= 1):
+        raise StropError(f"option --utilisation: must be a fraction in (0, 1] (e.g. 0.4 for 40% of peak), got {util}")
 
 
 def autocast_for(cfg, device_kind: str) -> bool:
@@ -150,13 +165,13 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
 
     shape = read_shape(model_dir)
     if cfg.data:
-        if opts.get("rows"):
+        if "rows" in opts:
             raise StropError("option --rows: only without --data (with a file, its rows are counted)")
         counted = count(cfg, models.load_tokenizer(cfg.base_model))
     else:  # "will it fit?" before there is data: every row at max_length, every token trained on
         if opts.get("measure"):
             raise StropError("option --measure: needs --data (it trains a few steps on the longest rows)")
-        counted = worst_case(cfg, opts.get("rows") or WORST_CASE_ROWS)
+        counted = worst_case(cfg, opts.get("rows", WORST_CASE_ROWS))
     seq_len = cfg.max_length if getattr(cfg, "packing", False) else counted.longest
     from ..methods import METHODS
 

@@ -5,12 +5,37 @@ handlers import their heavy modules only when they run, so `strop --help` stays 
 """
 from __future__ import annotations
 
+import math
+
+from ..core.errors import StropError
 from ..core.pickle_guard import ALLOW_PICKLE_HELP as PICKLE_HELP
+
+
+def check_decoding(args) -> None:
+    """--max-new-tokens and --temperature, in one line each, before the model loads."""
+    if args.max_new_tokens < 1:
+        raise StropError(f"option --max-new-tokens: must be at least 1, got {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise StropError(f"option --temperature: must be a finite number >= 0 (0: greedy), got {args.temperature}")
+
+
+def check_serving(args) -> None:
+    """--host, --port and the server's limits, before the slow model load."""
+    if not args.host.strip():
+        raise StropError("option --host: empty; give an address such as 127.0.0.1 (this machine only) or 0.0.0.0")
+    if not 1 <= args.port <= 65535:
+        raise StropError(f"option --port: must be 1 to 65535, got {args.port}")
+    for name in ("max_batch", "max_waiting", "max_tokens_cap"):
+        if getattr(args, name) < 1:
+            raise StropError(f"option --{name.replace('_', '-')}: must be at least 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.drain_timeout) and args.drain_timeout >= 0):
+        raise StropError(f"option --drain-timeout: must be a finite number of seconds >= 0, got {args.drain_timeout}")
 
 
 def generate_cmd(args) -> int:
     from ..models.engine import Engine
 
+    check_decoding(args)
     engine = Engine(args.model, allow_pickle=args.allow_pickle)
     print(engine.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
     return 0
@@ -19,6 +44,7 @@ def generate_cmd(args) -> int:
 def chat_cmd(args) -> int:
     from ..models.engine import Engine
 
+    check_decoding(args)
     engine = Engine(args.model, allow_pickle=args.allow_pickle)
     history: list[dict] = []
     print("chatting with", args.model, "- empty line or Ctrl-D to quit, /reset to forget the conversation")
@@ -46,6 +72,7 @@ def chat_cmd(args) -> int:
 def serve_cmd(args) -> int:
     import os
 
+    check_serving(args)
     from ..http.guard import check_bind
     from .server import run
 

@@ -11,14 +11,20 @@ from pathlib import Path
 
 
 def train_cmd(args) -> int:
-    from ..core.config import parse_overrides
-    from ..methods.options import load_train_config
-
     rest = list(args.rest)
     if any(a in ("-h", "--help") for a in rest):
         print(train_help())
         return 0
     config = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    from .. import models
+
+    with models.named_by("--base-model"):
+        return _train(config, rest)
+
+
+def _train(config: str | None, rest: list[str]) -> int:
+    from ..core.config import parse_overrides
+    from ..methods.options import load_train_config
     from .launch import split_launch_options
 
     launch_opts, overrides = split_launch_options(parse_overrides(rest))

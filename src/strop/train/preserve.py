@@ -51,8 +51,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -102,6 +104,10 @@ def base_answers(cfg, tok, wanted: list[str]) -> tuple[dict[str, str], int, floa
     missing = [p for p in wanted if p not in known]
     t0 = time.monotonic()
     if missing:
+        if os.environ.get("RANK", "0") in ("", "0"):  # one line per run, not per process
+            print(f"strop: preserve: the base model answers {len(missing)} general prompts (cached after the "
+                  "first run on this base; --preserve none turns forgetting protection off) ...",
+                  file=sys.stderr, flush=True)
         known.update(_generate(cfg, tok, missing))
         if cache is not None:
             try:
