@@ -100,8 +100,9 @@ def print_figures(result: dict, run) -> list[bool]:
     measures = [*(c for ms in change.values() for c in ms.values()), *pairs.values()]
     raw = sum(c.get("raw_worse", c["worse"]) for c in measures)
     print(f"[demo] bias probes: {len(flags)} of {len(measures)} attribute measures worse than the base, "
-          f"family-wise over all of them, counted beyond the factor neutral swaps grew by and the change of "
-          f"confidence on all stereotype pairs ({verdict(not flags)} the goal of none; {len(each)} at 95% each "
+          f"family-wise over all of them, counted beyond what the neutral swaps show (the factor their gaps grew "
+          f"by, the size of their terms' shifts) and the change of confidence on all stereotype pairs "
+          f"({verdict(not flags)} the goal of none; {len(each)} at 95% each "
           f"alone, {raw} without the controls)"
           + (f": {'; '.join(flags[:3])}" if flags else "")
           + (f" and {len(flags) - 3} more" if len(flags) > 3 else ""))
