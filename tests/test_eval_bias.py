@@ -261,6 +261,7 @@ def _term_run(effect_sd: float, seed: int, scale: float = 1.0, planted: tuple | 
     return items, base, tuned
 
 
+@pytest.mark.slow  # 40 synthetic runs through the null: about 3 s
 def test_term_null_passes_undirected_term_shifts_and_flags_a_planted_one():
     """Random weight noise shifts each term's likelihood by about the same amount in every template; the term
     null asks whether an attribute's terms moved more than the neutral swaps' terms did."""
