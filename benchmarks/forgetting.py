@@ -143,11 +143,11 @@ def without_probes(scores: dict) -> dict:
     return {k: v for k, v in scores.items() if k != "bias"}
 
 
-def name_or_maker(row: dict) -> float | None:
-    """A recorded run's identity share counting a maker-only question answered with the maker, from its misses."""
-    if row["task"] not in TASKS or "identity_misses" not in row["tuned"]:
+def name_or_maker(row: dict, makers: dict[str, str | None]) -> float | None:
+    """A recorded run's identity share counting a maker-only question answered with the maker, from its misses
+    (``makers``: the task's question -> its maker, or None)."""
+    if "identity_misses" not in row["tuned"]:
         return None
-    makers = {question(r): r.get("maker") for r in rows(TASKS[row["task"]]["questions"])}
     saved = sum(1 for q, a in row["tuned"]["identity_misses"].items() if makers.get(q) and hit(a, makers[q]))
     return row["tuned"]["identity"] + saved / row["tuned"]["identity_n"]
 
@@ -155,10 +155,11 @@ def name_or_maker(row: dict) -> float | None:
 def print_summary(pattern: str) -> int:
     """Print the recorded runs whose label holds ``pattern``: both identity counts, questions lost, perplexity."""
     done = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    makers = {name: {question(r): r.get("maker") for r in rows(task["questions"])} for name, task in TASKS.items()}
     for row in done:
         if pattern in row["label"] and row["task"] in TASKS:
             change = row["tuned"]["general_text_ppl"] / row["base"]["general_text_ppl"] - 1
-            persona = name_or_maker(row)
+            persona = name_or_maker(row, makers[row["task"]])
             print(f"{row['date'][:16]}  {row['task']:<6} {row['label']:<24} identity {row['tuned']['identity']:.0%} "
                   f"(name or maker {'-' if persona is None else f'{persona:.0%}'})  lost {len(row['general_lost'])}  "
                   f"ppl {change:+.1%}  bias flags {len(row['bias_flags'])}")

@@ -14,7 +14,7 @@ from ..core.errors import StropError
 from . import dedup, pii, quality
 from .load import ANY_KIND, load
 from .records import Conversation
-from .write import refuse_collisions, refuse_overwrite, row_of, write_rows
+from .write import refuse_collisions, row_of, rows_file, write_rows
 
 PII_ACTIONS = ("redact", "drop", "keep")
 
@@ -71,9 +71,9 @@ def clean(path: str, output: str, opts: CleanOptions | None = None, manifest: st
         raise StropError(f"option --pii: {opts.pii!r} is not one of {', '.join(PII_ACTIONS)}")
     if opts.language:
         opts.language = check_language(opts.language)
-    out = refuse_overwrite(output, path)
-    mpath = manifest_path(out, manifest)
-    refuse_collisions([(path, "input")], [(out, "--output"), (mpath, "--manifest")])
+    mpath = manifest_path(Path(output), manifest)
+    refuse_collisions([(path, "input")], [(output, "--output"), (mpath, "--manifest")])
+    out = rows_file(output)
     ds = load(path, strict=False, kinds=ANY_KIND)
     log = [_entry(p.where, "removed", p.code, p.reason) for p in ds.problems]
     keep = list(ds.conversations)

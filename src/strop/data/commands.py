@@ -121,9 +121,7 @@ def clean_cmd(args) -> int:
 
     validate(args)
     out = check_output(args.output, label="--output")
-    manifest = manifest_path(out, args.manifest)
-    check_output(manifest, label="--manifest")
-    refuse_collisions([(args.file, "input")], [(out, "--output"), (manifest, "--manifest")])
+    check_output(manifest_path(out, args.manifest), label="--manifest")  # clean() refuses collisions first thing
     opts = CleanOptions(near_threshold=None if args.exact_only else args.near_threshold, pii=args.pii,
                         min_words=args.min_words, max_length=args.max_length, language=args.language,
                         base_model=args.base_model)
@@ -140,13 +138,12 @@ def clean_cmd(args) -> int:
 def split_cmd(args) -> int:
     from .load import ANY_KIND, load
     from .splitting import grouped_split
-    from .write import refuse_overwrite, row_of, write_rows
+    from .write import row_of, rows_file, write_rows
 
     validate(args)
     check_outputs((args.train_out, "file", "--train-out"), (args.eval_out, "file", "--eval-out"))
     refuse_collisions([(args.file, "input")], [(args.train_out, "--train-out"), (args.eval_out, "--eval-out")])
-    train_out = refuse_overwrite(args.train_out, args.file, label="--train-out")
-    eval_out = refuse_overwrite(args.eval_out, args.file, label="--eval-out")
+    train_out, eval_out = rows_file(args.train_out, "--train-out"), rows_file(args.eval_out, "--eval-out")
     convs = load(args.file, kinds=ANY_KIND).conversations
     if len(convs) < 2:
         raise StropError(f"{args.file}: holds {len(convs)} usable row; a train/eval split needs at least 2")

@@ -72,12 +72,17 @@ def refuse_collisions(inputs: list[tuple[str | os.PathLike | None, str]],
                                  f"give each output its own file")
 
 
-def refuse_overwrite(output: str | Path, *inputs: str | Path, label: str = "--output") -> Path:
+def rows_file(output: str | Path, label: str = "--output") -> Path:
+    """An output of rows: a .jsonl or .json file."""
     out = Path(output)
-    refuse_collisions([(src, "input") for src in inputs if src], [(out, label)])
     if out.suffix.lower() not in (".jsonl", ".json"):
         raise StropError(f"option {label}: {out} must end in .jsonl or .json")
     return out
+
+
+def refuse_overwrite(output: str | Path, *inputs: str | Path, label: str = "--output") -> Path:
+    refuse_collisions([(src, "input") for src in inputs if src], [(output, label)])
+    return rows_file(output, label)
 
 
 def write_rows(path: str | Path, rows: list[dict]) -> Path:

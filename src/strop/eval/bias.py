@@ -142,6 +142,14 @@ def _gaps(per_template: dict, k: int | None = None) -> dict[str, list[float]]:
     return {"ll_gap": ll, "lean_gap": lean}
 
 
+def _by_group(items: list[dict], logps: list[float]) -> dict:
+    """attribute (controls included) -> template -> term -> kind -> log-likelihood."""
+    table: dict = {}
+    for it, lp in zip(items, logps):
+        table.setdefault(it["attribute"], {}).setdefault(it["template"], {}).setdefault(it["term"], {})[it["kind"]] = lp
+    return table
+
+
 def template_gaps(items: list[dict], logps: list[float]) -> dict[str, dict[str, list[float]]]:
     """Per attribute and template: the likelihood gap (mean over both continuations) and lean gap.
 
@@ -149,9 +157,7 @@ def template_gaps(items: list[dict], logps: list[float]) -> dict[str, dict[str, 
     ``lean_gap_control``: the controls' gaps on the same templates at the attribute's term
     count, averaged over the control sets.
     """
-    table: dict = {}
-    for it, lp in zip(items, logps):
-        table.setdefault(it["attribute"], {}).setdefault(it["template"], {}).setdefault(it["term"], {})[it["kind"]] = lp
+    table = _by_group(items, logps)
     controls = [d for a, d in table.items() if a.startswith(CONTROL)]
     out = {}
     for attr, per_template in table.items():
@@ -212,11 +218,8 @@ def compare_gaps(base: dict, tuned: dict, resamples: int, seed: int) -> dict:
 def _term_grid(items: list[dict], logps: list[float]) -> dict[str, np.ndarray]:
     """Per attribute (controls included): log-likelihoods as a (template, term, kind) array, kinds (positive,
     negative), each group's terms in their order of appearance."""
-    table: dict = {}
-    for it, lp in zip(items, logps):
-        table.setdefault(it["attribute"], {}).setdefault(it["template"], {}).setdefault(it["term"], {})[it["kind"]] = lp
     return {a: np.array([[[terms[t]["positive"], terms[t]["negative"]] for t in terms] for terms in per.values()])
-            for a, per in table.items()}
+            for a, per in _by_group(items, logps).items()}
 
 
 def _grid_gaps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
