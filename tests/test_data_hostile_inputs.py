@@ -255,6 +255,8 @@ def _messages_text() -> str:
     ("oneline.jsonl", lambda: json.dumps([_row(q, a) for q, a in ROWS]), ["oneline.jsonl", "JSON array"]),
     ("pretty_obj.jsonl", lambda: json.dumps(_row(*ROWS[0]), indent=2), ["pretty_obj.jsonl", "one JSON object"]),
     ("lines.json", lambda: "".join(json.dumps(_row(q, a)) + "\n" for q, a in ROWS), ["lines.json", ".jsonl"]),
+    ("pretty_objs.jsonl", lambda: "".join(json.dumps(_row(q, a), indent=2) + "\n" for q, a in ROWS),
+     ["pretty_objs.jsonl", "8 JSON objects", "one per line"]),
 ])
 def test_file_shape_mistakes_are_named(small, no_model, capsys, name, content, needles):
     (small.parent / name).write_text(content())
@@ -275,6 +277,28 @@ def test_a_wrapper_object_is_still_read(small, tokenizer, capsys):
     (small.parent / "wrapped.json").write_text(json.dumps({"data": [_row(q, a) for q, a in ROWS]}))
     assert main(["data", "check", "wrapped.json"]) == 0
     assert "8 conversations" in capsys.readouterr().out
+
+
+def test_one_bad_row_among_good_ones_keeps_its_own_line(small, tokenizer, capsys):
+    """Only a file that is wholly a run of pretty-printed objects is refused whole; a broken row among
+    one-per-line rows is reported on its line."""
+    lines = small.read_text().splitlines()
+    lines.insert(3, '{"messages": [')
+    (small.parent / "one_bad.jsonl").write_text("\n".join(lines) + "\n")
+    main(["data", "check", "one_bad.jsonl"])
+    out = capsys.readouterr().out
+    assert "one_bad.jsonl:4" in out and "8 conversations" in out
+
+
+def test_a_check_names_each_reason_when_one_code_has_several(small, tokenizer, capsys):
+    lines = small.read_text().splitlines()
+    lines[1] = '{"messages": [}'
+    lines[5] = '{"messages": [{"role": "user", "content": "hi"}]'
+    (small.parent / "two_bad.jsonl").write_text("\n".join(lines) + "\n")
+    main(["data", "check", "two_bad.jsonl"])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "[invalid_json]" in x)
+    assert "two_bad.jsonl:2 (invalid JSON" in line and "two_bad.jsonl:6 (invalid JSON" in line, line
 
 
 def test_csv_blank_cell_is_named(small, no_model, capsys):

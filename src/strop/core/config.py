@@ -153,6 +153,9 @@ class PreserveOptions:
     # backward; 1.24x the unprotected training on the demo instead of 1.46x); the same gradients, rounded
     # differently in bf16. Off by default: the defaults were measured without it (docs/quality.md).
     preserve_pack: bool = False
+    # kl: the share of the optimizer steps over which the term's weight rises linearly from 0 to
+    # preserve_weight (0 = full weight from the first step; docs/quality.md has it measured)
+    preserve_warmup: float = 0.0
 
     def check_preserve(self) -> None:
         if self.preserve not in PRESERVE:
@@ -161,6 +164,8 @@ class PreserveOptions:
             raise StropError(unknown("preserve_select", self.preserve_select, list(PRESERVE_SELECT)))
         if not 0 < self.preserve_weight <= 100:
             raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
+        if not 0 <= self.preserve_warmup < 1:
+            raise StropError(f"option preserve_warmup: {self.preserve_warmup} is outside [0, 1)")
         if not 0 <= self.preserve_ratio <= 4:
             raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
 

@@ -57,7 +57,10 @@ def check(path: str, base_model: str = "smollm2-135m-instruct", max_length: int 
     convs, found = ds.conversations, Findings()
     for code, n in ds.skipped.items():
         probs = [p for p in ds.problems if p.code == code]
-        found.add("error", code, f"rows that cannot be used ({probs[0].reason})", [p.where for p in probs])
+        if len({p.reason for p in probs}) == 1:
+            found.add("error", code, f"rows that cannot be used ({probs[0].reason})", [p.where for p in probs])
+        else:  # one code, several reasons: each example names its own
+            found.add("error", code, "rows that cannot be used", [f"{p.where} ({p.reason})" for p in probs])
     lap("load")
     if tokenizer is None:
         from .. import models

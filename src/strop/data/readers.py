@@ -135,6 +135,34 @@ def _refuse_whole_json(path: Path, raw: bytes) -> None:
     if isinstance(whole, dict):
         raise StropError(f"{path}: holds one JSON object spread over {lines} lines, not JSON Lines; write each "
                          "row as one object on its own line")
+    objects = _concatenated_objects(raw)
+    if objects > 1:
+        raise StropError(f"{path}: holds {objects} JSON objects written over {lines} lines, not one per line as "
+                         "JSON Lines needs; write each row as one object on its own line")
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def _concatenated_objects(raw: bytes) -> int:
+    """How many JSON objects ``raw`` holds one after another (pretty-printed, so not one per line); 0 where it
+    is not wholly such a sequence."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return 0
+    decoder, at, count = json.JSONDecoder(), 0, 0
+    while True:
+        at = _SPACE.match(text, at).end()
+        if at >= len(text):
+            return count
+        try:
+            obj, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return 0
+        if not isinstance(obj, dict):
+            return 0
+        count += 1
 
 
 def _text(path: Path) -> str | Bad:

@@ -34,6 +34,7 @@ class KLToBase(TrainerCallback):
         self.rows = rows
         self.rate = ratio_for(cfg, "kl") * cfg.micro_batch_size  # general rows per micro-batch, on average
         self.weight = cfg.preserve_weight
+        self.warmup = getattr(cfg, "preserve_warmup", 0.0)  # share of the steps over which the weight rises from 0
         self.seed = cfg.seed
         # the general rows may join a micro-batch's packed row only where each example attends to itself alone
         self.packable = (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False)
@@ -41,6 +42,7 @@ class KLToBase(TrainerCallback):
         self._armed = None  # (rows, their positions in the packed row) while a packed micro-batch trains
         self._extra = None  # the term's share of the loss the micro-batch returned (taken out again for the logs)
         self._step, self._micro = -1, 0
+        self._now = self.weight  # the weight at the step training now
         self._sum, self._count = 0.0, 0
         self._order: tuple[int, list[int]] = (-1, [])  # (pass over the rows, its seeded order)
         # hidden state t predicts token t+1: a row is scored at t where token t+1 is an answer token
@@ -136,14 +138,23 @@ class KLToBase(TrainerCallback):
             hidden = self._hidden(inner.get_decoder(), picked, device)
         return self._kl(model, picked, hidden)
 
+    def weight_at(self, step: int, total: int) -> float:
+        """The term's weight at optimizer step ``step`` of ``total``: ``preserve_weight``, reached linearly over
+        the first ``preserve_warmup`` share of the steps."""
+        if self.warmup <= 0 or total <= 0:
+            return self.weight
+        return self.weight * min(1.0, step / (self.warmup * total))
+
     def next_rows(self, trainer) -> list[int]:
-        """The general rows of the micro-batch about to train (counts the micro-batches of each step)."""
+        """The general rows of the micro-batch about to train (counts the micro-batches of each step); none
+        while the term's weight is still 0."""
         step = trainer.state.global_step
         if step != self._step:
             self._step, self._micro = step, 0
         picked = self.batch(step, self._micro, trainer.args.gradient_accumulation_steps)
         self._micro += 1
-        return picked
+        self._now = self.weight_at(step, trainer.state.max_steps)
+        return picked if self._now > 0 else []
 
     def pack(self, inputs, picked: list[int]):
         """``inputs`` with the general rows ``picked`` appended to its packed row as unlabelled examples, and
@@ -184,7 +195,7 @@ class KLToBase(TrainerCallback):
             return
         with trainer.accelerator.autocast():  # the mixed precision the task's forward runs in (accelerate wraps it)
             kl = self.loss(model, picked)
-        trainer.accelerator.backward(self.weight * kl / trainer.current_gradient_accumulation_steps)
+        trainer.accelerator.backward(self._now * kl / trainer.current_gradient_accumulation_steps)
         self._note(kl)
 
     def add_to(self, trainer, model, loss, hidden, num_items_in_batch):
@@ -197,8 +208,8 @@ class KLToBase(TrainerCallback):
             scaled = ((getattr(trainer, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
                       or getattr(trainer, "compute_loss_func", None) is not None)
         accumulation = trainer.current_gradient_accumulation_steps
-        term = self.weight * kl / (accumulation if scaled else 1)
-        self._extra = float(self.weight * kl.detach() / accumulation)  # what training_step's returned loss holds of it
+        term = self._now * kl / (accumulation if scaled else 1)
+        self._extra = float(self._now * kl.detach() / accumulation)  # what training_step's returned loss holds of it
         self._note(kl)
         return loss + term
 
