@@ -214,6 +214,28 @@ def test_kl_rows_depend_only_on_the_step_and_follow_the_rate():
     assert [len(KLToBase(rows, cfg).batch(s, m, 2)) for s in range(3) for m in range(2)] == [2] * 6
 
 
+def test_a_kl_warmup_raises_the_weight_over_its_share_of_the_steps():
+    """preserve_warmup 0.5 over 10 steps: weight 0 (and no general rows) at step 0, half at step 2.5, full from
+    step 5; 0 leaves the weight as it is."""
+    from types import SimpleNamespace
+
+    from strop.train.preserve_kl import KLToBase
+
+    rows = [{"input_ids": [i], "labels": [i]} for i in range(10)]
+    cfg = SimpleNamespace(preserve_ratio=1.0, micro_batch_size=1, preserve_weight=2.0, seed=0, preserve_warmup=0.5)
+    term = KLToBase(rows, cfg)
+    assert [term.weight_at(s, 10) for s in (0, 1, 5, 9)] == [0.0, 0.4, 2.0, 2.0]
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0, max_steps=10),
+                              args=SimpleNamespace(gradient_accumulation_steps=1))
+    assert term.next_rows(trainer) == [] and term._now == 0.0
+    trainer.state.global_step = 3
+    assert len(term.next_rows(trainer)) == 1 and term._now == pytest.approx(1.2)
+    cfg.preserve_warmup = 0.0
+    assert KLToBase(rows, cfg).weight_at(0, 10) == 2.0
+    with pytest.raises(StropError, match="preserve_warmup: 1.0 is outside"):
+        load_train_config(None, {"data": "x.jsonl", "preserve_warmup": 1.0})
+
+
 @pytest.mark.slow
 def test_kl_rows_packed_into_the_task_row_train_as_a_separate_backward_does(tiny_model_dir, narrow_file, tmp_path,
                                                                             monkeypatch):
