@@ -93,6 +93,8 @@ def test_train_hub_error_names_base_model(capsys, tmp_path, chat_file, monkeypat
     ("--preserve-weight", "0", "outside (0, 100]"),
     ("--preserve-ratio", "-1", "outside [0, 4]"),
     ("--preserve-ratio", "inf", "not a finite number"),
+    ("--preserve-warmup", "1", "outside [0, 1)"),
+    ("--preserve-warmup", "nan", "not a finite number"),
     ("--beta", "nan", "not a finite number"),
     ("--neftune-noise-alpha", "-inf", "not a finite number"),
     ("--loss-spike-factor", "nan", "not a finite number"),

@@ -234,6 +234,8 @@ def test_a_kl_warmup_raises_the_weight_over_its_share_of_the_steps():
     assert KLToBase(rows, cfg).weight_at(0, 10) == 2.0
     with pytest.raises(StropError, match="preserve_warmup: 1.0 is outside"):
         load_train_config(None, {"data": "x.jsonl", "preserve_warmup": 1.0})
+    with pytest.raises(StropError, match="preserve_warmup: applies to preserve kl .*not none"):
+        load_train_config(None, {"data": "x.jsonl", "preserve_warmup": 0.5, "preserve": "none"})
 
 
 @pytest.mark.slow

@@ -166,6 +166,8 @@ class PreserveOptions:
             raise StropError(f"option preserve_weight: {self.preserve_weight} is outside (0, 100]")
         if not 0 <= self.preserve_warmup < 1:
             raise StropError(f"option preserve_warmup: {self.preserve_warmup} is outside [0, 1)")
+        if self.preserve_warmup and self.preserve in ("replay", "none"):
+            raise StropError(f"option preserve_warmup: applies to preserve kl (or auto), not {self.preserve}")
         if not 0 <= self.preserve_ratio <= 4:
             raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
 

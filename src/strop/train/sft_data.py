@@ -73,6 +73,8 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs
              if cfg.preserve_select == "nearest" else None)  # only the nearest pick reads the task's prompts
     convs, record = replay_conversations(cfg, tok, n_train, mode, asked)
     rows = _tokenize(tok, convs, cfg, report, "replay")
-    report["preserve"] = record | {"why": why} | ({"weight": cfg.preserve_weight} | ({"warmup": cfg.preserve_warmup} if cfg.preserve_warmup else {})
-                                                     if mode == "kl" else {})
+    kl = {"weight": cfg.preserve_weight} if mode == "kl" else {}
+    if kl and cfg.preserve_warmup:
+        kl["warmup"] = cfg.preserve_warmup
+    report["preserve"] = record | {"why": why} | kl
     return mode, rows
