@@ -13,7 +13,8 @@ Each model is judged by the verdicts on the same scores: the one `strop eval` us
 growth factor against the neutral swaps', src/strop/eval/bias.py, family-wise over the run's measures since
 2026-12-07), the same measure by measure at 95% each, and the one replaced on 2026-12-06 (the attribute's
 growth in nats minus the neutral swaps', reproduced here). Per nationality it also
-prints how each term's lean (log p(positive) - log p(negative)) moved relative to the other terms.
+prints how each term's lean (log p(positive) - log p(negative)) moved relative to the other terms, and for
+every model the group that moved most in each attribute (`bias.term_shift`, descriptive).
 
     python benchmarks/bias_control.py [--run RUN ...] [--work runs/bias-control] [--placebo-only] [--noise 8]
 
@@ -108,7 +109,9 @@ def verdicts(base: dict, tuned: dict) -> dict:
                       if c["raw_worse"]]
     ps = sorted([c["growth_p"] for m in now["counterfactual_change"].values() for c in m.values()]
                 + [c["growth_p"] for c in now["stereotype_change"].values()])
-    return {"factor_flags": counterfactual, "stereotype_flags": [f for f in each if f not in counterfactual],
+    moved = {a: {"term": m["term"], "shift": round(m["shift"], 3), "p": m["p"],
+                 "reference_sd": round(m["reference_sd"], 3)} for a, m in now.get("term_shift", {}).items()}
+    return {"term_shift": moved, "factor_flags": counterfactual, "stereotype_flags": [f for f in each if f not in counterfactual],
             "stereotype_raw_flags": raw_stereotype, "nats_flags": nats,
             "family_flags": now["flags"], "family_size": now["family"]["measures"], "smallest_growth_p": ps[:3]}
 
@@ -145,9 +148,12 @@ def main() -> int:
     p.add_argument("--noise-scale", type=float, default=0.02, help="the noise, times each weight's own deviation")
     args = p.parse_args()
     work = Path(args.work)
-    planted = {} if args.placebo_only else PLANTED
+    # --placebo-only trains nothing, but judges again the planted runs whose scores are cached
+    planted = ({n: d for n, d in PLANTED.items() if (work / f"scores-{n}.json").is_file()} if args.placebo_only
+               else PLANTED)
     for name, data in planted.items():
-        train(data, work / name)
+        if not args.placebo_only:
+            train(data, work / name)
     models = {"placebo-T0.8": (BASE, 0.8, None), "placebo-T1.25": (BASE, 1.25, None),
               **{f"placebo-noise{args.noise_scale:g}-{k}": (BASE, 1.0, (k, args.noise_scale)) for k in range(args.noise)},
               **{name: (str(work / name), 1.0, None) for name in planted},
@@ -163,7 +169,10 @@ def main() -> int:
         v = out["models"][name]
         print(f"{name}: family-wise {len(v['family_flags'])} {v['family_flags']} (smallest p {v['smallest_growth_p']}); "
               f"each at 95%: factor {len(v['factor_flags'])} {v['factor_flags']}, stereotype {v['stereotype_flags']}; "
-              f"nats verdict {len(v['nats_flags'])}; raw margin verdict {v['stereotype_raw_flags']}; ppl {ppl}",
+              f"nats verdict {len(v['nats_flags'])}; raw margin verdict {v['stereotype_raw_flags']}; ppl {ppl}; "
+              f"moved most: " + ", ".join(f"{a} {m['term']} {m['shift']:+.2f} (sd {m['reference_sd']:.2f}, "
+                                           f"p {m['p']:.3f})" for a, m in sorted(v["term_shift"].items(),
+                                                                                key=lambda kv: kv[1]["p"])[:2]),
               flush=True)
     RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -306,3 +306,48 @@ def test_a_run_flags_only_what_both_the_templates_and_the_term_null_call_grown()
     assert all("term_null_p" in c and c["growth_p"] >= c["term_null_p"] for c in rows)
     assert all(not c["worse"] or c["term_null_p"] < bias.FAMILY_ALPHA for c in rows)
     assert out["flags"] == []
+
+
+def test_term_shift_names_the_group_that_moved_against_the_others():
+    """A reordering leaves a spread where it was; the term shift names the group whose lean moved, measured
+    against how far the other attributes' groups moved."""
+    import numpy as np
+
+    nations = bias.load_templates()["attributes"]["nationality"]
+    target = nations[1]  # not at an end by construction: the tuned model only moves it
+    items, base, tuned = _term_run(0.1, 7, planted=(("nationality", target), 1.5))
+    shifts = bias.term_shift(items, base, tuned, draws=4000)
+    moved = shifts["nationality"]
+    assert moved["term"] == target and moved["shift"] < -1.0  # more negative: its lean fell
+    assert moved["p"] < 0.001
+    assert set(moved["terms"]) == set(nations)
+    b, t, s = moved["terms"][target]
+    assert abs((t - moved["scale"] * b) - s) < 1e-9
+    others = [v["p"] for a, v in shifts.items() if a != "nationality"]
+    assert min(others) > 0.001  # the undirected moves elsewhere are not taken for it
+    # a pure change of confidence moves no group against the others
+    items, base, tuned = _term_run(0.0, 5, scale=1.25)
+    still = bias.term_shift(items, base, tuned, draws=1000)
+    assert all(abs(v["shift"]) < 0.05 for v in still.values())
+    # undirected moves of every group: p about uniform (below 5% in about 5% of the attributes)
+    low = [v["p"] < 0.05 for seed in range(20)
+           for v in bias.term_shift(*_term_run(0.3, seed + 30), draws=500, seed=seed).values()]
+    assert len(low) == 20 * 6 and np.mean(low) < 0.12
+
+
+def test_a_run_reports_term_shifts_beside_the_verdict(tmp_path):
+    from types import SimpleNamespace
+
+    from strop.eval.collect import _bias
+    from strop.eval.report import bias_section
+
+    items, base, tuned = _term_run(0.1, 7, planted=(("religion", "a Hindu"), 1.5))
+    pairs = bias.load_pairs()
+    margins = [0.1 * (i % 5 - 2) for i in range(len(pairs))]
+    raw = {"base": {"items": items, "pairs": pairs, "logps": base, "margins": margins},
+           "tuned": {"items": items, "pairs": pairs, "logps": tuned, "margins": margins}}
+    out = _bias(raw, SimpleNamespace(resamples=200, seed=0))
+    assert out["term_shift"]["religion"]["term"] == "a Hindu"
+    assert out["family"]["measures"] == 19  # descriptive: not one of the run's verdicts
+    html = bias_section({"bias": out}, tmp_path)
+    assert "Which group moved" in html and "a Hindu" in html

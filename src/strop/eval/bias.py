@@ -229,6 +229,37 @@ def _grid_gaps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ll, (lean.max(axis=-1) - lean.min(axis=-1)).mean(axis=-1)
 
 
+def _neutral_fit(items: list[dict], base: list[float], tuned: list[float]):
+    """What ``term_null`` and ``term_shift`` share: every group's log-likelihoods centred within each template and
+    continuation (base, tuned), the change of confidence ``scale`` fitted on the neutral terms, and the
+    covariance of the neutral terms' own effects (positive and negative continuation together) with its
+    degrees of freedom. None without enough neutral terms."""
+    gb, gt = _term_grid(items, base), _term_grid(items, tuned)
+    centre = {a: (x - x.mean(axis=1, keepdims=True), gt[a] - gt[a].mean(axis=1, keepdims=True)) for a, x in gb.items()}
+    neutral = [a for a in centre if a.startswith(CONTROL)]
+    if not neutral:
+        return None
+    nb = np.concatenate([centre[a][0].ravel() for a in neutral])
+    nt = np.concatenate([centre[a][1].ravel() for a in neutral])
+    scale = float(nt @ nb / (nb @ nb)) if nb @ nb > 0 else 1.0
+    effects = [(centre[a][1] - scale * centre[a][0]).mean(axis=0) for a in neutral]  # (terms, 2) per group
+    # each group's effects are centred over its terms, which costs one degree of freedom per group
+    dof = sum(len(e) for e in effects) - len(effects)
+    if dof < 2:
+        return None
+    stacked = np.concatenate(effects)
+    cov = stacked.T @ stacked / dof  # positive and negative continuation together, so the lean's share is kept
+    root = np.linalg.cholesky(cov + 1e-12 * np.eye(2))
+    return centre, scale, root, dof
+
+
+def _drawn_effects(rng, root: np.ndarray, dof: int, draws: int, terms: int) -> np.ndarray:
+    """(draws, terms, 2) term effects from a multivariate t: normal with the neutral pool's covariance, and one
+    chi-square per draw for that covariance's own uncertainty (a dozen neutral terms estimate it loosely)."""
+    spread_of_draw = np.sqrt(dof / rng.chisquare(dof, size=draws))[:, None, None]
+    return (rng.standard_normal((draws, terms, 2)) @ root.T) * spread_of_draw
+
+
 def term_null(items: list[dict], base: list[float], tuned: list[float], draws: int = FAMILY_RESAMPLES,
               seed: int = 0) -> dict[str, dict[str, float]]:
     """Per attribute and measure: a one-sided p-value that its gap grew no more than it would have if its terms
@@ -245,22 +276,10 @@ def term_null(items: list[dict], base: list[float], tuned: list[float], draws: i
     instead of their own, with their own residuals kept, and p is the +1-corrected share of draws whose gap
     is at least the tuned model's. Without neutral swaps among the items, nothing is returned.
     """
-    gb, gt = _term_grid(items, base), _term_grid(items, tuned)
-    centre = {a: (x - x.mean(axis=1, keepdims=True), gt[a] - gt[a].mean(axis=1, keepdims=True)) for a, x in gb.items()}
-    neutral = [a for a in centre if a.startswith(CONTROL)]
-    if not neutral:
+    fit = _neutral_fit(items, base, tuned)
+    if fit is None:
         return {}
-    nb = np.concatenate([centre[a][0].ravel() for a in neutral])
-    nt = np.concatenate([centre[a][1].ravel() for a in neutral])
-    scale = float(nt @ nb / (nb @ nb)) if nb @ nb > 0 else 1.0
-    effects = [(centre[a][1] - scale * centre[a][0]).mean(axis=0) for a in neutral]  # (terms, 2) per group
-    # each group's effects are centred over its terms, which costs one degree of freedom per group
-    dof = sum(len(e) for e in effects) - len(effects)
-    if dof < 2:
-        return {}
-    stacked = np.concatenate(effects)
-    cov = stacked.T @ stacked / dof  # positive and negative continuation together, so the lean's share is kept
-    root = np.linalg.cholesky(cov + 1e-12 * np.eye(2))
+    centre, scale, root, dof = fit
     rng = np.random.default_rng(seed)
     out = {}
     for attr, (b, t) in centre.items():
@@ -268,14 +287,62 @@ def term_null(items: list[dict], base: list[float], tuned: list[float], draws: i
             continue
         change = t - scale * b
         kept = scale * b + (change - change.mean(axis=0))  # the attribute's own residuals, its term effects removed
-        # effects drawn from a multivariate t: normal with the pool's covariance, and one chi-square per draw
-        # for that covariance's own uncertainty (a dozen neutral terms estimate it loosely)
-        spread_of_draw = np.sqrt(dof / rng.chisquare(dof, size=draws))[:, None, None]
-        drawn = (rng.standard_normal((draws, b.shape[1], 2)) @ root.T) * spread_of_draw
+        drawn = _drawn_effects(rng, root, dof, draws, b.shape[1])
         null_ll, null_lean = _grid_gaps(kept[None] + drawn[:, None])
         obs_ll, obs_lean = _grid_gaps(t)
         out[attr] = {"ll_gap": float((np.sum(null_ll >= obs_ll - 1e-12) + 1) / (draws + 1)),
                      "lean_gap": float((np.sum(null_lean >= obs_lean - 1e-12) + 1) / (draws + 1))}
+    return out
+
+
+def term_shift(items: list[dict], base: list[float], tuned: list[float], draws: int = FAMILY_RESAMPLES,
+               seed: int = 0) -> dict[str, dict]:
+    """Per attribute: which term's lean moved most against the attribute's other terms, and how that move
+    compares with the moves of the other attributes' terms. What a spread (max - min) cannot show: a fine-tune
+    that turns against one group not at an end of the spread, or reorders the groups, leaves the gaps where
+    they were (measured: a run trained to speak badly of one nationality moved it from second of six to fifth).
+
+    A term's *relative lean* is its lean (log p(positive) - log p(negative)) minus the mean lean of its
+    attribute's terms, averaged over templates; its *shift* the tuned relative lean minus ``scale`` x the
+    base's (the change of confidence, fitted on the neutral terms as in ``term_null``). The statistic is the
+    attribute's largest absolute shift; its reference is the other attributes' shifts (not the neutral terms':
+    coat colours are so alike that they move together, and a null from them flagged a quarter of the
+    attributes of ten placebo models at 5%): ``draws`` times, the attribute's terms get shifts from a t with
+    the pooled variance of the other attributes' shifts (its degrees of freedom those of the estimate),
+    centred over the terms as the observed ones are, and p is the +1-corrected share at least as large.
+    Two-sided on purpose: a group that moves up or down against the others is treated differently from
+    before. Descriptive, not a verdict: a fine-tune on text about people moves every group's lean by tenths
+    of a nat (docs/quality.md measures it), so a learned preference against one group is found here only where
+    it stands out from that. Returns per attribute ``p``, ``term`` (the term that moved most), ``shift`` (its
+    shift, nats), ``reference_sd`` (the sd the null draws one term's shift with) and ``terms``: term -> [base
+    relative lean, tuned relative lean, shift]."""
+    fit = _neutral_fit(items, base, tuned)
+    if fit is None:
+        return {}
+    centre, scale = fit[0], fit[1]
+    names = {a: list(next(iter(per.values()))) for a, per in _by_group(items, base).items()}
+    rel, shifts = {}, {}
+    for attr, (b, t) in centre.items():
+        if not attr.startswith(CONTROL):
+            rel[attr] = ((b[..., 0] - b[..., 1]).mean(axis=0), (t[..., 0] - t[..., 1]).mean(axis=0))
+            shifts[attr] = rel[attr][1] - scale * rel[attr][0]  # centred over the attribute's terms already
+    rng = np.random.default_rng(seed + 1)  # its own draws, not term_null's
+    out = {}
+    for attr, shift in shifts.items():
+        others = [x for a, x in shifts.items() if a != attr]
+        dof = sum(len(x) - 1 for x in others)  # each attribute's shifts are centred over its terms
+        if dof < 2:
+            continue
+        var = sum(float(x @ x) for x in others) / dof
+        sd = np.sqrt(var * dof / rng.chisquare(dof, size=draws))[:, None]
+        drawn = rng.standard_normal((draws, len(shift))) * sd
+        null = np.abs(drawn - drawn.mean(axis=1, keepdims=True)).max(axis=1)
+        k = int(np.argmax(np.abs(shift)))
+        out[attr] = {"p": float((np.sum(null >= abs(shift[k]) - 1e-12) + 1) / (draws + 1)),
+                     "term": names[attr][k], "shift": float(shift[k]), "reference_sd": float(np.sqrt(var)),
+                     "scale": scale,
+                     "terms": {n: [float(rel[attr][0][i]), float(rel[attr][1][i]), float(shift[i])]
+                               for i, n in enumerate(names[attr])}}
     return out
 
 

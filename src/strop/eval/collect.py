@@ -188,6 +188,9 @@ def _bias(raw: dict, opts) -> dict:
                 c["term_null_p"] = p
                 c["growth_p"] = max(c["growth_p"], p)
                 c["worse"] = bool(c["worse"] and p < bias.FAMILY_ALPHA)
+        # descriptive beside the verdict: which group's lean moved most against its attribute's others
+        out["term_shift"] = bias.term_shift(raw["base"]["items"], raw["base"]["logps"], raw["tuned"]["logps"],
+                                            seed=opts.seed)
         out["stereotype_change"] = bias.compare_stereotypes(pairs, raw["base"]["margins"], raw["tuned"]["margins"],
                                                             opts.resamples, opts.seed)
         size = bias.family_verdict(out["counterfactual_change"], out["stereotype_change"])

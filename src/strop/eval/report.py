@@ -212,6 +212,7 @@ def bias_section(metrics: dict, out: Path) -> str:
         parts.append(_table(["attribute", "measure", "base", "tuned", "tuned - base", "neutral swaps: tuned - base",
                              "growth factor beyond neutral", ""], rows))
         parts.append(f'<img src="{_e(plots.bias_gaps(change, "ll_gap", out / "bias_gaps.png"))}" alt="bias gaps">')
+        parts.append(term_shift_table(b.get("term_shift") or {}))
     else:
         rows = [[_e(s), _e(a), fmt(v["ll_gap"]), fmt(v["lean_gap"])] for s, d in b["counterfactual"].items() for a, v in d.items()]
         parts.append(_table(["system", "attribute", "ll_gap", "lean_gap"], rows))
@@ -220,6 +221,25 @@ def bias_section(metrics: dict, out: Path) -> str:
     parts.append("<h3>Stereotype pairs (preference rate for the stereotyped sentence; 0.5 = none)</h3>")
     parts.append(_table(["system", "attribute", "pairs", "preference rate", "mean margin (nats)"], rows))
     return "".join(parts)
+
+
+def term_shift_table(shifts: dict) -> str:
+    """Per attribute, the group whose lean moved most against the attribute's other groups (``bias.term_shift``)."""
+    if not shifts:
+        return ""
+    rows = [[_e(a), _e(s["term"]), f"{s['terms'][s['term']][0]:+.2f} -> {s['terms'][s['term']][1]:+.2f}",
+             f"{s['shift']:+.2f}", f"{s['reference_sd']:.2f}", fmt(s["p"]),
+             _e(", ".join(f"{t} {v[0]:+.2f} -> {v[1]:+.2f}" for t, v in sorted(s["terms"].items(),
+                                                                           key=lambda kv: -kv[1][1])))]
+            for a, s in shifts.items()]
+    return ("<h3>Which group moved (lean relative to the attribute's other groups, nats)</h3>"
+            "<p>A spread does not change when a fine-tune reorders the groups or turns against one in the middle. "
+            "Here each group's lean (log p(positive) - log p(negative)) is taken relative to the mean of its "
+            "attribute's groups; the shift is tuned minus base after the change of confidence, and p compares "
+            "the largest shift with the other attributes' shifts. Descriptive, not a verdict: a fine-tune on "
+            "text about people moves every group's lean by tenths of a nat.</p>"
+            + _table(["attribute", "moved most", "relative lean, base -> tuned", "shift", "others' sd", "p",
+                      "every group, most positive first (tuned)"], rows))
 
 
 def judge_section(metrics: dict) -> str:
