@@ -12,6 +12,7 @@ did not.
 
     python benchmarks/general_wide.py --calibrate [--draws 8 --scale 0.02]   # the base and its noised copies
     python benchmarks/general_wide.py --run runs/forgetting/RUN [--run ...]   # finished runs, against that
+    python benchmarks/general_wide.py --rejudge         # the keywords applied again to the answers kept
 
 Results go to benchmarks/results/general_wide.json (calibration once, then one row per run scored). About
 two minutes per model on a 2-core CPU; run it on an idle machine.
@@ -75,7 +76,8 @@ def calibrate(draws: int, scale: float) -> dict:
         answers = answer_all(engine)
         lost = [q for q in right if not answers[q]["ok"]]
         noised.append({"seed": seed, "lost": lost, "gained": [q for q, a in base.items() if not a["ok"] and
-                                                               answers[q]["ok"]]})
+                                                               answers[q]["ok"]],
+                       "answers_lost": {q: answers[q]["answer"] for q in lost}})
         print(f"noise seed {seed}: lost {len(lost)} of the base's {len(right)}: {lost}", flush=True)
     stable = [q for q in right if not any(q in d["lost"] for d in noised)]
     print(f"stable: {len(stable)} questions (right for the base and every noised copy)", flush=True)
@@ -95,7 +97,35 @@ def score_run(run: Path, calibration: dict) -> dict:
             "right": sum(a["ok"] for a in answers.values()), "of": len(answers),
             "lost_stable": lost_stable, "lost": [q for q in right if not answers[q]["ok"]],
             "gained": [q for q, a in base.items() if not a["ok"] and answers[q]["ok"]],
-            "answers_lost": {q: answers[q]["answer"] for q in right if not answers[q]["ok"]}}
+            "answers_lost": {q: answers[q]["answer"] for q in right if not answers[q]["ok"]},
+            "answers": {q: a["answer"] for q, a in answers.items()}}
+
+
+def rejudge(out: dict) -> None:
+    """Apply the question file's keywords again to the answers the results hold (after a keyword was widened to
+    take a right answer it missed, e.g. "Warszawa"). Exact for the base and for runs scored with every answer
+    kept; otherwise only the answers that counted as lost are checked again, which is all a wider keyword can
+    change for a question the base answered right."""
+    keys = {question(r): r["keyword"] for r in rows(QUESTIONS)}
+    cal = out["calibration"]
+    for q, a in cal["base"].items():
+        a["ok"] = word_hit(a["answer"], keys[q])
+    right = [q for q, a in cal["base"].items() if a["ok"]]
+    for d in cal["noised"]:
+        said = d.get("answers_lost", {})
+        d["lost"] = [q for q in right if q in d["lost"] and not (q in said and word_hit(said[q], keys[q]))]
+    cal["stable"] = [q for q in right if not any(q in d["lost"] for d in cal["noised"])]
+    for r in out.get("runs", []):
+        said = r.get("answers") or r["answers_lost"]
+        missed = {q for q in keys if q in said and not word_hit(said[q], keys[q])} if "answers" in r else \
+            {q for q in r["lost"] if not word_hit(said[q], keys[q])}
+        if "answers" in r:
+            r["right"] = len(keys) - len(missed)
+        else:  # only the answers that counted as lost are kept: count the ones a wider keyword now takes
+            r["right"] += sum(q not in missed for q in r["lost"])
+        r["lost"] = [q for q in right if q in missed]
+        r["lost_stable"] = [q for q in cal["stable"] if q in missed]
+        r["answers_lost"] = {q: said[q] for q in r["lost"]}
 
 
 def main() -> int:
@@ -104,11 +134,13 @@ def main() -> int:
     p.add_argument("--draws", type=int, default=8, help="noised copies for --calibrate (seeds 0..N-1)")
     p.add_argument("--scale", type=float, default=0.02, help="the noise, times each weight's own deviation")
     p.add_argument("--run", action="append", default=[], help="a finished run directory to score")
+    p.add_argument("--rejudge", action="store_true",
+                   help="apply the question file's keywords again to the answers already in the results")
     args = p.parse_args()
     if args.draws < 1 or args.scale <= 0:
         p.error("--draws must be at least 1 and --scale above 0")
-    if not args.calibrate and not args.run:
-        p.error("nothing to do: pass --calibrate, --run RUN, or both")
+    if not args.calibrate and not args.run and not args.rejudge:
+        p.error("nothing to do: pass --calibrate, --run RUN, --rejudge, or more than one")
     for r in args.run:
         if not (Path(r) / "final").is_dir() and not (Path(r) / "adapter_config.json").is_file():
             p.error(f"--run {r}: not a finished run directory (no final/)")
@@ -119,6 +151,16 @@ def main() -> int:
         RESULTS.write_text(json.dumps(out, indent=1) + "\n")
     if args.run and "calibration" not in out:
         p.error(f"{RESULTS} has no calibration yet: run with --calibrate first")
+    if args.run and set(out["calibration"]["base"]) != {question(r) for r in rows(QUESTIONS)}:
+        p.error(f"{RESULTS}: its calibration asked other questions than {QUESTIONS.name} holds now: "
+                "run with --calibrate again")
+    if args.rejudge:
+        if "calibration" not in out:
+            p.error(f"{RESULTS} has no calibration to judge again")
+        rejudge(out)
+        RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"judged again: {len(out['calibration']['stable'])} stable questions; "
+              + "; ".join(f"{r['run']} lost {len(r['lost_stable'])}" for r in out.get("runs", [])), flush=True)
     for r in args.run:
         row = score_run(Path(r), out["calibration"])
         out["runs"] = [x for x in out.get("runs", []) if x["run"] != row["run"]] + [row]
