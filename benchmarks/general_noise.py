@@ -42,6 +42,22 @@ def answer_all(engine) -> dict:
     return out
 
 
+def add_noise(model, original: dict, seed: int, scale: float) -> None:
+    """Put ``original`` weights back, then add Gaussian noise of ``scale`` x each decoder linear weight's own
+    standard deviation (the LM head untouched), drawn from ``seed``: a change aimed at nothing."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for n, w in model.named_parameters():
+            w.copy_(original[n])
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear) and mod is not head:
+                w = mod.weight
+                w.add_((torch.randn(w.shape, generator=gen) * float(w.float().std()) * scale).to(w.dtype))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--draws", type=int, default=8, help="noised copies (seeds 0..N-1)")
@@ -57,7 +73,6 @@ def main() -> int:
 
     engine = Engine(args.model)
     original = {n: w.detach().clone() for n, w in engine.model.named_parameters()}
-    head = engine.model.get_output_embeddings()
 
     def ppl() -> float:
         nll, tokens = general_text_nll(engine.model, engine.tok, general_paragraphs())
@@ -67,14 +82,7 @@ def main() -> int:
         base = {"answers": answer_all(engine), "general_text_ppl": ppl()}
     draws = []
     for seed in range(args.draws):
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for n, w in engine.model.named_parameters():
-                w.copy_(original[n])
-            for mod in engine.model.modules():
-                if isinstance(mod, torch.nn.Linear) and mod is not head:
-                    w = mod.weight
-                    w.add_((torch.randn(w.shape, generator=gen) * float(w.float().std()) * args.scale).to(w.dtype))
+        add_noise(engine.model, original, seed, args.scale)
         with torch.inference_mode():
             answers, text_ppl = answer_all(engine), ppl()
         lost = {s: [q for q, a in base["answers"][s].items() if a["ok"] and not answers[s][q]["ok"]] for s in SETS}

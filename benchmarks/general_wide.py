@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from forgetting import DATA, ROOT, question, rows  # noqa: E402
+from general_noise import add_noise  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "general_wide.json"
 QUESTIONS = DATA / "general_wide.jsonl"
@@ -59,20 +60,12 @@ def calibrate(draws: int, scale: float) -> dict:
 
     engine = Engine(BASE)
     original = {n: w.detach().clone() for n, w in engine.model.named_parameters()}
-    head = engine.model.get_output_embeddings()
     base = answer_all(engine)
     right = [q for q, a in base.items() if a["ok"]]
     print(f"base: right on {len(right)}/{len(base)}", flush=True)
     noised = []
     for seed in range(draws):
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for n, w in engine.model.named_parameters():
-                w.copy_(original[n])
-            for mod in engine.model.modules():
-                if isinstance(mod, torch.nn.Linear) and mod is not head:
-                    w = mod.weight
-                    w.add_((torch.randn(w.shape, generator=gen) * float(w.float().std()) * scale).to(w.dtype))
+        add_noise(engine.model, original, seed, scale)
         answers = answer_all(engine)
         lost = [q for q in right if not answers[q]["ok"]]
         noised.append({"seed": seed, "lost": lost, "gained": [q for q, a in base.items() if not a["ok"] and
