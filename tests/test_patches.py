@@ -169,3 +169,70 @@ print("CHECKED")
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "CHECKED" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_and_prefix_tuning_generate_the_same_with_and_without_the_cache(tiny_model_dir, smol_tokenizer, tmp_path,
+                                                                             method):
+    """peft injects the soft prompt while it finds no cache under the old argument name; transformers 5.25
+    renamed it, so without patches/prompt_cache.py every cached token after the first came from a model
+    with the soft prompt in front again. Greedy answers with the cache must equal those without it, and
+    differ from the base's (the soft prompt is there), for a model strop wraps and one it loads."""
+    import torch
+    from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    from strop import models
+    from strop.patches import prompt_cache
+
+    peft_cfg = (PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig)(
+        task_type="CAUSAL_LM", num_virtual_tokens=8)
+    torch.manual_seed(0)
+    wrapped = prompt_cache.install(get_peft_model(models.load_model(str(tiny_model_dir)), peft_cfg)).eval()
+    with torch.no_grad():  # a soft prompt strong enough to change the tiny model's answers
+        for p in wrapped.prompt_encoder.parameters():
+            p.mul_(20)
+    wrapped.save_pretrained(tmp_path / "adapter")
+    loaded = models.load_model(str(tmp_path / "adapter"))
+    base = models.load_model(str(tiny_model_dir)).eval()
+    ids = torch.tensor([[11, 42, 7, 99, 5, 63]])
+
+    def greedy(model, cache):
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                 use_cache=cache, pad_token_id=0)
+        return out[0, ids.shape[1]:].tolist()
+
+    for model in (wrapped, loaded):
+        assert getattr(model, "_strop_prompt_cache", False)
+        assert greedy(model, True) == greedy(model, False) != greedy(base, True)
+
+    # the server's batcher runs the base from the soft prompt's keys and values: the same tokens and scores
+    from strop.serve.batching import DONE, Batcher, Request
+
+    batcher = Batcher(loaded, eos_token_id=-1)  # no end token: every answer runs its full length
+    try:
+        req = batcher.submit(Request(ids[0].tolist(), 12, score_prompt=True))
+        got = []
+        while (tok := req.tokens.get(timeout=60)) is not DONE:
+            got.append(tok)
+        assert req.error is None and got == greedy(loaded, True)
+        with torch.inference_mode():
+            logits = loaded(input_ids=ids).logits[0]
+        want = torch.log_softmax(logits[logits.shape[0] - ids.shape[1]:-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+        assert [s.logprob for s in req.prompt_scores] == pytest.approx(want.tolist(), abs=1e-4)
+    finally:
+        batcher.close()
+
+    # scoring (perplexity, bias probes): strop's batched NLL equals the model's own labels path, row by row
+    from strop.eval.likelihood import token_nll
+
+    rows = [([3, 11, 42, 7, 99, 5, 63, 8, 21, 30, 31, 32, 40, 41, 42, 43, 44, 45, 46, 47],
+             [-100] * 8 + [21, 30, 31, 32, 40, 41, 42, 43, 44, 45, 46, 47]),
+            ([3, 11, 42, 7, 99, 5, 63, 8, 21, 30, 31, 32, 40, 41, 42, 43, 44, 45, 50, 51, 52, 53],
+             [-100] * 10 + [31, 32, 40, 41, 42, 43, 44, 45, 50, 51, 52, 53])]
+    nll, count = token_nll(loaded, smol_tokenizer, rows, batch_size=2)
+    with torch.inference_mode():
+        for (row_ids, labels), got, n in zip(rows, nll, count):
+            loss = loaded(input_ids=torch.tensor([row_ids]), labels=torch.tensor([labels])).loss
+            assert n == sum(label != -100 for label in labels[1:])
+            assert got == pytest.approx(float(loss) * n, rel=1e-4)

@@ -75,7 +75,9 @@ def label_probs(engine, ids: list[int], labels: list[str]) -> list[float]:
         batch[i, : len(ids) + len(c)] = torch.tensor(ids + c)
         mask[i, : len(ids) + len(c)] = 1
     with torch.inference_mode():
-        logp = torch.log_softmax(engine.model(input_ids=batch, attention_mask=mask).logits.float(), -1)  # (L, W, V)
+        logits = engine.model(input_ids=batch, attention_mask=mask).logits
+        # prompt tuning returns its virtual positions' logits first
+        logp = torch.log_softmax(logits[:, logits.shape[1] - width:].float(), -1)  # (L, W, V)
     totals = []
     for i, c in enumerate(conts):
         pos = torch.arange(len(ids) - 1, len(ids) - 1 + len(c))  # logits at t predict token t+1

@@ -23,9 +23,10 @@ PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/p
 # held-out prompts (train/gen_metrics.py; names as metrics.py's bleu, rouge and exact_match return them)
 BEST_METRICS = ("loss", "rougeL", "rouge1", "rouge2", "bleu", "exact_match")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
-# preserve kl: the peft methods compare with the model with its adapter off; full fine-tuning and bottleneck
-# adapters (method adapter) with a snapshot of the model taken before the first step (train/preserve_kl.py)
-KL_METHODS = ADAPTER_METHODS + ("full", "adapter")
+# preserve kl: the peft methods compare with the model with its adapter off (prompt and prefix tuning: their
+# own forward, virtual tokens in front, against the decoder alone); full fine-tuning and bottleneck adapters
+# (method adapter) with a snapshot of the model taken before the first step (train/preserve_kl.py)
+KL_METHODS = ADAPTER_METHODS + ("full", "adapter", "prompt_tuning", "prefix_tuning")
 
 
 def _positive(cfg, *names: str) -> None:
@@ -141,7 +142,7 @@ class PreserveOptions:
     # (sampled) answers to general prompts into training; none = the task data only
     # kl = keep the model's next-token distribution on those answers near the base's (the model with its
     # adapter off, or for full fine-tuning and bottleneck adapters a snapshot taken before the first step)
-    # auto (default) = kl for chat SFT in one process, except prompt/prefix tuning; none otherwise
+    # auto (default) = kl for chat SFT in one process; none otherwise
     preserve: str = "auto"
     # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
     preserve_ratio: float = 0.0
@@ -300,8 +301,8 @@ class TrainConfig(RunOptions, EvaluationOptions, SpeedOptions, OptimisationOptio
         if self.preserve in ("kl", "replay") and self.objective != "sft":
             raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
         if self.preserve == "kl" and self.method not in KL_METHODS:
-            raise StropError(f"option preserve: kl works with methods {', '.join(KL_METHODS)}, not {self.method} "
-                             f"(its general rows would bypass the virtual tokens); use --preserve replay")
+            raise StropError(f"option preserve: kl works with methods {', '.join(KL_METHODS)}, not {self.method}; "
+                             "use --preserve replay")
         if self.neftune_noise_alpha and self.objective != "sft":
             raise StropError(f"option neftune_noise_alpha: applies to objective sft, not {self.objective}")
         if self.eval_generate_samples and self.objective != "sft":

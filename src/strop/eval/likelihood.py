@@ -92,6 +92,11 @@ def _scored_logits(model, ids, mask, keep):
     Causal attention makes this exact: a position sees only the tokens before it, the same either
     way. Models whose cache cannot be copied per row are run whole.
     """
+    from ..patches.prompt_cache import virtual_positions
+
+    virtual = virtual_positions(model)
+    if virtual is not None:  # prompt or prefix tuning: whole rows, the positions moved past the virtual tokens
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + virtual).logits.float()
     batch = ids.shape[0]
     shared = int(keep[0]) + 1 if batch > 1 else 0  # position keep[0] is scored, so its logits are needed
     if shared:

@@ -68,14 +68,19 @@ def _wrap_prompt_tuning(model, cfg):
         # (strop.models.load_model loads a resolved local path), never the hub.
         init = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": cfg.prompt_tuning_init_text,
                 "tokenizer_name_or_path": model.name_or_path}
+    from ..patches import prompt_cache
+
     peft_cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens, **init)
-    return get_peft_model(model, peft_cfg)
+    return prompt_cache.install(get_peft_model(model, peft_cfg))
 
 
 def _wrap_prefix_tuning(model, cfg):
     from peft import PrefixTuningConfig, get_peft_model
 
-    return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens))
+    from ..patches import prompt_cache
+
+    return prompt_cache.install(get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                                         num_virtual_tokens=cfg.num_virtual_tokens)))
 
 
 def _wrap_ia3(model, cfg):

@@ -23,7 +23,7 @@ def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[s
     if cfg.objective != "sft":
         return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
     if cfg.method not in KL_METHODS:
-        return "none", f"auto: method {cfg.method} puts virtual tokens the kl rows would bypass (--preserve replay works with it)"
+        return "none", f"auto: method {cfg.method} has no kl path (--preserve replay works with it)"
     if world_size > 1:
         return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
     if data_format == "text":

@@ -509,7 +509,9 @@ def _load_model(path, base, torch_dtype, load_in_4bit: bool, policy: LoadPolicy,
         return load_into(model, path, trainable=trainable_adapter)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter)
+    from ..patches import prompt_cache
+
+    return prompt_cache.install(PeftModel.from_pretrained(model, path, is_trainable=trainable_adapter))
 
 
 def load(name: str, dtype: str = "float32", policy: LoadPolicy = LoadPolicy()):

@@ -58,6 +58,10 @@ INVENTORY = (
     # bitsandbytes imports with kernels.get_kernel refusing (patches/bnb_import.py): its CPU backend calls
     # it by name at import, `from kernels import get_kernel`
     Touched("kernels:get_kernel", "patches.bnb_import", ("repo_id",)),
+    # cached generation for prompt and prefix tuning (patches/prompt_cache.py): peft decides whether to inject
+    # the soft prompt by the cache it finds under the old argument name
+    Touched("peft.peft_model:PeftModelForCausalLM.prepare_inputs_for_generation", "patches.prompt_cache",
+            ("self",)),
     # the strop command imports bitsandbytes only for 4-bit weights: these cache whether it is installed, and
     # jobs forked warm (service/warm.py): a fork lets go of the forkserver's "service alive" pipe end, so the
     # forkserver ends with its service; a started job is left out of the children multiprocessing joins at exit

@@ -20,6 +20,12 @@ row's next token ends that request alone, with ``Request.error`` set; the
 other rows keep decoding and get exactly the tokens they would have got alone.
 Only a failure of the batched forward itself, which no row can be blamed
 for, fails the rows in flight; the batcher goes on serving later requests.
+
+Prompt and prefix tuning put what they learned in front of the text, and
+peft's forward puts it there again at every call, which a step-by-step cache
+cannot use. For those models the batcher runs the base model and starts every
+request from the soft prompt's own keys and values (computed once), with the
+text's positions after it: what peft's forward computes for the whole row.
 Sampling is safe for every temperature in [0, 2] and top_p in (0, 1]:
 temperatures below ``GREEDY_BELOW`` are greedy, and a row whose scores are not
 all finite is picked from its finite (or +inf) scores, or ends with an error.
@@ -103,6 +109,25 @@ class Request:
         self.cancelled = True
 
 
+def soft_prompt_cache(model) -> list:
+    """Per layer (key, value), shaped (1, heads, N, head dim), of a prompt or prefix tuning model's N virtual
+    positions, as the base model's cache holds them: for prefix tuning the learned prefix itself; for prompt
+    tuning the base's keys and values of the virtual token embeddings at positions 0..N-1."""
+    import torch
+
+    from ..models.cache import returned_cache
+
+    config = model.active_peft_config
+    if config.peft_type in ("PREFIX_TUNING", "CARTRIDGE"):
+        cache = model.get_prompt(batch_size=1)
+    else:
+        base = model.get_base_model()
+        embeds = model.get_prompt(batch_size=1).to(base.get_input_embeddings().weight.dtype)  # (1, N, hidden)
+        cache = returned_cache(base(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1])[None],
+                                    use_cache=True, logits_to_keep=1))
+    return [(k.detach(), v.detach()) for k, v, *_ in cache]
+
+
 def _pad_left(t, length: int, dim: int = -2):
     import torch.nn.functional as F
 
@@ -116,7 +141,11 @@ def _pad_left(t, length: int, dim: int = -2):
 class Batcher:
     def __init__(self, model, eos_token_id: int, *, max_batch: int = 8, max_waiting: int = 64,
                  lock: threading.Lock | None = None) -> None:
+        from ..patches.prompt_cache import virtual_positions
+
         self.model, self.eos = model, eos_token_id
+        self.prompt_learning = virtual_positions(model) is not None
+        self._soft = None  # prompt learning: per layer (key, value) of the soft prompt, made at the first prefill
         self.lock = lock or threading.Lock()  # shared with the Engine, whose own calls use the same model
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.waiting: queue.Queue[Request] = queue.Queue()
@@ -223,25 +252,37 @@ class Batcher:
     def _forward(self, ids, mask, cache, positions, adapters, keep: int = 1):
         """(logits of the last ``keep`` positions, or of all with 0; float32), and the cache."""
         kw = {"adapter_names": adapters} if any(a is not None for a in adapters) else {}
+        model = self.model.get_base_model() if self.prompt_learning else self.model  # the soft prompt is in the cache
         # logits_to_keep=1: the vocabulary projection only for the last position (prefill would do all)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=keep, **cache_kw(self.model, cache), **kw)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=keep, **cache_kw(self.model, cache), **kw)
         return out.logits.float(), returned_cache(out)  # (B, keep or T, V)
+
+    def _start(self):
+        """A request's cache before its prompt, and how many positions it holds: empty, or for prompt and
+        prefix tuning a copy of the soft prompt's keys and values."""
+        from transformers import DynamicCache
+
+        if not self.prompt_learning:
+            return DynamicCache(), 0
+        if self._soft is None:
+            self._soft = soft_prompt_cache(self.model)
+        return DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in self._soft]), self._soft[0][0].shape[-2]
 
     def _prefill(self, req: Request) -> None:
         """Prefill ``req`` alone and give its first token; anything raised here ends ``req`` only
         (the running batch is not touched until the merge, which builds the new batch before keeping it)."""
         import torch
-        from transformers import DynamicCache
 
         try:
             self._check_adapter(req.adapter)
             ids = torch.tensor([req.ids])  # (1, T)
-            mask = torch.ones_like(ids)
+            cache, before = self._start()
+            mask = torch.ones(1, before + ids.shape[1], dtype=torch.long)
             if req.score_prompt:
-                logits, cache = self._score_prompt(req)
+                logits, cache = self._score_prompt(req, cache, before)
             else:
-                logits, cache = self._forward(ids, mask, DynamicCache(), torch.arange(ids.shape[1])[None],
+                logits, cache = self._forward(ids, mask, cache, torch.arange(before, before + ids.shape[1])[None],
                                               [req.adapter])
                 logits = logits[:, -1]
         except Exception as exc:
@@ -257,18 +298,18 @@ class Batcher:
             except Exception as exc:
                 self._fail(req, exc)
 
-    def _score_prompt(self, req: Request):
-        """Prefill ``req`` in chunks of SCORE_CHUNK tokens, keeping every position's logits to score
-        the prompt's own tokens; returns the last position's logits (1, V) and the cache."""
+    def _score_prompt(self, req: Request, cache, before: int):
+        """Prefill ``req`` in chunks of SCORE_CHUNK tokens after the ``before`` positions ``cache`` holds, keeping
+        every position's logits to score the prompt's own tokens; returns the last position's logits (1, V)
+        and the cache."""
         import torch
-        from transformers import DynamicCache
 
-        ids, cache, found, last = torch.tensor(req.ids), DynamicCache(), [], None
+        ids, found, last = torch.tensor(req.ids), [], None
         for start in range(0, len(ids), SCORE_CHUNK):
             chunk = ids[start:start + SCORE_CHUNK]
             end = start + len(chunk)
-            logits, cache = self._forward(chunk[None], torch.ones(1, end, dtype=torch.long), cache,
-                                          torch.arange(start, end)[None], [req.adapter], keep=0)
+            logits, cache = self._forward(chunk[None], torch.ones(1, before + end, dtype=torch.long), cache,
+                                          torch.arange(before + start, before + end)[None], [req.adapter], keep=0)
             logprobs = torch.log_softmax(logits[0], -1)  # position t predicts token t + 1
             if last is not None:  # the previous chunk's last position predicts this chunk's first token
                 found += scored(last[None], chunk[:1], req.logprobs or 0)
@@ -286,6 +327,9 @@ class Batcher:
 
         if name != BASE and name not in (getattr(self.model, "peft_config", None) or {}):
             raise ValueError(f"unknown adapter {name!r}")
+        if self.prompt_learning:
+            raise ValueError(f"adapter {name!r}: a prompt or prefix tuning model is served on its own, with no "
+                             "other adapters")
 
     def _merge(self, req: Request, cache, mask) -> None:
         import torch

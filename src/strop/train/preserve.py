@@ -12,7 +12,7 @@ about itself (its name, its maker, being an AI) is left out: it would pull
 the old identity back against a persona file.
 
 ``preserve: kl`` (what the default, ``auto``, picks for chat SFT in one
-process, except prompt and prefix tuning): those conversations are not trained on. After the task's
+process): those conversations are not trained on. After the task's
 own backward, a micro-batch adds ``preserve_weight`` x the mean per-token
 KL(base || model) of the next-token distributions over the answer tokens of
 some of them (with ``preserve_pack`` they join the micro-batch's packed row
@@ -21,7 +21,9 @@ default: one row every other micro-batch of 4), in a seeded order that
 depends only on the step, so a resumed run sees the same rows. The base is
 the same model with its adapter turned off (peft's ``disable_adapter``): no
 second copy is loaded, and since it never changes its last hidden states on
-a row are computed once and kept. Full fine-tuning and bottleneck adapters
+a row are computed once and kept. Prompt and prefix tuning put what they
+learn in front of the text, so their side of the comparison is the peft
+model's own forward (one row at a time) and the base is the decoder alone. Full fine-tuning and bottleneck adapters
 have nothing to turn off: the base is a snapshot taken before the first step
 (each row's last hidden states and a copy of the output layer). The target is the base's whole
 distribution, not a sample of it, so unlike replay it cannot be memorised at
