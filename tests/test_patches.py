@@ -197,10 +197,15 @@ def test_prompt_and_prefix_tuning_generate_the_same_with_and_without_the_cache(t
     ids = torch.tensor([[11, 42, 7, 99, 5, 63]])
 
     def greedy(model, cache):
+        """The greedy answer, after checking each step's scores against one forward over the whole answer (the
+        path training takes, soft prompt in front once)."""
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                                 use_cache=cache, pad_token_id=0)
-        return out[0, ids.shape[1]:].tolist()
+                                 use_cache=cache, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+            whole = model(input_ids=out.sequences[:, :-1]).logits[0]
+        truth = whole[whole.shape[0] - out.sequences.shape[1] + ids.shape[1]:]  # the positions that chose the answer
+        assert torch.allclose(torch.stack(out.logits)[:, 0], truth, atol=1e-4)
+        return out.sequences[0, ids.shape[1]:].tolist()
 
     for model in (wrapped, loaded):
         assert getattr(model, "_strop_prompt_cache", False)

@@ -135,8 +135,10 @@ def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
     # the default protects chat SFT with an adapter in one process, and nothing it cannot
     assert mode() == "kl" and mode(method="qlora") == "kl" and mode(method="ia3") == "kl"
     assert mode(method="full") == mode(method="adapter") == "kl"  # compared with a snapshot of the start
-    # prompt and prefix tuning: their own forward, virtual tokens in front, against the decoder alone
-    assert mode(method="prompt_tuning", padding_free=False) == mode(method="prefix_tuning", padding_free=False) == "kl"
+    # prompt and prefix tuning take kl when asked (their own forward, virtual tokens in front, against the decoder
+    # alone); the default leaves it off, since with it the soft prompt learned no persona (docs/quality.md)
+    assert mode(method="prompt_tuning", padding_free=False) == mode(method="prefix_tuning", padding_free=False) == "none"
+    assert mode(preserve="kl", method="prefix_tuning", padding_free=False) == "kl"
     assert mode(world=2) == mode(fmt="text") == mode(objective="dpo") == "none"
     assert mode(preserve="none") == "none" and mode(preserve="replay", method="dora") == "replay"
     assert mode(preserve="replay", method="full") == "replay" and mode(preserve="kl", fmt="text") == "kl"
@@ -205,16 +207,17 @@ def test_default_forgets_measurably_less_than_none_and_still_learns(tiny_model_d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_prompt_and_prefix_tuning_are_protected_by_default(tiny_model_dir, narrow_file, tmp_path, method):
-    """auto gives them kl as well: the peft model's own forward (virtual tokens or prefixes in front) against
-    the decoder alone; the run ends measurably closer to the base than --preserve none on general questions
-    neither trained on (at 100 steps 0.61x for prompt tuning, 0.36x for prefix tuning), and still learns
-    the task."""
+def test_prompt_and_prefix_tuning_forget_less_with_kl(tiny_model_dir, narrow_file, tmp_path, method):
+    """--preserve kl on a soft prompt: the peft model's own forward (virtual tokens or prefixes in front)
+    against the decoder alone; the run ends measurably closer to the base than the default (none, for these
+    methods) on general questions neither trained on (at 100 steps 0.61x for prompt tuning, 0.36x for prefix
+    tuning), and its task loss still falls."""
     kw = {"method": method, "learning_rate": 1e-1, "lora_dropout": None, "max_steps": 100}
-    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", preserve="none", **kw)
-    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl", **kw)
+    none = _train(tiny_model_dir, narrow_file, tmp_path / "none", **kw)
+    kl = _train(tiny_model_dir, narrow_file, tmp_path / "kl", preserve="kl", **kw)
+    assert json.loads(none.summary.read_text())["preserve"]["mode"] == "none"
     rec = json.loads(kl.summary.read_text())["preserve"]
-    assert rec["mode"] == "kl" and rec["why"] == "auto"
+    assert rec["mode"] == "kl" and rec["why"] == "chosen"
     logged = [r["preserve_kl"] for r in kl.read_metrics() if "preserve_kl" in r]
     assert len(logged) >= 4 and all(v >= 0 for v in logged) and max(logged) > 0.01  # the term sees the virtual tokens
     losses = [r["loss"] for r in kl.read_metrics() if "loss" in r]

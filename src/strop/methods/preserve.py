@@ -10,6 +10,11 @@ from __future__ import annotations
 DEFAULT_RATIO = {"replay": 0.5, "kl": 0.125}
 
 
+# kl works with these (train/preserve_kl.py), but the default leaves it off: one soft prompt in front of every
+# input cannot both keep the general answers and change the persona's (docs/quality.md, "Prompt and prefix tuning")
+SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")
+
+
 def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
     """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
 
@@ -24,6 +29,9 @@ def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[s
         return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
     if cfg.method not in KL_METHODS:
         return "none", f"auto: method {cfg.method} has no kl path (--preserve replay works with it)"
+    if cfg.method in SOFT_PROMPT_METHODS:
+        return "none", (f"auto: with kl the {cfg.method} run measured learned no persona (docs/quality.md); "
+                        "--preserve kl to choose it")
     if world_size > 1:
         return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
     if data_format == "text":

@@ -5,13 +5,14 @@ virtual tokens (prompt tuning) or the learned key/value prefix (prefix tuning) i
 while ``model_kwargs["past_key_values"]`` is empty. transformers 5.25 calls that argument ``cache``
 (models/cache.py), so peft sees no cache at any step and injects the soft prompt again at every
 generated token: the first token is right and the rest is noise ("The capital France\\n\\n\\n...").
-peft's own test suite does not catch it with ``use_cache=False``, which is also the workaround users
-reach for, at a quadratic cost.
+``use_cache=False``, the workaround users reach for, is no cure for prefix tuning: generate still hands
+each step the cache the last one returned, under the new name, beside the fresh prefix peft adds.
 
 :func:`install` wraps one model's ``prepare_inputs_for_generation``: the cache goes into peft's logic
 under the name peft reads, and comes out under the name the model's forward takes. Models whose forward
 still takes ``past_key_values``, and peft models that are not prompt learning, are left as they are.
-``tests/test_patches.py`` checks greedy answers with the cache against answers without it.
+``tests/test_patches.py`` checks every step's scores, with the cache and without, against one forward over
+the whole answer.
 """
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ def install(model):
         return _renamed(base_prepare(*args, **_renamed(kwargs, OLD, NEW)), NEW, OLD)
 
     def prepare_inputs_for_generation(*args, **kwargs):
-        if kwargs.get(NEW) is None or kwargs.get("use_cache") is False:
-            # no cache to keep (use_cache=False still hands back the prefix the last step ran with): peft's own
-            # path, which puts the soft prompt in front of the whole sequence at each step, is right
+        if kwargs.get("use_cache") is False:
+            # no cache to keep, but generate still hands back the one the last step returned (soft prompt and
+            # all): dropped, so peft's own path puts the soft prompt in front of the whole sequence, once
+            return _renamed(peft_prepare(*args, **{k: v for k, v in kwargs.items() if k != NEW}), OLD, NEW)
+        if kwargs.get(NEW) is None:
             return peft_prepare(*args, **kwargs)
         model.base_model_prepare_inputs_for_generation = base_prepare_old_name
         try:
