@@ -28,10 +28,12 @@ def _renamed(kwargs: dict, src: str, dst: str) -> dict:
 
 def install(model):
     """Fix ``model`` (a peft prompt-learning model) in place where it needs it; returns ``model``."""
-    from ..models.cache import _name
+    import inspect
 
     config = getattr(model, "active_peft_config", None)
-    if not getattr(config, "is_prompt_learning", False) or _name(type(model.get_base_model())) != NEW:
+    if not getattr(config, "is_prompt_learning", False):
+        return model
+    if NEW not in inspect.signature(type(model.get_base_model()).forward).parameters:  # as models/cache.py tells
         return model
     if getattr(model, "_strop_prompt_cache", False):
         return model
