@@ -171,6 +171,7 @@ print("CHECKED")
     assert proc.returncode == 0 and "CHECKED" in proc.stdout, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 def test_prompt_and_prefix_tuning_generate_the_same_with_and_without_the_cache(tiny_model_dir, smol_tokenizer, tmp_path,
                                                                              method):
