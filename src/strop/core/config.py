@@ -23,10 +23,9 @@ PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/p
 # held-out prompts (train/gen_metrics.py; names as metrics.py's bleu, rouge and exact_match return them)
 BEST_METRICS = ("loss", "rougeL", "rouge1", "rouge2", "bleu", "exact_match")
 ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3")  # peft adapters that turn off, leaving the base to compare with
-# preserve kl: the peft methods compare with the model with its adapter off (prompt and prefix tuning: their
-# own forward, virtual tokens in front, against the decoder alone); full fine-tuning and bottleneck adapters
-# (method adapter) with a snapshot of the model taken before the first step (train/preserve_kl.py)
-KL_METHODS = ADAPTER_METHODS + ("full", "adapter", "prompt_tuning", "prefix_tuning")
+# preserve kl works with every method (train/preserve_kl.py): the peft methods compare with the model with its
+# adapter off (prompt and prefix tuning: their own forward, virtual tokens in front, against the decoder
+# alone); full fine-tuning and bottleneck adapters with a snapshot of the model taken before the first step
 
 
 def _positive(cfg, *names: str) -> None:
@@ -300,9 +299,6 @@ class TrainConfig(RunOptions, EvaluationOptions, SpeedOptions, OptimisationOptio
             getattr(self, "check_" + group.__name__.removesuffix("Options").lower())()
         if self.preserve in ("kl", "replay") and self.objective != "sft":
             raise StropError(f"option preserve: {self.preserve} applies to objective sft, not {self.objective}")
-        if self.preserve == "kl" and self.method not in KL_METHODS:
-            raise StropError(f"option preserve: kl works with methods {', '.join(KL_METHODS)}, not {self.method}; "
-                             "use --preserve replay")
         if self.neftune_noise_alpha and self.objective != "sft":
             raise StropError(f"option neftune_noise_alpha: applies to objective sft, not {self.objective}")
         if self.eval_generate_samples and self.objective != "sft":

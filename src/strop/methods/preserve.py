@@ -18,17 +18,12 @@ SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")
 def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
     """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
 
-    TrainConfig.validate has refused unknown values, replay or kl outside SFT and kl for
-    methods without an adapter to turn off.
+    TrainConfig.validate has refused unknown values and replay or kl outside SFT.
     """
-    from ..core.config import KL_METHODS
-
     if cfg.preserve != "auto":
         return cfg.preserve, "chosen"
     if cfg.objective != "sft":
         return "none", f"auto: objective {cfg.objective} keeps its own pull towards the reference"
-    if cfg.method not in KL_METHODS:
-        return "none", f"auto: method {cfg.method} has no kl path (--preserve replay works with it)"
     if cfg.method in SOFT_PROMPT_METHODS:
         return "none", (f"auto: with kl the {cfg.method} run measured learned no persona (docs/quality.md); "
                         "--preserve kl to choose it")

@@ -30,8 +30,7 @@ def install(model):
     """Fix ``model`` (a peft prompt-learning model) in place where it needs it; returns ``model``."""
     import inspect
 
-    config = getattr(model, "active_peft_config", None)
-    if not getattr(config, "is_prompt_learning", False):
+    if virtual_positions(model) is None:
         return model
     if NEW not in inspect.signature(type(model.get_base_model()).forward).parameters:  # as models/cache.py tells
         return model

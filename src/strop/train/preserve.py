@@ -24,8 +24,8 @@ the same model with its adapter turned off (peft's ``disable_adapter``): no
 second copy is loaded, and since it never changes its last hidden states on
 a row are computed once and kept. Prompt and prefix tuning put what they
 learn in front of the text, so their side of the comparison is the peft
-model's own forward (one row at a time) and the base is the decoder alone. Full fine-tuning and bottleneck adapters
-have nothing to turn off: the base is a snapshot taken before the first step
+model's own forward (one row at a time) and the base is the decoder alone.
+Full fine-tuning and bottleneck adapters have nothing to turn off: the base is a snapshot taken before the first step
 (each row's last hidden states and a copy of the output layer). The target is the base's whole
 distribution, not a sample of it, so unlike replay it cannot be memorised at
 a high learning rate.

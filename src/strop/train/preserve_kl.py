@@ -7,6 +7,7 @@ import random
 
 from transformers import TrainerCallback
 
+from ..patches.prompt_cache import virtual_positions
 from .preserve import ratio_for
 
 
@@ -133,18 +134,20 @@ class KLToBase(TrainerCallback):
     def loss(self, model, picked: list[int]):
         """Mean per-token KL(base || model) over the answer tokens of rows ``picked``, from their own forward."""
         device = next(model.parameters()).device
-        if _virtual_tokens(model):
-            return self._kl_through_virtual_tokens(model, picked, device)
+        virtual = virtual_positions(model)
+        if virtual is not None:
+            return self._kl_through_virtual_tokens(model, picked, device, virtual)
         inner = _inner(model)
         with clean_embeddings(inner):
             hidden = self._hidden(inner.get_decoder(), picked, device)
         return self._kl(model, picked, hidden)
 
-    def _kl_through_virtual_tokens(self, model, picked: list[int], device):
+    def _kl_through_virtual_tokens(self, model, picked: list[int], device, virtual: int):
         """Prompt and prefix tuning: what they learn lives in front of the text (virtual tokens, or key/value
         prefixes in every layer), which the decoder alone never sees, so the tuned side is the peft model's
-        own forward, one row at a time (these methods train on padded rows, never packed ones). The base side
-        is the decoder with nothing in front, as for LoRA."""
+        own forward, one row at a time (these methods train on padded rows, never packed ones), its logits
+        ``virtual`` positions late (prompt tuning's virtual tokens come first). The base side is the decoder
+        with nothing in front, as for LoRA."""
         import torch
 
         tuned = []
@@ -153,8 +156,7 @@ class KLToBase(TrainerCallback):
                 ids = self.rows[i]["input_ids"]
                 logits = model(input_ids=torch.tensor([ids], device=device),
                                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device)).logits[0]
-                shift = logits.shape[0] - len(ids)  # prompt tuning returns its virtual positions' logits first
-                tuned.append(logits[torch.tensor(self._scored[i], device=device) + shift])
+                tuned.append(logits[torch.tensor(self._scored[i], device=device) + virtual])
         tuned = torch.log_softmax(torch.cat(tuned).float(), dim=-1)
         base = self._base_logprobs(model, picked, device)
         return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
@@ -247,11 +249,6 @@ class KLToBase(TrainerCallback):
 def _switchable(model) -> bool:
     """Whether the base is ``model`` with its adapter turned off (peft); else it is snapshotted."""
     return hasattr(model, "disable_adapter")
-
-
-def _virtual_tokens(model) -> bool:
-    """Whether ``model`` is a peft prompt-learning model (prompt or prefix tuning)."""
-    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
 
 
 def _inner(model):
