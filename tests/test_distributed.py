@@ -21,7 +21,7 @@ from strop.train.run import train
 
 EXACT = dict(lora_dropout=0.0, mixed_precision="no", val_size=0, report_to="none", learning_rate=5e-3,
              micro_batch_size=2, logging_steps=1, lr_scheduler_type="constant", warmup_ratio=0,
-             preserve="none")  # auto is kl in one process and none under --nproc: compare the same objective
+             preserve="none")  # kl has its own comparison below
 STEPS = 48  # 12 rows, 4 per step: 16 epochs; long enough that the SIGTERM lands mid-run
 
 
@@ -110,6 +110,40 @@ def test_two_process_ddp_matches_one_process_stops_together_and_resumes(tiny_mod
 
 
 @pytest.mark.slow
+def test_two_process_kl_matches_one_process(tiny_model_dir, chat_file, tmp_path):
+    """``preserve: kl`` under DDP: 2 ranks x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2.
+
+    One process takes the term's own backward after the task's; two take it in the task's backward (a second
+    one would meet gradients already reduced). Each rank takes its own general rows, the ones the
+    one-process run takes in the same step, so losses, the logged KL and the weights agree."""
+    kl = dict(preserve="kl", preserve_ratio=1.0, preserve_weight=4.0, max_steps=8)  # 2 general rows a micro-batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = train(load_train_config(None, _values(tiny_model_dir, chat_file, tmp_path / "one", **kl,
+                                                    gradient_accumulation_steps=2)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "ddp"
+    done = subprocess.run(strop_cmd(*_cli(_values(tiny_model_dir, chat_file, out, **kl, gradient_accumulation_steps=1)),
+                                    "--nproc", "2"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = RunDir(ref.root).read_metrics(), RunDir(out).read_metrics()
+    logged = [(a["loss"], a["preserve_kl"], b["loss"], b["preserve_kl"]) for a, b in zip(one, two) if "loss" in a]
+    assert len(logged) == 8 and all(b["step"] == a["step"] for a, b in zip(one, two) if "loss" in a)
+    assert max(a[1] for a in logged) > 1e-4  # the tuned model moved away from the base on the general rows
+    print("kl, 1 vs 2 processes over 8 steps: max loss difference "
+          f"{max(abs(a[0] - a[2]) for a in logged):.3g}, max preserve_kl difference {max(abs(a[1] - a[3]) for a in logged):.3g}"
+          f" (preserve_kl up to {max(a[1] for a in logged):.3g})")
+    for loss1, kl1, loss2, kl2 in logged:
+        assert loss2 == pytest.approx(loss1, abs=1e-4) and kl2 == pytest.approx(kl1, rel=1e-3, abs=1e-6)
+    assert json.loads(RunDir(out).data_report.read_text())["preserve"]["mode"] == "kl"
+    w1, w2 = load_file(ref.final / "adapter_model.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
 def test_stop_decisions_reach_every_rank(tmp_path):
     import torch.multiprocessing as mp
 
@@ -185,8 +219,10 @@ def test_cli_refuses_before_launching(tiny_model_dir, chat_file, tmp_path, capsy
     base = _cli(_values(tiny_model_dir, chat_file, tmp_path / "r"))
     assert main([*base, "--nproc", "2", "--objective", "dpo"]) == 2
     assert main([*base, "--nproc", "2", "--distributed", "deepspeed-zero2"]) == 2
+    assert main([*base, "--nproc", "2", "--distributed", "fsdp", "--preserve", "kl"]) == 2  # sharded weights
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 2 and all(line.startswith("strop: option --") for line in lines), lines
+    assert len(lines) == 3 and all(line.startswith("strop: option ") for line in lines), lines
+    assert "preserve: kl runs in one process or under --distributed ddp, not fsdp" in lines[2]
 
 
 # -- the shipped accelerate configs ------------------------------------------------
@@ -307,3 +343,14 @@ def test_plan_command_takes_processes(tiny_model_dir, chat_file, tmp_path):
     assert two["memory_mb"]["optimizer"] == pytest.approx(one["memory_mb"]["optimizer"] / 2, abs=0.1)
     with pytest.raises(StropError, match="option --distributed: 'zero3' is not one of"):
         split_options({"distributed": "zero3"})
+
+
+def test_plan_counts_kl_rows_where_they_train_beside_the_task(tiny_model_dir, chat_file):
+    from strop.methods.options import load_train_config
+    from strop.plan.cost import PRESERVE_ROW_MAX_TOKENS, preserve_batch_tokens, preserve_tokens_per_epoch
+
+    cfg = load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(chat_file), "micro_batch_size": 4})
+    assert preserve_batch_tokens(cfg) == 0  # one process: the general rows' backward comes after the task's
+    assert preserve_batch_tokens(cfg, 2, "ddp") == PRESERVE_ROW_MAX_TOKENS  # ceil(0.125 x 4) rows, held with the task's
+    assert preserve_batch_tokens(cfg, 2, "fsdp") == 0 and preserve_tokens_per_epoch(cfg, 40, "fsdp") == ("none", 0)
+    assert preserve_tokens_per_epoch(cfg, 40, "ddp")[0] == "kl"

@@ -128,9 +128,9 @@ def test_replay_is_recorded_cached_and_keeps_validation_task_only(tiny_model_dir
 
 
 def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
-    def mode(world=1, fmt="messages", **kw):
+    def mode(strategy="none", fmt="messages", **kw):
         return preserve.mode_for(load_train_config(None, {"base_model": str(tiny_model_dir), "data": str(narrow_file),
-                                                          **kw}), world, fmt)[0]
+                                                          **kw}), strategy, fmt)[0]
 
     # the default protects chat SFT with an adapter in one process, and nothing it cannot
     assert mode() == "kl" and mode(method="qlora") == "kl" and mode(method="ia3") == "kl"
@@ -139,7 +139,9 @@ def test_preserve_options_are_checked(tiny_model_dir, narrow_file):
     # alone); the default leaves it off, since with it the soft prompt learned no persona (docs/quality.md)
     assert mode(method="prompt_tuning", padding_free=False) == mode(method="prefix_tuning", padding_free=False) == "none"
     assert mode(preserve="kl", method="prefix_tuning", padding_free=False) == "kl"
-    assert mode(world=2) == mode(fmt="text") == mode(objective="dpo") == "none"
+    assert mode(strategy="ddp") == "kl"  # the term joins the task's backward (test_distributed.py)
+    assert mode(strategy="fsdp") == mode(strategy="deepspeed-zero3") == "none"  # sharded weights
+    assert mode(fmt="text") == mode(objective="dpo") == "none"
     assert mode(preserve="none") == "none" and mode(preserve="replay", method="dora") == "replay"
     assert mode(preserve="replay", method="full") == "replay" and mode(preserve="kl", fmt="text") == "kl"
     with pytest.raises(StropError, match="preserve_weight"):

@@ -141,7 +141,8 @@ class PreserveOptions:
     # (sampled) answers to general prompts into training; none = the task data only
     # kl = keep the model's next-token distribution on those answers near the base's (the model with its
     # adapter off, or for full fine-tuning and bottleneck adapters a snapshot taken before the first step)
-    # auto (default) = kl for chat SFT in one process, except prompt/prefix tuning (kl when asked); none otherwise
+    # auto (default) = kl for chat SFT in one process or under DDP, except prompt/prefix tuning (kl when asked);
+    # none otherwise (FSDP/DeepSpeed among them: methods/preserve.KL_STRATEGIES)
     preserve: str = "auto"
     # general rows per training row; 0 = the mode's default (replay 0.5, kl 0.125: docs/quality.md)
     preserve_ratio: float = 0.0

@@ -15,10 +15,17 @@ DEFAULT_RATIO = {"replay": 0.5, "kl": 0.125}
 SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")
 
 
-def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[str, str]:
+# kl's rows take their own forward through the unwrapped model beside the task's (train/preserve_kl.py): with
+# the weights whole in every process (one process, DDP). Under FSDP or ZeRO-3 a direct call would meet sharded
+# weights; ZeRO-2 is untested (no GPU here), so it is refused too rather than guessed at.
+KL_STRATEGIES = ("none", "ddp")
+
+
+def mode_for(cfg, strategy: str = "none", data_format: str = "messages") -> tuple[str, str]:
     """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
 
-    TrainConfig.validate has refused unknown values and replay or kl outside SFT.
+    ``strategy``: how the run is split over processes (train/distributed.strategy: none, ddp, fsdp,
+    deepspeed-zero2/3). TrainConfig.validate has refused unknown values and replay or kl outside SFT.
     """
     if cfg.preserve != "auto":
         return cfg.preserve, "chosen"
@@ -27,8 +34,8 @@ def mode_for(cfg, world_size: int = 1, data_format: str = "messages") -> tuple[s
     if cfg.method in SOFT_PROMPT_METHODS:
         return "none", (f"auto: with kl the {cfg.method} run measured learned no persona (docs/quality.md); "
                         "--preserve kl to choose it")
-    if world_size > 1:
-        return "none", "auto: kl trains in one process (--preserve replay works with --nproc)"
+    if strategy not in KL_STRATEGIES:
+        return "none", f"auto: kl runs in one process or under ddp, not {strategy} (--preserve replay works there)"
     if data_format == "text":
         return "none", "auto: plain text is meant to move the whole distribution (--preserve kl to keep chat answers)"
     return "kl", "auto"

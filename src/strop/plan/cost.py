@@ -24,24 +24,26 @@ PRESERVE_ROW_TOKENS = 120
 PRESERVE_ROW_MAX_TOKENS = 184
 
 
-def preserve_batch_tokens(cfg, nproc: int = 1) -> int:
-    """Tokens ``preserve: kl`` with ``preserve_pack`` adds to the widest micro-batch: its general rows join
-    the packed row (train/preserve_kl.py), at most ceil(ratio x micro_batch_size) of them."""
+def preserve_batch_tokens(cfg, nproc: int = 1, strategy: str = "ddp") -> int:
+    """Tokens ``preserve: kl`` adds to the widest micro-batch where its general rows are held at the same time
+    as the task's (train/preserve_kl.py): joined to the packed row with ``preserve_pack``, or in a forward
+    beside the task's in one backward with several processes; at most ceil(ratio x micro_batch_size) rows."""
     import math
 
     from ..methods.preserve import mode_for, ratio_for
 
-    mode, _ = mode_for(cfg, nproc)
-    if mode != "kl" or not (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False)):
-        return 0  # otherwise the rows get a forward of their own, after the task's
+    mode, _ = mode_for(cfg, strategy)
+    together = nproc > 1 or (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False))
+    if mode != "kl" or not together:
+        return 0  # otherwise the rows get a forward and backward of their own, after the task's
     return math.ceil(ratio_for(cfg, mode) * cfg.micro_batch_size) * PRESERVE_ROW_MAX_TOKENS
 
 
-def preserve_tokens_per_epoch(cfg, rows: int, nproc: int = 1) -> tuple[str, int]:
+def preserve_tokens_per_epoch(cfg, rows: int, strategy: str = "ddp") -> tuple[str, int]:
     """(mode, extra tokens per epoch) that ``preserve`` adds to a run of ``rows`` training rows."""
     from ..methods.preserve import mode_for, ratio_for
 
-    mode, _ = mode_for(cfg, nproc)
+    mode, _ = mode_for(cfg, strategy)
     if mode == "none":
         return mode, 0
     return mode, round(rows * ratio_for(cfg, mode) * PRESERVE_ROW_TOKENS)
@@ -59,7 +61,7 @@ def flops_per_token(shape: ModelShape, method: str, seq_len: int, checkpointing:
 
 def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float | None = None,
                   tokens_per_s: float | None = None, price_per_hour: float = 0.0, checkpointing: float = 0.0,
-                  nproc: int = 1, peak_tflops: float | None = None) -> dict:
+                  nproc: int = 1, strategy: str = "ddp", peak_tflops: float | None = None) -> dict:
     """Steps, time per epoch and total, and cost; tokens_per_s (measured) overrides the FLOP model.
 
     With ``nproc`` data-parallel processes a step takes nproc times the rows and
@@ -81,7 +83,7 @@ def time_and_cost(shape: ModelShape, cfg, tokens, device, *, utilisation: float 
     if nproc > 1:
         tokens_per_s *= nproc
         source += f" x {nproc} processes"
-    preserve, extra = preserve_tokens_per_epoch(cfg, tokens.rows, nproc)
+    preserve, extra = preserve_tokens_per_epoch(cfg, tokens.rows, strategy)
     epoch_s = (tokens.padded_tokens_per_epoch + extra) / tokens_per_s
     total_s = epoch_s * epochs
     return {

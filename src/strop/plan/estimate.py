@@ -177,7 +177,8 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
 
     ckpt, ckpt_layers, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
     nproc = opts.get("nproc", 1)
-    widest = worst_batch_tokens(cfg, counted.lengths) + cost.preserve_batch_tokens(cfg, nproc)
+    widest = worst_batch_tokens(cfg, counted.lengths) + cost.preserve_batch_tokens(cfg, nproc,
+                                                                                   opts.get("distributed", "ddp"))
     s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), widest, ckpt, ckpt_layers)
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
         s.scored_share = counted.trainable_tokens / counted.tokens
@@ -205,7 +206,7 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
         "fit": advice.fit(shape, s, budget),
         "time": cost.time_and_cost(shape, cfg, counted, device, utilisation=opts.get("utilisation"),
                                    tokens_per_s=rate, price_per_hour=opts.get("price_per_hour", 0.0),
-                                   checkpointing=recomputed_share(s, shape), nproc=nproc,
+                                   checkpointing=recomputed_share(s, shape), nproc=nproc, strategy=s.strategy,
                                    # a CPU run without bf16 autocast gets the float32 peak
                                    peak_tflops=hardware.cpu_peak_tflops(s.autocast) if device.kind == "cpu" else None),
         "advice": advice.method_advice(shape, s, counted.rows, counted.tokens, budget, opts.get("goal", "")),

@@ -185,6 +185,9 @@ def start(opts: LaunchOptions, cfg, config_path: str | None, overrides: dict) ->
     config = config_file(opts.distributed, cfg.method)
     strategy = strategy_of(config)
     check_method(strategy, cfg.method)
+    if cfg.preserve == "kl" and strategy != "ddp":  # the same refusal each rank would make (train/sft.check)
+        raise StropError(f"option preserve: kl runs in one process or under --distributed ddp, not {strategy}; "
+                         "use --preserve replay")
     check_hardware(strategy, cuda=torch.cuda.is_available(),
                    deepspeed=importlib.util.find_spec("deepspeed") is not None)
     return launch(opts, config, child_args(config_path, overrides))

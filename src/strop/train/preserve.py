@@ -115,7 +115,7 @@ def base_answers(cfg, tok, wanted: list[str]) -> tuple[dict[str, str], int, floa
         if cache is not None:
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # each rank of an --nproc run writes its own
                 tmp.write_text(json.dumps(known))
                 tmp.replace(cache)
             except OSError:

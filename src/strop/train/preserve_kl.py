@@ -8,12 +8,14 @@ import random
 from transformers import TrainerCallback
 
 from ..patches.prompt_cache import virtual_positions
+from . import distributed
 from .preserve import ratio_for
 
 
 class KLToBase(TrainerCallback):
     """The ``preserve: kl`` term on general rows: by default a second forward and backward per micro-batch,
-    after the task's; with ``preserve_pack`` in the task's own.
+    after the task's; with ``preserve_pack`` in the task's own; with several processes (DDP) a forward of
+    its own added to the task's loss before the one backward.
 
     Packed: a padding-free micro-batch is one row holding its examples side by side, each attending
     only to itself (patches/varlen.py); the general rows picked for it join that row as more examples
@@ -23,6 +25,12 @@ class KLToBase(TrainerCallback):
     examples, NEFTune's noise, which would reach them too) the separate path runs: the same sum of
     gradients either way (tests/test_preserve.py), rounded differently in bf16.
 
+    Under DDP a second backward would find gradients already reduced across processes (the first one's
+    all-reduce), so the term's forward (through the model itself, not the DDP wrapper) joins the task's
+    loss and the one backward reduces both (the joint path). Each process takes its own general rows: the
+    micro-batch of rank r is numbered as micro-batch r of a one-process run with accumulation x processes,
+    so the run takes the same rows per step as that run would (tests/test_distributed.py).
+
     Installed by :func:`attach_kl`; as a callback it adds ``preserve_kl`` to the logged rows.
     The base never changes, so its last hidden states on a row are computed once (with the
     adapter off) and kept; each use then costs the base only its output layer, not a forward.
@@ -31,8 +39,9 @@ class KLToBase(TrainerCallback):
     copy of the output layer, which full fine-tuning would otherwise move.
     """
 
-    def __init__(self, rows: list[dict], cfg) -> None:
+    def __init__(self, rows: list[dict], cfg, rank: int = 0, world: int = 1) -> None:
         self.rows = rows
+        self.rank, self.world = rank, world
         self.rate = ratio_for(cfg, "kl") * cfg.micro_batch_size  # general rows per micro-batch, on average
         self.weight = cfg.preserve_weight
         self.warmup = getattr(cfg, "preserve_warmup", 0.0)  # share of the steps over which the weight rises from 0
@@ -55,9 +64,10 @@ class KLToBase(TrainerCallback):
         """The row indices for micro-batch ``micro`` of optimizer step ``step``: a function of the two only.
 
         Micro-batch m takes rows [floor(m x rate), floor((m + 1) x rate)) of a seeded order that is
-        drawn anew for each pass over the rows; with a rate below 1 some micro-batches take none.
+        drawn anew for each pass over the rows; with a rate below 1 some micro-batches take none. With
+        several processes this process's micro-batches are every ``world``-th, from its rank.
         """
-        m = step * accumulation + micro
+        m = (step * accumulation + micro) * self.world + self.rank
         out = []
         for k in range(math.floor(m * self.rate), math.floor((m + 1) * self.rate)):
             epoch, at = divmod(k, len(self.rows))
@@ -221,11 +231,11 @@ class KLToBase(TrainerCallback):
         trainer.accelerator.backward(self._now * kl / trainer.current_gradient_accumulation_steps)
         self._note(kl)
 
-    def add_to(self, trainer, model, loss, hidden, num_items_in_batch):
-        """The packed path: ``loss`` (the task's, from the same forward) plus the weighted term, scaled as the
-        Trainer will scale the sum for gradient accumulation."""
-        picked, at = self._armed
-        kl = self._kl(model, picked, hidden[0, at])
+    def add_to(self, trainer, loss, kl, num_items_in_batch):
+        """The packed and joint paths: ``loss`` (the task's) plus the weighted term ``kl``, scaled as the
+        Trainer will scale the sum for gradient accumulation. Under DDP the Trainer multiplies a task loss
+        normalised by the step's token count over all processes by their number, since DDP averages the
+        gradients; the term is a mean over its own tokens, so the average alone is right for it."""
         scaled = getattr(trainer, "loss_is_scaled_for_ga", None)  # newer transformers set it
         if scaled is None:  # the Trainer's own test (Trainer.training_step)
             scaled = ((getattr(trainer, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
@@ -241,9 +251,19 @@ class KLToBase(TrainerCallback):
         self._count += 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs and self._count:
-            logs["preserve_kl"] = round(self._sum / self._count, 6)
-            self._sum, self._count = 0.0, 0
+        if logs is None or "loss" not in logs:
+            return
+        total, count = self._sum, self._count
+        if self.world > 1:  # every process logs the same rows (Trainer.log runs on all), so each joins the sum
+            import torch
+            import torch.distributed as dist
+
+            both = torch.tensor([total, float(count)], dtype=torch.float64, device=args.device)
+            dist.all_reduce(both)
+            total, count = float(both[0]), int(both[1])
+        if count:
+            logs["preserve_kl"] = round(total / count, 6)
+        self._sum, self._count = 0.0, 0
 
 
 def _switchable(model) -> bool:
@@ -275,21 +295,23 @@ PACK_SIDE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_
 def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
     """Add the KL term to every training micro-batch of ``trainer``: packed into its row where it can be,
     else as a second backward after the task's."""
-    term = KLToBase(rows, cfg)
+    world = distributed.world()
+    term = KLToBase(rows, cfg, world.rank, world.size)
     if not _switchable(trainer.model):  # no adapter to turn off: keep the model as it starts
         term.snapshot(trainer.model, trainer.accelerator.autocast())
     step, compute_loss = trainer.training_step, trainer.compute_loss
+    unwrap = trainer.accelerator.unwrap_model  # the Trainer passes the DDP wrapper; the term needs the model
 
     def training_step(model, inputs, *args, **kwargs):
         picked = term.next_rows(trainer)
         packed = term.pack(inputs, picked) if picked else None
-        if packed is None:
+        if packed is None and (not picked or term.world == 1):  # the separate path
             loss = step(model, inputs, *args, **kwargs)
-            term.after_task_step(trainer, model, picked)
+            term.after_task_step(trainer, unwrap(model), picked)
             return loss
-        term._armed, term._extra = (picked, packed[1]), None
+        term._armed, term._extra = (picked, None if packed is None else packed[1]), None
         try:
-            loss = step(model, packed[0], *args, **kwargs)
+            loss = step(model, inputs if packed is None else packed[0], *args, **kwargs)
         finally:
             term._armed = None
         return loss - term._extra if term._extra is not None else loss  # the logs keep the task's loss
@@ -297,18 +319,23 @@ def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
     def compute_loss_with_kl(model, inputs, return_outputs=False, num_items_in_batch=None):
         if term._armed is None or not model.training:
             return compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        picked, at = term._armed
+        inner = unwrap(model)
         caught = {}
 
         def catch(module, args, output):  # returns None: the output goes on unchanged
             caught["hidden"] = output[0]
 
-        handle = _inner(model).get_decoder().register_forward_hook(catch)
+        handle = _inner(inner).get_decoder().register_forward_hook(catch) if at is not None else None
         try:
             out = compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         finally:
-            handle.remove()
+            if handle is not None:
+                handle.remove()
         loss = out[0] if return_outputs else out
-        loss = term.add_to(trainer, model, loss, caught["hidden"], num_items_in_batch)
+        # packed: the general rows rode in the task's row; joint: their own forward, outside the DDP wrapper
+        kl = term.loss(inner, picked) if at is None else term._kl(inner, picked, caught["hidden"][0, at])
+        loss = term.add_to(trainer, loss, kl, num_items_in_batch)
         return (loss, *out[1:]) if return_outputs else loss
 
     trainer.training_step = training_step

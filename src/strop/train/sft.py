@@ -17,9 +17,13 @@ from .sft_data import Prepared, prepare  # noqa: F401 (prepare: this objective's
 
 
 def check(cfg: TrainConfig, world) -> None:
-    # kl's own backward would all-reduce a second time per step; auto turns itself off there (preserve.mode_for)
-    if cfg.preserve == "kl" and world.size > 1:
-        raise StropError("option preserve: kl trains in one process; with --nproc use --preserve replay")
+    from ..methods.preserve import KL_STRATEGIES
+
+    # kl's rows take a direct forward of the model, which sharded weights cannot serve; auto turns itself off
+    # there (preserve.mode_for)
+    if cfg.preserve == "kl" and distributed.strategy() not in KL_STRATEGIES:
+        raise StropError(f"option preserve: kl runs in one process or under --distributed ddp, not "
+                         f"{distributed.strategy()}; use --preserve replay")
 
 
 def evaluates(cfg: TrainConfig) -> bool:

@@ -65,7 +65,7 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs
     from . import distributed
     from .preserve import mode_for, replay_conversations
 
-    mode, why = mode_for(cfg, distributed.world().size, report.get("format", ""))
+    mode, why = mode_for(cfg, distributed.strategy(), report.get("format", ""))
     report["preserve"] = {"mode": mode, "why": why}
     if mode == "none":
         return mode, []
