@@ -271,34 +271,6 @@ def test_a_kl_warmup_raises_the_weight_over_its_share_of_the_steps():
 
 
 @pytest.mark.slow
-def test_a_kl_lead_puts_its_share_on_each_answers_opening():
-    """preserve_lead 0.5: half the term is the mean KL over the first LEAD_TOKENS answer tokens of every row,
-    half the mean over the rest; 0 is the plain mean per token."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from strop.train.preserve_kl import LEAD_TOKENS, KLToBase
-
-    lengths = [LEAD_TOKENS + 4, LEAD_TOKENS + 20, 3]  # the last row is all opening
-    rows = [{"input_ids": list(range(n + 2)), "labels": [-100, -100] + list(range(n))} for n in lengths]
-    cfg = SimpleNamespace(preserve_ratio=1.0, micro_batch_size=1, preserve_weight=2.0, seed=0, preserve_lead=0.5)
-    term = KLToBase(rows, cfg)
-    scored = [len(s) for s in term._scored]
-    assert scored == lengths  # every answer token, the first predicted from the prompt's last
-    g = torch.Generator().manual_seed(0)
-    tuned = torch.log_softmax(torch.randn(sum(scored), 11, generator=g), -1)
-    base = torch.log_softmax(torch.randn(sum(scored), 11, generator=g), -1)
-    per = (base.exp() * (base - tuned)).sum(-1)
-    lead = torch.tensor([k < LEAD_TOKENS for n in scored for k in range(n)])
-    assert float(term._divergence(tuned, base, [0, 1, 2])) == pytest.approx(
-        float(0.5 * per[lead].mean() + 0.5 * per[~lead].mean()), rel=1e-5)
-    cfg.preserve_lead = 0.0
-    assert float(KLToBase(rows, cfg)._divergence(tuned, base, [0, 1, 2])) == pytest.approx(float(per.mean()), rel=1e-5)
-    with pytest.raises(StropError, match="preserve_lead: 1.0 is outside"):
-        load_train_config(None, {"data": "x.jsonl", "preserve_lead": 1.0})
-
-
 def test_kl_rows_packed_into_the_task_row_train_as_a_separate_backward_does(tiny_model_dir, narrow_file, tmp_path,
                                                                             monkeypatch):
     """One forward and backward for both terms (the general rows joined to the micro-batch's packed row) gives

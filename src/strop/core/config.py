@@ -157,9 +157,6 @@ class PreserveOptions:
     # kl: the share of the optimizer steps over which the term's weight rises linearly from 0 to
     # preserve_weight (0 = full weight from the first step; docs/quality.md has it measured)
     preserve_warmup: float = 0.0
-    # kl: the share of the term put on the first LEAD_TOKENS answer tokens of each general row, where an
-    # answer turns towards the persona (0 = every answer token counts the same; docs/quality.md)
-    preserve_lead: float = 0.0
 
     def check_preserve(self) -> None:
         if self.preserve not in PRESERVE:
@@ -172,10 +169,6 @@ class PreserveOptions:
             raise StropError(f"option preserve_warmup: {self.preserve_warmup} is outside [0, 1)")
         if self.preserve_warmup and self.preserve in ("replay", "none"):
             raise StropError(f"option preserve_warmup: applies to preserve kl (or auto), not {self.preserve}")
-        if not 0 <= self.preserve_lead < 1:
-            raise StropError(f"option preserve_lead: {self.preserve_lead} is outside [0, 1)")
-        if self.preserve_lead and self.preserve in ("replay", "none"):
-            raise StropError(f"option preserve_lead: applies to preserve kl (or auto), not {self.preserve}")
         if not 0 <= self.preserve_ratio <= 4:
             raise StropError(f"option preserve_ratio: {self.preserve_ratio} is outside [0, 4] (0: the mode's default)")
 

@@ -44,7 +44,7 @@ CLIENT_SAFE = (
     "nan_max_consecutive_skips", "loss_spike_factor", "early_stopping_patience", "keep_best", "best_metric",
     "eval_generate_samples", "eval_generate_every", "logging_steps", "dtype", "mixed_precision", "padding_free",
     "gradient_checkpointing", "checkpoint_layers", "score_labelled_only", "per_example_attention", "lean_layers",
-    "system_prompt", "enable_thinking", "preserve", "preserve_ratio", "preserve_weight", "preserve_select", "preserve_pack", "preserve_warmup", "preserve_lead", "intended_use", "accept_license_risk", "objective", "beta", "dpo_loss_type",
+    "system_prompt", "enable_thinking", "preserve", "preserve_ratio", "preserve_weight", "preserve_select", "preserve_pack", "preserve_warmup", "intended_use", "accept_license_risk", "objective", "beta", "dpo_loss_type",
     "label_smoothing", "simpo_gamma", "num_generations", "max_completion_length", "temperature",
 )
 SAFE_REPORT_TO = ("none", "tensorboard")

@@ -45,7 +45,6 @@ class KLToBase(TrainerCallback):
         self.rate = ratio_for(cfg, "kl") * cfg.micro_batch_size  # general rows per micro-batch, on average
         self.weight = cfg.preserve_weight
         self.warmup = getattr(cfg, "preserve_warmup", 0.0)  # share of the steps over which the weight rises from 0
-        self.lead = getattr(cfg, "preserve_lead", 0.0)  # share of the term on each row's first LEAD_TOKENS answer tokens
         self.seed = cfg.seed
         # the general rows may join a micro-batch's packed row only where each example attends to itself alone
         self.packable = (getattr(cfg, "preserve_pack", False) and getattr(cfg, "padding_free", False)
@@ -140,22 +139,7 @@ class KLToBase(TrainerCallback):
 
         base = self._base_logprobs(model, picked, hidden.device)
         tuned = torch.log_softmax(_inner(model).get_output_embeddings()(hidden).float(), dim=-1)
-        return self._divergence(tuned, base, picked)
-
-    def _divergence(self, tuned, base, picked: list[int]):
-        """KL(base || model) over the scored positions of rows ``picked`` (log-probabilities, in that order): the
-        mean per token, or with ``preserve_lead`` that share of it on each row's first LEAD_TOKENS answer tokens
-        and the rest on the others."""
-        import torch
-
-        if not self.lead:
-            return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
-        per_token = torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="none").sum(-1)
-        lead = torch.tensor([k < LEAD_TOKENS for i in picked for k in range(len(self._scored[i]))], device=tuned.device)
-        n_lead, n_rest = int(lead.sum()), int((~lead).sum())
-        if not n_rest:  # short answers: every token is a lead token
-            return per_token.mean()
-        return self.lead * per_token[lead].mean() + (1 - self.lead) * per_token[~lead].mean() if n_lead else per_token.mean()
+        return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
     def loss(self, model, picked: list[int]):
         """Mean per-token KL(base || model) over the answer tokens of rows ``picked``, from their own forward."""
@@ -185,7 +169,7 @@ class KLToBase(TrainerCallback):
                 tuned.append(logits[torch.tensor(self._scored[i], device=device) + virtual])
         tuned = torch.log_softmax(torch.cat(tuned).float(), dim=-1)
         base = self._base_logprobs(model, picked, device)
-        return self._divergence(tuned, base, picked)
+        return torch.nn.functional.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
     def weight_at(self, step: int, total: int) -> float:
         """The term's weight at optimizer step ``step`` of ``total``: ``preserve_weight``, reached linearly over
@@ -304,8 +288,6 @@ def clean_embeddings(model):
     finally:
         embed.train(was)
 
-
-LEAD_TOKENS = 8  # preserve_lead: the answer's opening, where "What do we use to hear?" turns into "We use sensors" (docs/quality.md)
 
 PACK_SIDE_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "use_cache")
 

@@ -87,7 +87,6 @@ def fingerprint(cfg, world_size: int = 1) -> dict:
         "preserve_ratio": getattr(cfg, "preserve_ratio", 0.0),
         "preserve_weight": getattr(cfg, "preserve_weight", 2.0),
         "preserve_warmup": getattr(cfg, "preserve_warmup", 0.0),
-        "preserve_lead": getattr(cfg, "preserve_lead", 0.0),
         "preserve_select": getattr(cfg, "preserve_select", "random"),
         "preserve_pack": getattr(cfg, "preserve_pack", False),  # another rounding: a resume would not be exact
         "best_metric": getattr(cfg, "best_metric", "loss"),  # the best value kept so far is in its units

@@ -76,7 +76,5 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs
     kl = {"weight": cfg.preserve_weight} if mode == "kl" else {}
     if kl and cfg.preserve_warmup:
         kl["warmup"] = cfg.preserve_warmup
-    if kl and cfg.preserve_lead:
-        kl["lead"] = cfg.preserve_lead
     report["preserve"] = record | {"why": why} | kl
     return mode, rows
