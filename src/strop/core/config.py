@@ -18,7 +18,7 @@ from .suggest import did_you_mean, unknown
 DEFAULT_MODEL = "smollm2-135m-instruct"
 REPORT_TO = ("tensorboard", "mlflow", "wandb", "none")
 PRESERVE = ("auto", "kl", "replay", "none")  # forgetting protection (train/preserve.py)
-PRESERVE_SELECT = ("random", "nearest", "mixed")  # which of its general prompts (train/preserve.py)
+PRESERVE_SELECT = ("random", "nearest")  # which of its general prompts (train/preserve.py)
 # what keep_best and early stopping compare: the validation loss, or a task metric of greedy answers to
 # held-out prompts (train/gen_metrics.py; names as metrics.py's bleu, rouge and exact_match return them)
 BEST_METRICS = ("loss", "rougeL", "rouge1", "rouge2", "bleu", "exact_match")

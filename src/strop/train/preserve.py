@@ -179,9 +179,6 @@ def replay_conversations(cfg, tok, n_train: int, mode: str = "replay", asked: li
     select = getattr(cfg, "preserve_select", "random") if asked else "random"
     if select == "nearest":
         order = nearest_first(order, asked, cfg.seed)
-    elif select == "mixed":  # nearest and random in turn: the task's neighbours and the broad draw, half each
-        near = nearest_first(order, asked, cfg.seed)
-        order = list(dict.fromkeys(p for pair in zip(near, order) for p in pair))
     convs, skipped, generated, seconds, taken = [], 0, 0, 0.0, 0
     while len(convs) < n and taken < len(order):
         # ask for a few spares, since answers about the base itself are left out

@@ -70,7 +70,7 @@ def _general_rows(cfg: TrainConfig, tok, n_train: int, report: dict, train_convs
     if mode == "none":
         return mode, []
     asked = ([m.content for c in train_convs for m in c.messages if m.role == "user"]
-             if cfg.preserve_select in ("nearest", "mixed") else None)  # only the nearest pick reads the task's prompts
+             if cfg.preserve_select == "nearest" else None)  # only the nearest pick reads the task's prompts
     convs, record = replay_conversations(cfg, tok, n_train, mode, asked)
     rows = _tokenize(tok, convs, cfg, report, "replay")
     kl = {"weight": cfg.preserve_weight} if mode == "kl" else {}
