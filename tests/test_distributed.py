@@ -110,7 +110,8 @@ def test_two_process_ddp_matches_one_process_stops_together_and_resumes(tiny_mod
 
 
 @pytest.mark.slow
-def test_two_process_kl_matches_one_process(tiny_model_dir, chat_file, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "full"])  # the adapter turned off, or a snapshot of the start
+def test_two_process_kl_matches_one_process(tiny_model_dir, chat_file, tmp_path, method):
     """``preserve: kl`` under DDP: 2 ranks x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2.
 
     One process takes the term's own backward after the task's; two take it in the task's backward (a second
@@ -118,16 +119,20 @@ def test_two_process_kl_matches_one_process(tiny_model_dir, chat_file, tmp_path)
     one-process run takes in the same step, so losses, the logged KL and the weights agree."""
     # 0.75 general rows a micro-batch: some micro-batches take one and some none, so in a step one rank may
     # add the term and the other not (the backward then differs between ranks; the all-reduce must not)
-    kl = dict(preserve="kl", preserve_ratio=0.375, preserve_weight=4.0, max_steps=8)
+    kl = dict(preserve="kl", preserve_ratio=0.375, preserve_weight=4.0, max_steps=8, method=method)
+    drop = () if method == "lora" else ("lora_dropout",)  # full fine-tuning has none to turn off
+
+    def values(out, **kw):
+        return {k: v for k, v in _values(tiny_model_dir, chat_file, out, **kl, **kw).items() if k not in drop}
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ref = train(load_train_config(None, _values(tiny_model_dir, chat_file, tmp_path / "one", **kl,
-                                                    gradient_accumulation_steps=2)), progress=False)
+        ref = train(load_train_config(None, values(tmp_path / "one", gradient_accumulation_steps=2)), progress=False)
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "ddp"
-    done = subprocess.run(strop_cmd(*_cli(_values(tiny_model_dir, chat_file, out, **kl, gradient_accumulation_steps=1)),
+    done = subprocess.run(strop_cmd(*_cli(values(out, gradient_accumulation_steps=1)),
                                     "--nproc", "2"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = RunDir(ref.root).read_metrics(), RunDir(out).read_metrics()
@@ -140,7 +145,8 @@ def test_two_process_kl_matches_one_process(tiny_model_dir, chat_file, tmp_path)
     for loss1, kl1, loss2, kl2 in logged:  # a step with no general row on either rank logs no preserve_kl
         assert loss2 == pytest.approx(loss1, abs=1e-4) and kl2 == pytest.approx(kl1, rel=1e-3, abs=1e-6)
     assert json.loads(RunDir(out).data_report.read_text())["preserve"]["mode"] == "kl"
-    w1, w2 = load_file(ref.final / "adapter_model.safetensors"), load_file(out / "final" / "adapter_model.safetensors")
+    name = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    w1, w2 = load_file(ref.final / name), load_file(out / "final" / name)
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
 
