@@ -334,7 +334,12 @@ def attach_kl(trainer, rows: list[dict], cfg) -> KLToBase:
                 handle.remove()
         loss = out[0] if return_outputs else out
         # packed: the general rows rode in the task's row; joint: their own forward, outside the DDP wrapper
-        kl = term.loss(inner, picked) if at is None else term._kl(inner, picked, caught["hidden"][0, at])
+        # and so outside the autocast accelerate wraps the model's forward in (the separate path's too)
+        if at is None:
+            with trainer.accelerator.autocast():
+                kl = term.loss(inner, picked)
+        else:
+            kl = term._kl(inner, picked, caught["hidden"][0, at])
         loss = term.add_to(trainer, loss, kl, num_items_in_batch)
         return (loss, *out[1:]) if return_outputs else loss
 
