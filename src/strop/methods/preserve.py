@@ -21,6 +21,16 @@ SOFT_PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")
 KL_STRATEGIES = ("none", "ddp")
 
 
+def check_strategy(cfg, strategy: str) -> None:
+    """Refuse ``--preserve kl`` under a strategy it cannot run in (launch.start names it ``deepspeed``, each rank
+    ``deepspeed-zero2/3``: neither is in KL_STRATEGIES)."""
+    from ..core.errors import StropError
+
+    if cfg.preserve == "kl" and strategy not in KL_STRATEGIES:
+        raise StropError(f"option preserve: kl runs in one process or under --distributed ddp, not {strategy}; "
+                         "use --preserve replay")
+
+
 def mode_for(cfg, strategy: str = "none", data_format: str = "messages") -> tuple[str, str]:
     """(mode, why) for this run: ``auto`` (the default) is kl where it applies, none elsewhere.
 

@@ -176,13 +176,11 @@ def make_plan(cfg, opts: dict | None = None) -> dict:
     from ..methods import METHODS
 
     ckpt, ckpt_layers, ckpt_why = checkpointing_choice(cfg, shape, device, METHODS[cfg.method].gradient_checkpointing)
-    nproc = opts.get("nproc", 1)
-    widest = worst_batch_tokens(cfg, counted.lengths) + cost.preserve_batch_tokens(cfg, nproc,
-                                                                                   opts.get("distributed", "ddp"))
+    nproc, strategy = opts.get("nproc", 1), opts.get("distributed", "ddp")
+    widest = worst_batch_tokens(cfg, counted.lengths) + cost.preserve_batch_tokens(cfg, nproc, strategy)
     s = setup_for(cfg, seq_len, device.kind, opts.get("optim", "adamw"), widest, ckpt, ckpt_layers)
     if getattr(cfg, "score_labelled_only", False) and counted.tokens:
         s.scored_share = counted.trainable_tokens / counted.tokens
-    strategy = opts.get("distributed", "ddp")
     # per device from here on; the weights' dtype as strop train chooses it under this strategy
     s = dataclasses.replace(s, nproc=nproc, strategy=strategy, dtype=weights_dtype(cfg, s.autocast, strategy))
     mem = breakdown(shape, s)

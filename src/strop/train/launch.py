@@ -177,6 +177,7 @@ def start(opts: LaunchOptions, cfg, config_path: str | None, overrides: dict) ->
     import torch
 
     from ..core.rundir import RunDir
+    from ..methods.preserve import check_strategy
 
     if cfg.objective != "sft":
         raise StropError(f"option --nproc: multi-process runs support objective sft; {cfg.objective} runs in one process")
@@ -185,9 +186,7 @@ def start(opts: LaunchOptions, cfg, config_path: str | None, overrides: dict) ->
     config = config_file(opts.distributed, cfg.method)
     strategy = strategy_of(config)
     check_method(strategy, cfg.method)
-    if cfg.preserve == "kl" and strategy != "ddp":  # the same refusal each rank would make (train/sft.check)
-        raise StropError(f"option preserve: kl runs in one process or under --distributed ddp, not {strategy}; "
-                         "use --preserve replay")
+    check_strategy(cfg, strategy)  # before launching: each rank would refuse it too (train/sft.check)
     check_hardware(strategy, cuda=torch.cuda.is_available(),
                    deepspeed=importlib.util.find_spec("deepspeed") is not None)
     return launch(opts, config, child_args(config_path, overrides))

@@ -12,7 +12,7 @@ about itself (its name, its maker, being an AI) is left out: it would pull
 the old identity back against a persona file.
 
 ``preserve: kl`` (what the default, ``auto``, picks for chat SFT in one
-process, except prompt and prefix tuning, which take it when asked): those
+process or under DDP, except prompt and prefix tuning, which take it when asked): those
 conversations are not trained on. After the task's
 own backward, a micro-batch adds ``preserve_weight`` x the mean per-token
 KL(base || model) of the next-token distributions over the answer tokens of

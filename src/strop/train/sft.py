@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 
 from ..core.config import TrainConfig
-from ..core.errors import StropError
 from ..core.rundir import RunDir
 from . import distributed
 from .callbacks import CheckpointFirstLayers, generation_callbacks
@@ -17,13 +16,11 @@ from .sft_data import Prepared, prepare  # noqa: F401 (prepare: this objective's
 
 
 def check(cfg: TrainConfig, world) -> None:
-    from ..methods.preserve import KL_STRATEGIES
+    from ..methods.preserve import check_strategy
 
     # kl's rows take a direct forward of the model, which sharded weights cannot serve; auto turns itself off
     # there (preserve.mode_for)
-    if cfg.preserve == "kl" and distributed.strategy() not in KL_STRATEGIES:
-        raise StropError(f"option preserve: kl runs in one process or under --distributed ddp, not "
-                         f"{distributed.strategy()}; use --preserve replay")
+    check_strategy(cfg, distributed.strategy())
 
 
 def evaluates(cfg: TrainConfig) -> bool:
